@@ -1,0 +1,4 @@
+"""DFormer-Tiny on NYUDepthv2 (official local_configs/NYUDepthv2/DFormer_Tiny.py)."""
+from local_configs._base_ import make_config
+
+C = make_config("NYUDepthv2", "DFormer-Tiny")

@@ -1,0 +1,60 @@
+"""EncoderDecoder, the segmentor: backbone -> decode head -> bilinear upsample to the input size.
+
+Mirrors the official `models/builder.py` (VCIP-RGBD/DFormer). Differences: the backbone comes
+from one registry (`BACKBONES`) instead of an if/elif ladder, and the decoder reads its input
+widths from `backbone.out_channels`; the loss is computed in `utils/train.py`, not here; no
+pretrained file is needed to build the model (load one with `utils.checkpoint`).
+"""
+import jittor as jt
+from jittor import nn
+
+from .decoders.ham_head import LightHamHead
+from .decoders.MLPDecoder import DecoderHead
+from .encoders.DFormer import DFormer_Base, DFormer_Large, DFormer_Small, DFormer_Tiny
+from .encoders.DFormerv2 import DFormerv2_B, DFormerv2_L, DFormerv2_S
+from .layers import resize
+
+BACKBONES = {
+    "DFormer-Tiny": DFormer_Tiny,
+    "DFormer-Small": DFormer_Small,
+    "DFormer-Base": DFormer_Base,
+    "DFormer-Large": DFormer_Large,
+    "DFormerv2_S": DFormerv2_S,
+    "DFormerv2_B": DFormerv2_B,
+    "DFormerv2_L": DFormerv2_L,
+}
+
+
+class EncoderDecoder(nn.Module):
+    """`model(rgb, depth)` -> logits (B, num_classes, H, W).
+
+    rgb: (B, 3, H, W) float32, normalised with ImageNet mean/std (BGR order for most checkpoints).
+    depth: (B, 3, H, W) float32, grey depth copied to 3 channels, normalised with 0.48/0.28.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
+        self.backbone_name = cfg.backbone
+        self.backbone = BACKBONES[cfg.backbone](drop_path_rate=cfg.drop_path_rate)
+        channels = self.backbone.out_channels
+        if cfg.decoder == "ham":
+            self.decode_head = LightHamHead(channels[1:], cfg.num_classes, channels=cfg.decoder_embed_dim)
+        elif cfg.decoder == "MLPDecoder":
+            self.decode_head = DecoderHead(channels, cfg.num_classes, embed_dim=cfg.decoder_embed_dim,
+                                           bn_eps=cfg.bn_eps)
+        else:
+            raise ValueError(f"unknown decoder {cfg.decoder!r}; choose 'ham' or 'MLPDecoder'")
+        init_decode_head(self.decode_head)
+
+    def execute(self, rgb, depth):
+        logits = self.decode_head(self.backbone(rgb, depth))  # (B, classes, H/8, W/8)
+        return resize(logits, rgb.shape[2:])
+
+
+def init_decode_head(head):
+    """Upstream `init_weight`: kaiming-normal (fan_in, relu) conv weights, BN weight 1 / bias 0."""
+    for module in head.modules():
+        if isinstance(module, nn.Conv2d):
+            jt.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")

@@ -1,0 +1,45 @@
+"""SegFormer-style all-MLP decoder (`C.decoder = "MLPDecoder"`), no shipped config uses it.
+
+Mirrors the official `models/decoders/MLPDecoder.py` (VCIP-RGBD/DFormer) with identical parameter
+names. Its BN gets eps `bn_eps` (1e-3), as upstream's `init_weight` sets for the decode head.
+"""
+import jittor as jt
+from jittor import nn
+
+from ..layers import resize
+
+
+class MLP(nn.Module):
+    """Per-pixel linear embedding: (B, C, H, W) -> (B, E, H, W)."""
+
+    def __init__(self, input_dim, embed_dim):
+        super().__init__()
+        self.proj = nn.Linear(input_dim, embed_dim)
+
+    def execute(self, x):
+        B, _, H, W = x.shape
+        x = self.proj(x.reshape(B, x.shape[1], H * W).permute(0, 2, 1))  # (B, HW, E)
+        return x.permute(0, 2, 1).reshape(B, -1, H, W)
+
+
+class DecoderHead(nn.Module):
+    """Embed all 4 stages, upsample to stride 4, fuse [c4, c3, c2, c1], classify."""
+
+    def __init__(self, in_channels, num_classes, embed_dim=768, dropout_ratio=0.1, bn_eps=1e-3):
+        super().__init__()
+        c1, c2, c3, c4 = in_channels
+        self.linear_c4 = MLP(c4, embed_dim)
+        self.linear_c3 = MLP(c3, embed_dim)
+        self.linear_c2 = MLP(c2, embed_dim)
+        self.linear_c1 = MLP(c1, embed_dim)
+        self.linear_fuse = nn.Sequential(
+            nn.Conv2d(embed_dim * 4, embed_dim, 1), nn.BatchNorm2d(embed_dim, eps=bn_eps), nn.ReLU())
+        self.dropout = nn.Dropout2d(dropout_ratio)
+        self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
+
+    def execute(self, inputs):
+        c1, c2, c3, c4 = inputs
+        size = c1.shape[2:]
+        embedded = [resize(self.linear_c4(c4), size), resize(self.linear_c3(c3), size),
+                    resize(self.linear_c2(c2), size), self.linear_c1(c1)]
+        return self.linear_pred(self.dropout(self.linear_fuse(jt.concat(embedded, dim=1))))

@@ -1,0 +1,107 @@
+"""LightHamHead with NMF2D: "Is Attention Better Than Matrix Decomposition?", Geng et al., ICLR 2021,
+as used by every DFormer/DFormerv2 config.
+
+Mirrors the official `models/decoders/ham_head.py` + `decode_head.py` (VCIP-RGBD/DFormer, from
+mmseg/SegNeXt) with identical parameter names. Differences:
+- BN eps of `squeeze`, `hamburger.ham_out` and `align` is 1e-3 at construction; upstream sets it
+  at runtime in `init_weight(..., bn_eps=cfg.bn_eps)` and it is not stored in checkpoints.
+- `NMF2D.fixed_raw_bases` can pin the random bases for exact comparisons (see below).
+"""
+import jittor as jt
+import numpy as np
+from jittor import nn
+
+from ..layers import ConvModule, resize
+
+DECODE_HEAD_BN_EPS = 1e-3
+
+
+class NMF2D(nn.Module):
+    """Non-negative matrix factorisation of a (B, C, H, W) map into R=64 bases, multiplicative updates.
+
+    Upstream draws fresh uniform bases for every forward, in training and evaluation alike, then
+    L2-normalises them over D; 6 steps in training, 7 in evaluation, inv_t = 1.
+    Set `fixed_raw_bases` to a (B*S, D, R) numpy array (the values upstream draws with
+    `torch.rand`, before normalising) to use them instead of a draw; `None` draws again.
+    """
+
+    def __init__(self, S=1, R=64, train_steps=6, eval_steps=7, inv_t=1):
+        super().__init__()
+        self.S, self.R = S, R
+        self.train_steps, self.eval_steps, self.inv_t = train_steps, eval_steps, inv_t
+        self.fixed_raw_bases = None
+
+    def build_bases(self, batch, D):
+        if self.fixed_raw_bases is not None:
+            raw = jt.array(np.asarray(self.fixed_raw_bases, dtype=np.float32))
+            if tuple(raw.shape) != (batch * self.S, D, self.R):
+                raise ValueError(f"fixed_raw_bases has shape {tuple(raw.shape)}, "
+                                 f"this forward needs {(batch * self.S, D, self.R)}")
+        else:
+            raw = jt.rand((batch * self.S, D, self.R))
+        norm = jt.sqrt((raw * raw).sum(1, keepdims=True))
+        return raw / jt.maximum(norm, 1e-12)  # F.normalize(dim=1)
+
+    @staticmethod
+    def update_coef(x, bases, coef):
+        numerator = jt.bmm(x.permute(0, 2, 1), bases)  # (BS, N, R)
+        denominator = jt.bmm(coef, jt.bmm(bases.permute(0, 2, 1), bases))
+        return coef * numerator / (denominator + 1e-6)
+
+    @staticmethod
+    def update_bases(x, bases, coef):
+        numerator = jt.bmm(x, coef)  # (BS, D, R)
+        denominator = jt.bmm(bases, jt.bmm(coef.permute(0, 2, 1), coef))
+        return bases * numerator / (denominator + 1e-6)
+
+    def execute(self, x):
+        B, C, H, W = x.shape
+        D, N = C // self.S, H * W
+        x = x.reshape(B * self.S, D, N)
+        bases = self.build_bases(B, D)  # (BS, D, R)
+        coef = nn.softmax(self.inv_t * jt.bmm(x.permute(0, 2, 1), bases), dim=-1)  # (BS, N, R)
+        for _ in range(self.train_steps if self.is_train else self.eval_steps):
+            coef = self.update_coef(x, bases, coef)
+            bases = self.update_bases(x, bases, coef)
+        coef = self.update_coef(x, bases, coef)
+        return jt.bmm(bases, coef.permute(0, 2, 1)).reshape(B, C, H, W)
+
+
+class Hamburger(nn.Module):
+    """ReLU(x + ham_out(NMF(ReLU(ham_in(x))))): ham_in has a bias and no norm, ham_out BN only."""
+
+    def __init__(self, ham_channels=512):
+        super().__init__()
+        self.ham_in = ConvModule(ham_channels, ham_channels, norm=False, act=False)
+        self.ham = NMF2D()
+        self.ham_out = ConvModule(ham_channels, ham_channels, act=False, bn_eps=DECODE_HEAD_BN_EPS)
+
+    def execute(self, x):
+        enjoy = self.ham_out(self.ham(nn.relu(self.ham_in(x))))
+        return nn.relu(x + enjoy)
+
+
+class LightHamHead(nn.Module):
+    """Stride-8 head over stages 1-3: resize, concat, squeeze, Hamburger, align, classify.
+
+    Args:
+        in_channels: widths of stages 1, 2, 3 (taken from `inputs[1:]`).
+        num_classes: output classes.
+        channels: `decoder_embed_dim` (512, or 1024 for some configs).
+        ham_channels: always 512 upstream.
+    """
+
+    def __init__(self, in_channels, num_classes, channels=512, ham_channels=512, dropout_ratio=0.1):
+        super().__init__()
+        self.squeeze = ConvModule(sum(in_channels), ham_channels, bn_eps=DECODE_HEAD_BN_EPS)
+        self.hamburger = Hamburger(ham_channels)
+        self.align = ConvModule(ham_channels, channels, bn_eps=DECODE_HEAD_BN_EPS)
+        self.dropout = nn.Dropout2d(dropout_ratio)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def execute(self, inputs):
+        inputs = inputs[1:]
+        size = inputs[0].shape[2:]
+        x = jt.concat([resize(level, size) for level in inputs], dim=1)  # (B, sum(in), H/8, W/8)
+        x = self.align(self.hamburger(self.squeeze(x)))
+        return self.conv_seg(self.dropout(x))

@@ -1,0 +1,214 @@
+"""DFormer (v1) backbone: "DFormer: Rethinking RGBD Representation Learning for Semantic
+Segmentation", Yin et al., ICLR 2024.
+
+Mirrors the official `models/encoders/DFormer.py` (VCIP-RGBD/DFormer) module for module, with
+identical parameter names so official checkpoints load unchanged. Differences:
+- `execute` instead of `forward`; tensors are NHWC inside the stages exactly as upstream.
+- The 7x7 adaptive pool of the global-awareness attention uses PyTorch's bins (`layers.py`).
+- The dead `block_index > last_block_index` branch and the unused `norm0..3` of the 2023 release
+  are not built (old checkpoints' `backbone.norm0..3.*` are skipped by the loader).
+"""
+import jittor as jt
+from jittor import nn
+
+from ..layers import adaptive_avg_pool_nhwc, layer_norm, resize
+
+
+class LayerNorm(nn.Module):
+    """Upstream's own channels-last LayerNorm (eps 1e-6).
+
+    Kept as a class separate from `nn.LayerNorm` because the official optimiser grouping skips
+    it: its weights stay frozen during fine-tuning (see `utils/optim.py`).
+    """
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = jt.ones(dim)
+        self.bias = jt.zeros(dim)
+        self.eps = eps
+
+    def execute(self, x):
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class MLP(nn.Module):
+    """Pre-norm MLP, NHWC in and out; a residual depthwise 3x3 conv sits before the GELU."""
+
+    def __init__(self, dim, mlp_ratio=4):
+        super().__init__()
+        hidden = dim * mlp_ratio
+        self.norm = LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.pos = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def execute(self, x):
+        x = self.fc1(self.norm(x)).permute(0, 3, 1, 2)  # (B, hidden, H, W)
+        x = self.pos(x) + x
+        return self.fc2(self.act(x.permute(0, 2, 3, 1)))
+
+
+class attention(nn.Module):
+    """RGB-D attention: local conv modulation, global awareness (window != 0) and depth enhancement.
+
+    Args:
+        dim: RGB width C (the depth stream has C/2).
+        num_head: heads of the global-awareness attention, per-head width C/heads/2.
+        window: 7 for stages 1-3 (pooled 7x7 queries), 0 for stage 0 (no global branch).
+        drop_depth: the very last block has no depth output projection.
+    """
+
+    def __init__(self, dim, num_head=8, window=7, drop_depth=False):
+        super().__init__()
+        self.num_head = num_head
+        self.window = window
+        self.drop_depth = drop_depth
+        self.q = nn.Linear(dim, dim)
+        self.q_cut = nn.Linear(dim, dim // 2)
+        self.a = nn.Linear(dim, dim)
+        self.l = nn.Linear(dim, dim)
+        self.conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.e_conv = nn.Conv2d(dim // 2, dim // 2, 7, padding=3, groups=dim // 2)
+        self.e_fore = nn.Linear(dim // 2, dim // 2)
+        self.e_back = nn.Linear(dim // 2, dim // 2)
+        concat_dim = dim * 2 if window != 0 else dim // 2 * 3
+        self.proj = nn.Linear(concat_dim, dim)
+        if not drop_depth:
+            self.proj_e = nn.Linear(concat_dim, dim // 2)
+        if window != 0:
+            self.short_cut_linear = nn.Linear(dim // 2 * 3, dim // 2)
+            self.kv = nn.Linear(dim, dim)
+        self.act = nn.GELU()
+        self.norm = LayerNorm(dim)
+        self.norm_e = LayerNorm(dim // 2)
+
+    def global_awareness(self, t, short_cut):
+        """Attention of 7x7 pooled RGB-D queries over all positions, upsampled back to (H, W)."""
+        B, H, W, C = t.shape
+        heads, d = self.num_head, C // self.num_head // 2
+        kv = self.kv(t).reshape(B, H * W, 2, heads, d).permute(2, 0, 3, 1, 4)  # (2, B, heads, HW, d)
+        k, v = kv[0], kv[1]
+        query = self.short_cut_linear(adaptive_avg_pool_nhwc(short_cut, self.window))  # (B, 7, 7, C/2)
+        query = query.reshape(B, -1, heads, d).permute(0, 2, 1, 3)  # (B, heads, 49, d)
+        attn = nn.softmax((query * d**-0.5) @ k.permute(0, 1, 3, 2), dim=-1)  # (B, heads, 49, HW)
+        out = (attn @ v).reshape(B, heads, self.window, self.window, d)  # (B, heads, 7, 7, d)
+        out = out.permute(0, 1, 4, 2, 3).reshape(B, C // 2, self.window, self.window)
+        return resize(out, (H, W)).permute(0, 2, 3, 1)  # (B, H, W, C/2)
+
+    def execute(self, x, x_e):
+        x = self.norm(x)
+        x_e = self.norm_e(x_e)
+        q = self.q(x)
+        cutted_x = self.q_cut(x)
+        t = self.act(self.l(x))  # GELU(l(x)) feeds both the 7x7 conv and the kv projection
+        a = self.a(self.conv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        e = self.e_fore(x_e).permute(0, 3, 1, 2)  # (B, C/2, H, W)
+        e = self.e_back(self.e_conv(e).permute(0, 2, 3, 1))
+        parts = [q * a]
+        if self.window != 0:
+            parts.append(self.global_awareness(t, jt.concat([x, x_e], dim=3)))
+        parts.append(cutted_x * e)
+        x = jt.concat(parts, dim=3)  # (B, H, W, 2C) or (B, H, W, 3C/2)
+        x_e = None if self.drop_depth else self.proj_e(x)
+        return self.proj(x), x_e
+
+
+class Block(nn.Module):
+    """Attention + MLP with layer scale on the RGB stream and, unless `drop_depth`, the depth stream."""
+
+    def __init__(self, dim, num_head, mlp_ratio=4, window=7, drop_path=0.0, drop_depth=False):
+        super().__init__()
+        self.attn = attention(dim, num_head, window=window, drop_depth=drop_depth)
+        self.mlp = MLP(dim, mlp_ratio)
+        # upstream applies one DropPath instance to all four residual branches
+        self.dropout_layer = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale_1 = jt.full((dim,), 1e-6)
+        self.layer_scale_2 = jt.full((dim,), 1e-6)
+        self.drop_depth = drop_depth
+        if not drop_depth:
+            self.layer_scale_1_e = jt.full((dim // 2,), 1e-6)
+            self.layer_scale_2_e = jt.full((dim // 2,), 1e-6)
+            self.mlp_e2 = MLP(dim // 2, mlp_ratio)
+
+    def execute(self, x, x_e):
+        a_x, a_e = self.attn(x, x_e)
+        x = x + self.dropout_layer(self.layer_scale_1 * a_x)
+        x = x + self.dropout_layer(self.layer_scale_2 * self.mlp(x))
+        if not self.drop_depth:
+            x_e = x_e + self.dropout_layer(self.layer_scale_1_e * a_e)
+            x_e = x_e + self.dropout_layer(self.layer_scale_2_e * self.mlp_e2(x_e))
+        return x, x_e
+
+
+def _stem(in_channels, dim):
+    """Two stride-2 3x3 convs with BN, GELU between them: (B, in, H, W) -> (B, dim, H/4, W/4)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, dim // 2, 3, stride=2, padding=1),
+        nn.BatchNorm2d(dim // 2),
+        nn.GELU(),
+        nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),
+        nn.BatchNorm2d(dim),
+    )
+
+
+def _downsample(in_dim, out_dim):
+    """BN then a stride-2 3x3 conv (upstream order: norm before conv, none after)."""
+    return nn.Sequential(nn.BatchNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1))
+
+
+class DFormer(nn.Module):
+    """Two-stream RGB (width dims[i]) / depth (dims[i]/2) encoder; returns the 4 RGB stage outputs.
+
+    Args:
+        dims, depths, num_heads, mlp_ratios, windows: per-stage sizes (see the factories below).
+        drop_path_rate: stochastic depth, linear from 0 over all blocks.
+    """
+
+    def __init__(self, dims, depths, num_heads, mlp_ratios=(8, 8, 4, 4), windows=(0, 7, 7, 7),
+                 drop_path_rate=0.1):
+        super().__init__()
+        self.out_channels = list(dims)
+        self.downsample_layers = nn.ModuleList([_stem(3, dims[0])])
+        self.downsample_layers_e = nn.ModuleList([_stem(1, dims[0] // 2)])
+        for i in range(3):
+            self.downsample_layers.append(_downsample(dims[i], dims[i + 1]))
+            self.downsample_layers_e.append(_downsample(dims[i] // 2, dims[i + 1] // 2))
+        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            first = sum(depths[:i])
+            self.stages.append(nn.Sequential(*[
+                Block(dims[i], num_heads[i], mlp_ratios[i], windows[i], rates[first + j],
+                      drop_depth=(i == 3 and j == depth - 1))
+                for j in range(depth)
+            ]))
+
+    def execute(self, x, x_e):
+        x_e = x_e[:, 0:1]  # only the first of the 3 identical depth channels is used
+        outs = []
+        for i in range(4):
+            x = self.downsample_layers[i](x).permute(0, 2, 3, 1)  # (B, H, W, C)
+            x_e = self.downsample_layers_e[i](x_e).permute(0, 2, 3, 1)  # (B, H, W, C/2)
+            for block in self.stages[i]:
+                x, x_e = block(x, x_e)
+            x = x.permute(0, 3, 1, 2)
+            x_e = x_e.permute(0, 3, 1, 2)
+            outs.append(x)
+        return outs
+
+
+def DFormer_Tiny(**kwargs):
+    return DFormer(dims=[32, 64, 128, 256], depths=[3, 3, 5, 2], num_heads=[1, 2, 4, 8], **kwargs)
+
+
+def DFormer_Small(**kwargs):
+    return DFormer(dims=[64, 128, 256, 512], depths=[2, 2, 4, 2], num_heads=[1, 2, 4, 8], **kwargs)
+
+
+def DFormer_Base(**kwargs):
+    return DFormer(dims=[64, 128, 256, 512], depths=[3, 3, 12, 2], num_heads=[1, 2, 4, 8], **kwargs)
+
+
+def DFormer_Large(**kwargs):
+    return DFormer(dims=[96, 192, 288, 576], depths=[3, 3, 12, 2], num_heads=[1, 2, 4, 8], **kwargs)

@@ -1,0 +1,304 @@
+"""DFormerv2 backbone: "DFormerv2: Geometry Self-Attention for RGBD Semantic Segmentation",
+Yin et al., CVPR 2025.
+
+Mirrors the official `models/encoders/DFormerv2.py` (VCIP-RGBD/DFormer) with identical parameter
+names (`gamma_1`, `Geo.angle`, ...), so official checkpoints load unchanged. Differences:
+- `execute` instead of `forward`; `Geo.angle`/`Geo.decay` are PyTorch buffers, here Vars marked
+  stop_grad (Jittor would otherwise train them) that still appear in the state_dict.
+- `norm_eval` is not ported: upstream it never takes effect (its BNs are SyncBatchNorm).
+- Gradient checkpointing (`use_checkpoint`, off in every config) is not ported.
+"""
+import jittor as jt
+import numpy as np
+from jittor import nn
+
+from ..layers import LayerNorm, resize
+
+
+class DWConv2d(nn.Module):
+    """Depthwise conv on an NHWC tensor."""
+
+    def __init__(self, dim, kernel_size, stride, padding):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size, stride, padding, groups=dim)
+
+    def execute(self, x):
+        return self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _conv_bn(in_dim, out_dim, stride):
+    return [nn.Conv2d(in_dim, out_dim, 3, stride, 1), nn.BatchNorm2d(out_dim)]
+
+
+class PatchEmbed(nn.Module):
+    """Stride-4 stem of four 3x3 convs (s2, s1, s2, s1) with BN, GELU after the first three.
+    (B, 3, H, W) -> (B, H/4, W/4, D)."""
+
+    def __init__(self, in_chans=3, embed_dim=96):
+        super().__init__()
+        half = embed_dim // 2
+        self.proj = nn.Sequential(
+            *_conv_bn(in_chans, half, 2), nn.GELU(),
+            *_conv_bn(half, half, 1), nn.GELU(),
+            *_conv_bn(half, embed_dim, 2), nn.GELU(),
+            *_conv_bn(embed_dim, embed_dim, 1),
+        )
+
+    def execute(self, x):
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class PatchMerging(nn.Module):
+    """Stride-2 3x3 conv then BN, NHWC in and out."""
+
+    def __init__(self, dim, out_dim):
+        super().__init__()
+        self.reduction = nn.Conv2d(dim, out_dim, 3, 2, 1)
+        self.norm = nn.BatchNorm2d(out_dim)
+
+    def execute(self, x):
+        return self.norm(self.reduction(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+def angle_transform(x, sin, cos):
+    """Rotary embedding with interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)."""
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    rotated = jt.stack([-x2, x1], dim=-1).reshape(x.shape)
+    return x * cos + rotated * sin
+
+
+class GeoPriorGen(nn.Module):
+    """Geometry prior of one block: rotary tables and log-decay masks from position and depth.
+
+    Args:
+        embed_dim, num_heads: key_dim = embed_dim / num_heads.
+        initial_value, heads_range: per-head decay ln(1 - 2^(-initial - range * h / heads)).
+    """
+
+    def __init__(self, embed_dim, num_heads, initial_value, heads_range):
+        super().__init__()
+        half = embed_dim // num_heads // 2
+        angle = 1.0 / 10000 ** np.linspace(0, 1, half, dtype=np.float32)
+        heads = np.arange(num_heads, dtype=np.float32)
+        decay = np.log(1 - np.power(2, -initial_value - heads_range * heads / num_heads, dtype=np.float32))
+        self.weight = jt.ones((2, 1, 1, 1))
+        # PyTorch buffers: in the state_dict, never trained
+        self.angle = jt.array(np.repeat(angle, 2).astype(np.float32)).stop_grad()  # [a0, a0, a1, a1, ...]
+        self.decay = jt.array(decay.astype(np.float32)).stop_grad()
+
+    def rotary_tables(self, H, W):
+        """sin/cos (H, W, key_dim) of the flattened position r*W + c (1-D RoPE on the 2-D grid)."""
+        index = jt.arange(H * W).float32()
+        phase = index.unsqueeze(1) * self.angle.unsqueeze(0)  # formed in fp32, as upstream
+        return jt.sin(phase).reshape(H, W, -1), jt.cos(phase).reshape(H, W, -1)
+
+    def decay_1d(self, length):
+        """(heads, L, L): |i - j| * decay_h."""
+        index = jt.arange(length).float32()
+        distance = (index.unsqueeze(1) - index.unsqueeze(0)).abs()
+        return distance.unsqueeze(0) * self.decay.reshape(-1, 1, 1)
+
+    def depth_decay_1d(self, depth_lines):
+        """(B, heads, lines, L, L): |d_i - d_j| * decay_h along the last axis of (B, 1, lines, L)."""
+        distance = (depth_lines.unsqueeze(-1) - depth_lines.unsqueeze(-2)).abs()
+        return distance * self.decay.reshape(-1, 1, 1, 1)
+
+    def execute(self, HW, depth, split):
+        """Returns ((sin, cos), (mask_h, mask_w)) when `split`, else ((sin, cos), mask)."""
+        H, W = HW
+        depth = resize(depth, (H, W))  # (B, 1, H, W), downsampled without antialias like upstream
+        tables = self.rotary_tables(H, W)
+        w_pos, w_depth = self.weight[0], self.weight[1]
+        if split:
+            mask_h = w_pos * self.decay_1d(H).unsqueeze(0).unsqueeze(2) + w_depth * self.depth_decay_1d(
+                depth.permute(0, 1, 3, 2))  # (B, heads, W, H, H)
+            mask_w = w_pos * self.decay_1d(W).unsqueeze(0).unsqueeze(2) + w_depth * self.depth_decay_1d(
+                depth)  # (B, heads, H, W, W)
+            return tables, (mask_h, mask_w)
+        rows, cols = np.divmod(np.arange(H * W, dtype=np.float32), W)  # row-major grid
+        manhattan = np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None])
+        pos = jt.array(manhattan).unsqueeze(0) * self.decay.reshape(-1, 1, 1)  # (heads, HW, HW)
+        d = depth.reshape(depth.shape[0], H * W)
+        depth_mask = (d.unsqueeze(2) - d.unsqueeze(1)).abs().unsqueeze(1) * self.decay.reshape(1, -1, 1, 1)
+        return tables, w_pos * pos + w_depth * depth_mask  # (B, heads, HW, HW)
+
+
+class _GSA(nn.Module):
+    """Projections shared by both geometry self-attentions; `lepe` is a 5x5 DW conv on v."""
+
+    def __init__(self, embed_dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = embed_dim // num_heads
+        self.scaling = self.key_dim**-0.5
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.lepe = DWConv2d(embed_dim, 5, 1, 2)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def rotated_qkv(self, x, sin, cos):
+        """q, k rotated and split into heads (B, n, H, W, d); v (B, H, W, C); lepe (B, H, W, C)."""
+        B, H, W, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x) * self.scaling, self.v_proj(x)
+        q = q.reshape(B, H, W, self.num_heads, self.key_dim).permute(0, 3, 1, 2, 4)  # (B, n, H, W, d)
+        k = k.reshape(B, H, W, self.num_heads, self.key_dim).permute(0, 3, 1, 2, 4)
+        return angle_transform(q, sin, cos), angle_transform(k, sin, cos), v, self.lepe(v)
+
+
+class Decomposed_GSA(_GSA):
+    """Axial geometry self-attention: along each row (W) first, then each column (H)."""
+
+    def execute(self, x, rel_pos):
+        B, H, W, C = x.shape
+        (sin, cos), (mask_h, mask_w) = rel_pos
+        qr, kr, v, lepe = self.rotated_qkv(x, sin, cos)
+        n, d = self.num_heads, self.key_dim
+        qr_w, kr_w = qr.permute(0, 2, 1, 3, 4), kr.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
+        v = v.reshape(B, H, W, n, d).permute(0, 1, 3, 2, 4)  # (B, H, n, W, d)
+        attn_w = nn.softmax(qr_w @ kr_w.permute(0, 1, 2, 4, 3) + mask_w.permute(0, 2, 1, 3, 4), dim=-1)
+        v = attn_w @ v  # (B, H, n, W, d)
+        qr_h, kr_h = qr.permute(0, 3, 1, 2, 4), kr.permute(0, 3, 1, 2, 4)  # (B, W, n, H, d)
+        v = v.permute(0, 3, 2, 1, 4)  # (B, W, n, H, d)
+        attn_h = nn.softmax(qr_h @ kr_h.permute(0, 1, 2, 4, 3) + mask_h.permute(0, 2, 1, 3, 4), dim=-1)
+        out = (attn_h @ v).permute(0, 3, 1, 2, 4).reshape(B, H, W, C)  # (B, H, W, n*d)
+        return self.out_proj(out + lepe)
+
+
+class Full_GSA(_GSA):
+    """Geometry self-attention over all H*W positions (last stage)."""
+
+    def execute(self, x, rel_pos):
+        B, H, W, C = x.shape
+        (sin, cos), mask = rel_pos
+        qr, kr, v, lepe = self.rotated_qkv(x, sin, cos)
+        n, d = self.num_heads, self.key_dim
+        qr, kr = qr.reshape(B, n, H * W, d), kr.reshape(B, n, H * W, d)
+        v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
+        attn = nn.softmax(qr @ kr.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
+        out = (attn @ v).permute(0, 2, 1, 3).reshape(B, H, W, C)
+        return self.out_proj(out + lepe)
+
+
+class FeedForwardNetwork(nn.Module):
+    """fc1, GELU, residual 3x3 DW conv, fc2 (upstream: subconv=True, subln=False, dropout 0)."""
+
+    def __init__(self, embed_dim, ffn_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.dwconv = DWConv2d(ffn_dim, 3, 1, 1)
+
+    def execute(self, x):
+        x = nn.gelu(self.fc1(x))
+        return self.fc2(self.dwconv(x) + x)
+
+
+class RGBD_Block(nn.Module):
+    """Conv position encoding, geometry self-attention and FFN, with optional layer scale."""
+
+    def __init__(self, split, embed_dim, num_heads, ffn_dim, drop_path=0.0, layerscale=False,
+                 layer_init_values=1e-6, init_value=2, heads_range=4):
+        super().__init__()
+        self.split = split
+        self.layerscale = layerscale
+        self.layer_norm1 = LayerNorm(embed_dim, eps=1e-6)
+        self.layer_norm2 = LayerNorm(embed_dim, eps=1e-6)
+        self.Attention = (Decomposed_GSA if split else Full_GSA)(embed_dim, num_heads)
+        self.drop_path = nn.DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.ffn = FeedForwardNetwork(embed_dim, ffn_dim)
+        self.cnn_pos_encode = DWConv2d(embed_dim, 3, 1, 1)
+        self.Geo = GeoPriorGen(embed_dim, num_heads, init_value, heads_range)
+        if layerscale:
+            self.gamma_1 = jt.full((1, 1, 1, embed_dim), layer_init_values)
+            self.gamma_2 = jt.full((1, 1, 1, embed_dim), layer_init_values)
+
+    def execute(self, x, x_e):
+        x = x + self.cnn_pos_encode(x)
+        geo_prior = self.Geo((x.shape[1], x.shape[2]), x_e, self.split)
+        attn = self.Attention(self.layer_norm1(x), geo_prior)
+        x = x + self.drop_path(self.gamma_1 * attn if self.layerscale else attn)
+        ffn = self.ffn(self.layer_norm2(x))
+        return x + self.drop_path(self.gamma_2 * ffn if self.layerscale else ffn)
+
+
+class BasicLayer(nn.Module):
+    """One stage: blocks, then (except the last stage) PatchMerging. Returns (before, after)."""
+
+    def __init__(self, embed_dim, out_dim, depth, num_heads, init_value, heads_range, ffn_dim,
+                 drop_path, split, layerscale, layer_init_values):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            RGBD_Block(split, embed_dim, num_heads, ffn_dim, drop_path[i], layerscale,
+                       layer_init_values, init_value=init_value, heads_range=heads_range)
+            for i in range(depth)
+        ])
+        self.downsample = PatchMerging(embed_dim, out_dim) if out_dim is not None else None
+
+    def execute(self, x, x_e):
+        for block in self.blocks:
+            x = block(x, x_e)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+class dformerv2(nn.Module):
+    """RGB encoder whose attention is biased by a depth geometry prior; returns 4 NCHW features.
+
+    Args:
+        embed_dims, depths, num_heads, heads_ranges, mlp_ratios: per-stage sizes.
+        layerscales: which stages use gamma layer scale (init `layer_init_values`).
+        drop_path_rate: stochastic depth, linear from 0 over all blocks.
+    """
+
+    def __init__(self, embed_dims, depths, num_heads, heads_ranges, init_values=(2, 2, 2, 2),
+                 mlp_ratios=(4, 4, 3, 3), layerscales=(False, False, False, False),
+                 layer_init_values=1e-6, drop_path_rate=0.1):
+        super().__init__()
+        self.out_channels = list(embed_dims)
+        self.patch_embed = PatchEmbed(3, embed_dims[0])
+        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]
+        self.layers = nn.ModuleList()
+        for i in range(4):
+            self.layers.append(BasicLayer(
+                embed_dims[i], embed_dims[i + 1] if i < 3 else None, depths[i], num_heads[i],
+                init_values[i], heads_ranges[i], int(mlp_ratios[i] * embed_dims[i]),
+                rates[sum(depths[:i]):sum(depths[:i + 1])], split=(i != 3),
+                layerscale=layerscales[i], layer_init_values=layer_init_values,
+            ))
+        # stages 1-3 are normalised before output, with nn.LayerNorm's default eps 1e-5
+        self.extra_norms = nn.ModuleList([LayerNorm(embed_dims[i]) for i in range(1, 4)])
+        self.apply(_init_weights)
+
+    def execute(self, x, x_e):
+        x = self.patch_embed(x)
+        x_e = x_e[:, 0:1]  # normalised depth, first of 3 identical channels, full resolution
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x_out, x = layer(x, x_e)
+            if i > 0:
+                x_out = self.extra_norms[i - 1](x_out)
+            outs.append(x_out.permute(0, 3, 1, 2))
+        return outs
+
+
+def _init_weights(module):
+    """Upstream init: trunc-normal(0.02) Linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        jt.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            jt.init.zero_(module.bias)
+
+
+def DFormerv2_S(**kwargs):
+    return dformerv2(embed_dims=[64, 128, 256, 512], depths=[3, 4, 18, 4], num_heads=[4, 4, 8, 16],
+                     heads_ranges=[4, 4, 6, 6], **kwargs)
+
+
+def DFormerv2_B(**kwargs):
+    return dformerv2(embed_dims=[80, 160, 320, 512], depths=[4, 8, 25, 8], num_heads=[5, 5, 10, 16],
+                     heads_ranges=[5, 5, 6, 6], layerscales=[False, False, True, True], **kwargs)
+
+
+def DFormerv2_L(**kwargs):
+    return dformerv2(embed_dims=[112, 224, 448, 640], depths=[4, 8, 25, 8], num_heads=[7, 7, 14, 20],
+                     heads_ranges=[6, 6, 6, 6], layerscales=[False, False, True, True], **kwargs)

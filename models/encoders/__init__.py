@@ -1,0 +1,1 @@
+"""Backbones: DFormer (v1) and DFormerv2."""

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: bash tests/run.sh [pytest args]. Installs what the tests need, then runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mpirun >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "Installing OpenMPI for the multi-process test ..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev) >/dev/null
+fi
+source utils/env.sh
+exec python -m pytest -q tests "$@"
