@@ -27,7 +27,8 @@ DATASETS = {
     "NYUDepthv2": dict(
         gt_folder="Label", num_train_imgs=795, num_eval_imgs=654, class_names=NYU_CLASSES,
         image_height=480, image_width=640, lr=6e-5, batch_size=8, nepochs=500, num_workers=16,
-        eval_scale_array=[1], eval_crop_size=[480, 640], checkpoint_start_epoch=250,
+        # upstream's NYU configs say [1], but all its scripts hard-code the 5 scales used here
+        eval_scale_array=[0.5, 0.75, 1, 1.25, 1.5], eval_crop_size=[480, 640], checkpoint_start_epoch=250,
     ),
     "SUNRGBD": dict(
         gt_folder="labels", num_train_imgs=5285, num_eval_imgs=5050, class_names=SUN_CLASSES,
@@ -41,6 +42,7 @@ DATASETS = {
         gt_folder="Label", num_train_imgs=400, num_eval_imgs=100, class_names=SYNTHETIC_CLASSES,
         image_height=128, image_width=160, lr=3e-4, batch_size=8, nepochs=40, num_workers=0,
         eval_scale_array=[1], eval_crop_size=[128, 160], checkpoint_start_epoch=20, warm_up_epoch=1,
+        val_mode="ss",
     ),
 }
 # What a dataset must define: a name not in DATASETS must pass all of these to make_config.
@@ -65,6 +67,7 @@ SHARED = dict(
     weight_decay=0.01, train_scale_array=[0.5, 0.75, 1, 1.25, 1.5, 1.75], warm_up_epoch=10,
     fix_bias=True, bn_eps=1e-3, bn_momentum=0.1, drop_path_rate=0.1, aux_rate=0.0,
     eval_iter=25, eval_stride_rate=2 / 3, eval_flip=True, checkpoint_step=25,
+    val_mode="msf",  # training-time validation protocol (upstream: multi-scale + flip)
 )
 
 

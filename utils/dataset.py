@@ -1,0 +1,356 @@
+"""Datasets: labelled RGB-D splits (`RGBXDataset`) and unlabelled RGB+depth input for inference.
+
+Reading follows the official `utils/dataloader/RGBXDataset.py` and the preprocessing follows its
+`TrainPre`/`ValPre` (see `utils/transforms.py`), so the arrays equal upstream's for the same files
+and random draws. Both classes are `jittor.dataset.Dataset`s: `len()` is the number of batches,
+iteration yields collated batches of `jt.Var`s, and under MPI each rank reads its own share.
+`__getitem__` uses numpy/OpenCV only, so it can run in loader worker processes.
+
+Depth maps are single grey images in the official convention, 0 nearest .. 255 farthest. A 16-bit
+(or float) depth map is converted per image with `utils.transforms.depth_to_uint8`.
+
+Problems with the user's files raise `UserError` with the file name and what to do.
+"""
+import os
+import random
+
+import cv2
+import numpy as np
+from jittor.dataset import Dataset
+
+from utils.errors import UserError
+from utils.transforms import (
+    IGNORE_LABEL,
+    SUN_PAD_SHAPE,
+    depth_to_uint8,
+    eval_transform,
+    train_transform,
+)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DATASET_HELP = """\
+Get NYUDepthv2 / SUNRGBD in the pre-processed layout of the official DFormer README
+(https://github.com/VCIP-RGBD/DFormer, "Download Datasets"):
+  Google Drive  https://drive.google.com/drive/folders/1RIa9t7Wi4krq0YcgjR3EWBxWWJedrYUl
+  OneDrive      https://mailnankaieducn-my.sharepoint.com/:f:/g/personal/bowenyin_mail_nankai_edu_cn/EqActCWQb_pJoHpxvPh4xRgBMApqGAvUjid-XK3wcl08Ug
+  BaiduNetdisk  https://pan.baidu.com/s/1-CEL88wM5DYOFHOVjzRRhA?pwd=ij7q
+and unpack (or symlink: ln -s /path/to/data datasets) them so that the folder looks like
+  {root}/{rgb}/<name>{rgb_ext}   {root}/{x}/<name>{x_ext}   {root}/{gt}/<name>{gt_ext}
+  {root}/train.txt  {root}/test.txt   (one sample per line, e.g. "{rgb}/<name>{rgb_ext}")
+Depth maps are grey PNGs, 0 nearest .. 255 farthest; labels are grey PNGs, 0 unlabelled, 1..K classes.
+To try the code without downloading anything use the synthetic data set:
+  python -m utils.synthetic --out datasets/Synthetic   (configs local_configs.Synthetic.*)"""
+
+
+def dataset_help(C):
+    """The download and layout instructions, filled in with the config's folders and formats."""
+    return DATASET_HELP.format(
+        root=C.dataset_path, rgb=C.rgb_folder, x=C.x_folder, gt=C.gt_folder,
+        rgb_ext=C.rgb_format, x_ext=C.x_format, gt_ext=C.gt_format,
+    )
+
+
+def imread(path, flags, kind):
+    """`cv2.imread`, raising `UserError` if the file is missing or cannot be decoded."""
+    if not os.path.isfile(path):
+        raise UserError(f"{kind} file not found: {path}")
+    img = cv2.imread(path, flags)
+    if img is None:
+        raise UserError(f"cannot read {kind} file {path}: not an image OpenCV can decode; replace it")
+    return img
+
+
+def read_rgb(path, bgr=True):
+    """An 8-bit colour image as HxWx3 uint8, in BGR order (cv2's, as upstream) unless `bgr=False`.
+
+    Grey and BGRA files are converted to 3 channels (upstream would fail on them).
+    """
+    img = imread(path, cv2.IMREAD_UNCHANGED, "RGB")
+    if img.dtype != np.uint8:
+        raise UserError(f"RGB file {path} is {img.dtype}, expected an 8-bit image; convert it")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return img if bgr else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_depth(path, strict=False):
+    """A depth map as HxW uint8 in the official convention (0 nearest .. 255 farthest).
+
+    8-bit files are read as grey exactly like upstream (`IMREAD_GRAYSCALE`, which `IMREAD_ANYDEPTH`
+    equals for 8-bit files) and used as they are. 16-bit files (e.g. millimetres, 0 = no
+    measurement) and float files are converted with `depth_to_uint8`. With `strict` (inference on
+    user files), an 8-bit colour image whose channels differ is refused: it is probably a
+    colour-mapped visualisation, not a depth map.
+    """
+    depth = imread(path, cv2.IMREAD_ANYDEPTH, "depth")
+    if depth.dtype != np.uint8:
+        return depth_to_uint8(depth)
+    if strict:
+        full = imread(path, cv2.IMREAD_UNCHANGED, "depth")
+        if full.ndim == 3 and full.shape[2] >= 3 and not (
+            np.array_equal(full[..., 0], full[..., 1]) and np.array_equal(full[..., 0], full[..., 2])
+        ):
+            raise UserError(
+                f"depth file {path} is a colour image; expected a grey depth map (8-bit, 0 nearest .. "
+                "255 farthest) or a 16-bit PNG of raw depth (e.g. millimetres, 0 = no measurement)"
+            )
+    return depth
+
+
+def read_label(path, gt_transform):
+    """A label map as HxW uint8; with `gt_transform`, 0 (unlabelled) becomes 255 and k becomes k-1.
+
+    The shift is done in uint8 on purpose, as upstream: `0 - 1` wraps around to 255, the ignore
+    index, so unlabelled pixels are skipped by the loss and the metrics.
+    """
+    gt = imread(path, cv2.IMREAD_GRAYSCALE, "label")
+    return gt - np.uint8(1) if gt_transform else gt
+
+
+def check_same_size(shapes_by_path):
+    """Raise `UserError` unless all images have the same height and width."""
+    sizes = {path: tuple(shape[:2]) for path, shape in shapes_by_path.items()}
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{path} is {h}x{w}" for path, (h, w) in sizes.items())
+        raise UserError(f"RGB, depth (and label) must have the same size: {listing}; align or resize them")
+
+
+def check_label_values(gt, num_classes, gt_transform, path):
+    """Raise `UserError` if `gt` has values outside [0, num_classes) other than the ignore 255."""
+    bad = np.unique(gt[(gt >= num_classes) & (gt != IGNORE_LABEL)])
+    if bad.size:
+        stored = (bad.astype(np.int64) + 1) % 256 if gt_transform else bad
+        valid = f"1..{num_classes} (0 = unlabelled)" if gt_transform else f"0..{num_classes - 1} (255 = ignore)"
+        raise UserError(
+            f"label file {path} contains values {stored.tolist()} but the config has {num_classes} classes, "
+            f"so stored labels must be {valid}; fix the labels or C.class_names / C.gt_transform"
+        )
+
+
+def entry_name(line, rgb_folder):
+    """The sample name of one list-file line: "RGB/<name>.jpg", "<name>.jpg" or a bare "<name>"."""
+    entry = line.split()[0]
+    prefix = rgb_folder.rstrip("/") + "/"
+    if entry.startswith(prefix):
+        entry = entry[len(prefix):]
+    stem, ext = os.path.splitext(entry)
+    return stem if ext.lower() in IMAGE_EXTENSIONS else entry
+
+
+def read_list(list_file, rgb_folder):
+    """The sample names of a list file (blank lines skipped)."""
+    with open(list_file) as f:
+        names = [entry_name(line, rgb_folder) for line in f if line.strip()]
+    if not names:
+        raise UserError(f"list file {list_file} is empty; it should name one sample per line, e.g. RGB/<name>.jpg")
+    return names
+
+
+class RGBXDataset(Dataset):
+    """A labelled split of an RGB-D segmentation dataset laid out like NYUDepthv2.
+
+    Items are dicts: `data` float32 (3, H, W) normalised RGB (BGR order unless `C.bgr_input` is
+    False), `modal_x` float32 (3, H, W) normalised depth, `label` int32 (H, W) with 255 = ignore,
+    `fn` the sample name.
+
+    Args:
+        C: the config (`C.dataset_path`, folder/format keys, normalisation, image size, ...).
+        split: "train" (reads train.txt, random augmentation) or "val"/"test" (reads test.txt,
+            no augmentation; with `C.pad_SUNRGBD` padded to 531x730).
+        batch_size: default `C.batch_size` for train and 1 for eval (sizes may differ per image).
+        shuffle, drop_last: default True for train, False for eval.
+        num_workers: loader processes, default `C.num_workers`.
+        file_length: number of samples per epoch. The train default is upstream's
+            `C.batch_size * C.niters_per_epoch`: the list repeated, then filled up with samples
+            drawn at random on every access. The eval default is the list length.
+
+    Randomness: while `epoch_seed` is None (the default), augmentation draws from Python's global
+    `random`, in upstream's order. Once it is set (utils/train.py sets it every epoch), item
+    `index` draws from its own generator seeded with (epoch_seed, index), so the augmentation does
+    not depend on which loader worker reads which item.
+    """
+
+    def __init__(self, C, split, batch_size=None, shuffle=None, drop_last=None, num_workers=None,
+                 file_length=None):
+        super().__init__()
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
+        self.C = C
+        self.is_train = split == "train"
+        self.epoch_seed = None
+        if C.dataset_name == "Synthetic":
+            from utils.synthetic import ensure_synthetic_dataset
+
+            ensure_synthetic_dataset(C)
+        self.list_file = self._list_file(C, "train" if self.is_train else "test")
+        self.names = read_list(self.list_file, C.rgb_folder)
+        self._check_files_exist()
+        if file_length is None:
+            file_length = C.batch_size * C.niters_per_epoch if self.is_train else len(self.names)
+        self.set_attrs(
+            total_len=file_length,
+            batch_size=batch_size or (C.batch_size if self.is_train else 1),
+            shuffle=self.is_train if shuffle is None else shuffle,
+            drop_last=self.is_train if drop_last is None else drop_last,
+            num_workers=C.num_workers if num_workers is None else num_workers,
+        )
+
+    @staticmethod
+    def _list_file(C, split):
+        """The path of train.txt / test.txt, after checking that the dataset folder exists."""
+        if not os.path.isdir(C.dataset_path):
+            raise UserError(f"dataset folder not found: {C.dataset_path} (C.dataset_path)\n{dataset_help(C)}")
+        list_file = C.get("train_source" if split == "train" else "eval_source") or os.path.join(
+            C.dataset_path, f"{split}.txt"
+        )
+        if not os.path.isfile(list_file):
+            raise UserError(f"list file not found: {list_file}\n{dataset_help(C)}")
+        return list_file
+
+    def paths(self, name):
+        """(rgb, depth, label) file paths of sample `name`."""
+        C = self.C
+        return (
+            os.path.join(C.dataset_path, C.rgb_folder, name + C.rgb_format),
+            os.path.join(C.dataset_path, C.x_folder, name + C.x_format),
+            os.path.join(C.dataset_path, C.gt_folder, name + C.gt_format),
+        )
+
+    def _check_files_exist(self):
+        """Fail at construction, not mid-epoch in a worker, if a listed file is missing."""
+        missing = [p for name in self.names for p in self.paths(name) if not os.path.isfile(p)]
+        if missing:
+            shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
+            raise UserError(
+                f"{len(missing)} file(s) listed in {self.list_file} are missing:\n  {shown}\n"
+                "Fix the list entries or add the files.\n" + dataset_help(self.C)
+            )
+
+    def name_at(self, index, np_rng=np.random):
+        """Upstream's epoch order: the list repeated, then a random fill for the remainder."""
+        n = len(self.names)
+        if index < n * (self.total_len // n):
+            return self.names[index % n]
+        # Upstream re-draws a torch.randperm on every access; numpy's RNG here leaves Python's
+        # `random` (used by the augmentation) untouched, as torch's RNG did upstream.
+        return self.names[np_rng.randint(n)]
+
+    def read_sample(self, name):
+        """Raw (rgb uint8 HxWx3 in model channel order, depth uint8 HxWx3, label uint8 HxW)."""
+        C = self.C
+        rgb_path, depth_path, gt_path = self.paths(name)
+        try:
+            rgb = read_rgb(rgb_path, bgr=C.bgr_input)
+            depth = read_depth(depth_path)
+            gt = read_label(gt_path, C.gt_transform)
+            check_same_size({rgb_path: rgb.shape, depth_path: depth.shape, gt_path: gt.shape})
+            check_label_values(gt, C.num_classes, C.gt_transform, gt_path)
+        except UserError as err:
+            raise UserError(f"{err}\n(sample {name!r} listed in {self.list_file})") from None
+        too_big = rgb.shape[0] > SUN_PAD_SHAPE[0] or rgb.shape[1] > SUN_PAD_SHAPE[1]
+        if not self.is_train and C.pad_SUNRGBD and too_big:
+            raise UserError(
+                f"{rgb_path} is {rgb.shape[0]}x{rgb.shape[1]}, larger than the SUNRGBD pad size "
+                f"{SUN_PAD_SHAPE[0]}x{SUN_PAD_SHAPE[1]}; evaluate without pad_SUNRGBD"
+            )
+        return rgb, cv2.merge([depth, depth, depth]), gt
+
+    def __getitem__(self, index):
+        rng, np_rng = random, np.random
+        if self.epoch_seed is not None:
+            rng = random.Random((self.epoch_seed << 32) + index)
+            np_rng = np.random.RandomState([self.epoch_seed % 2**32, index])
+        name = self.name_at(index, np_rng)
+        rgb, depth, gt = self.read_sample(name)
+        if self.is_train:
+            rgb, gt, depth = train_transform(rgb, gt, depth, self.C, rng)
+        else:
+            rgb, gt, depth = eval_transform(rgb, gt, depth, self.C)
+        return dict(data=rgb, modal_x=depth, label=gt.astype(np.int32), fn=name)
+
+
+def _image_files(folder):
+    """Image files of `folder` by stem; dotfiles are skipped, any other non-image is an error."""
+    files = {}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry.startswith("."):
+            continue
+        stem, ext = os.path.splitext(entry)
+        if not os.path.isfile(path) or ext.lower() not in IMAGE_EXTENSIONS:
+            raise UserError(
+                f"{path} is not an image file ({'/'.join(IMAGE_EXTENSIONS)}); "
+                f"remove it from {folder} or move it elsewhere"
+            )
+        if stem in files:
+            raise UserError(f"{files[stem]} and {path} have the same name; keep one of them")
+        files[stem] = path
+    return files
+
+
+def list_inference_pairs(source, depth=None, rgb_folder="RGB", x_folder="Depth"):
+    """(name, rgb_path, depth_path) for every sample of `source`.
+
+    `source` is either a folder holding `RGB/` and `Depth/` with files of the same stem (e.g.
+    `RGB/a.jpg` + `Depth/a.png`; no labels or list files needed), or one RGB image, in which case
+    `depth` is its depth map. Non-image files in the folders raise `UserError` (dotfiles such as
+    `.DS_Store` are skipped); so does an RGB image without a depth map.
+    """
+    if os.path.isfile(source):
+        if depth is None:
+            raise UserError(f"{source} is a single image: also give its depth map")
+        if not os.path.isfile(depth):
+            raise UserError(f"depth file not found: {depth}")
+        return [(os.path.splitext(os.path.basename(source))[0], source, depth)]
+    rgb_dir, depth_dir = os.path.join(source, rgb_folder), os.path.join(source, x_folder)
+    if not (os.path.isdir(rgb_dir) and os.path.isdir(depth_dir)):
+        raise UserError(
+            f"{source} should be an RGB image (with a depth map) or a folder holding {rgb_folder}/ and "
+            f"{x_folder}/ with files of the same name, e.g. {rgb_folder}/a.jpg and {x_folder}/a.png"
+        )
+    rgbs, depths = _image_files(rgb_dir), _image_files(depth_dir)
+    if not rgbs:
+        raise UserError(f"no images in {rgb_dir}")
+    missing = sorted(set(rgbs) - set(depths))
+    if missing:
+        raise UserError(f"no depth map in {depth_dir} for {rgbs[missing[0]]} (and {len(missing) - 1} more)")
+    return [(stem, rgbs[stem], depths[stem]) for stem in sorted(rgbs)]
+
+
+def read_inference_pair(C, rgb_path, depth_path):
+    """Read and preprocess one RGB+depth pair for inference.
+
+    Returns `(image, depth, data, modal_x)`: the RGB image in RGB order (uint8 HxWx3, for
+    visualisation), the depth map (uint8 HxW, official convention), and the normalised float32
+    (3, H, W) model inputs (`data` in BGR order unless `C.bgr_input` is False). No SUNRGBD padding:
+    the model takes any size.
+    """
+    rgb = read_rgb(rgb_path, bgr=C.bgr_input)
+    depth = read_depth(depth_path, strict=True)
+    check_same_size({rgb_path: rgb.shape, depth_path: depth.shape})
+    data, _, modal_x = eval_transform(rgb, None, cv2.merge([depth, depth, depth]), C, pad_sunrgbd=False)
+    image = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB) if C.bgr_input else rgb
+    return image, depth, data, modal_x
+
+
+class InferenceDataset(Dataset):
+    """Unlabelled RGB+depth pairs from `list_inference_pairs`, preprocessed like evaluation.
+
+    Items are dicts: `data`, `modal_x` (float32 (3, H, W) model inputs), `image` (uint8 HxWx3, RGB
+    order), `depth` (uint8 HxW) and `fn` (the sample name). Images may differ in size, so the
+    default batch size is 1.
+    """
+
+    def __init__(self, C, pairs, batch_size=1, num_workers=0):
+        super().__init__()
+        self.C = C
+        self.pairs = list(pairs)
+        self.set_attrs(total_len=len(self.pairs), batch_size=batch_size, shuffle=False, drop_last=False,
+                       num_workers=num_workers)
+
+    def __getitem__(self, index):
+        name, rgb_path, depth_path = self.pairs[index]
+        image, depth, data, modal_x = read_inference_pair(self.C, rgb_path, depth_path)
+        return dict(data=data, modal_x=modal_x, image=image, depth=depth, fn=name)

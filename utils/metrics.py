@@ -1,0 +1,85 @@
+"""Segmentation metrics from one confusion matrix, computed like the official `utils/metrics_new.py`.
+
+Rows of the matrix are ground truth, columns predictions; pixels labelled 255 are ignored. As
+upstream, per-class IoU, Acc (recall) and F1 that are undefined (a class with neither ground-truth
+nor predicted pixels) count as 0 and are included in the means; everything is in percent, rounded
+to 2 decimals. Differences from upstream: the matrix is int64 (upstream's float32 rounds counts above
+2^24), and aAcc (overall pixel accuracy, which upstream does not report) is added. To combine
+processes, sum their `.hist` and wrap the sum with `Metrics.from_hist`.
+"""
+import numpy as np
+from tabulate import tabulate
+
+
+def _ratio(num, den):
+    """num / den elementwise, with 0 where den is 0 (upstream's NaN -> 0)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def _percent(values):
+    """Per-class values as a list of percentages and their mean, both rounded like upstream."""
+    return (values * 100).round(2).tolist(), round(float(values.mean()) * 100, 2)
+
+
+def summarize(hist):
+    """aAcc, mIoU, mAcc, mF1 and per-class IoU/Acc/F1 (all in %) of confusion matrix `hist`."""
+    tp, gt_count, pred_count = np.diag(hist), hist.sum(1), hist.sum(0)
+    iou, miou = _percent(_ratio(tp, gt_count + pred_count - tp))
+    acc, macc = _percent(_ratio(tp, gt_count))
+    f1, mf1 = _percent(_ratio(2 * tp, gt_count + pred_count))
+    aacc = round(float(_ratio(tp.sum(), hist.sum())) * 100, 2)
+    return dict(aAcc=aacc, mIoU=miou, mAcc=macc, mF1=mf1, IoU=iou, Acc=acc, F1=f1)
+
+
+class Metrics:
+    """A confusion matrix over `num_classes` classes, filled with `update`."""
+
+    def __init__(self, num_classes, ignore_index=255):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.hist = np.zeros((num_classes, num_classes), np.int64)
+
+    @classmethod
+    def from_hist(cls, hist, ignore_index=255):
+        """Metrics around an existing (e.g. summed over processes) confusion matrix."""
+        metrics = cls(len(hist), ignore_index)
+        metrics.hist = np.asarray(hist, np.int64).copy()
+        return metrics
+
+    def update(self, pred, gt):
+        """Add predicted class indices `pred` against labels `gt` (same shape, any integer dtype)."""
+        pred, gt = np.asarray(pred), np.asarray(gt)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction shape {pred.shape} differs from label shape {gt.shape}")
+        keep = gt != self.ignore_index
+        pred, gt = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
+        for what, values in (("label", gt), ("prediction", pred)):
+            if values.size and (values.min() < 0 or values.max() >= self.num_classes):
+                raise ValueError(f"{what} values must be in [0, {self.num_classes}) or {self.ignore_index}")
+        k = self.num_classes
+        self.hist += np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
+
+    def summary(self):
+        """See `summarize`."""
+        return summarize(self.hist)
+
+    def format_table(self, class_names, mode_text):
+        """Per-class IoU/Acc/F1 and a summary row, mmsegmentation-style, labelled with the eval mode."""
+        res = self.summary()
+        rows = [[name, *(f"{v:.2f}" for v in values)] for name, *values in
+                zip(class_names, res["IoU"], res["Acc"], res["F1"])]
+        per_class = tabulate(rows, headers=["Class", "IoU", "Acc", "F1"], tablefmt="pretty")
+        overall = [[mode_text, *(f"{res[key]:.2f}" for key in ("aAcc", "mIoU", "mAcc", "mF1"))]]
+        summary = tabulate(overall, headers=["Mode", "aAcc", "mIoU", "mAcc", "mF1"], tablefmt="pretty")
+        return f"per-class results ({mode_text}):\n{per_class}\nsummary:\n{summary}"
+
+def trivial_baseline(label_counts):
+    """Metrics of predicting the most frequent class everywhere, from per-class label pixel counts.
+
+    The floor a trained model has to beat; e.g. `trivial_baseline(metrics.hist.sum(1))`.
+    """
+    counts = np.asarray(label_counts, np.int64)
+    hist = np.zeros((counts.size, counts.size), np.int64)
+    hist[:, counts.argmax()] = counts
+    return dict(summarize(hist), class_index=int(counts.argmax()))

@@ -1,0 +1,551 @@
+"""Synthetic RGB-D indoor scenes written in the NYUDepthv2 layout.
+
+Each sample is a ray-cast view of a random box-shaped room seen by a pinhole camera (NYU-like
+focal length, slight yaw and downward pitch): walls, floor and ceiling, doors/windows/pictures on
+the walls, and furniture built from axis-aligned boxes (bed with pillows, sofa, table, chairs,
+cabinet, lamp) plus a few unlabelled clutter boxes. Depth comes from the same geometry (camera z),
+so labels, depth and RGB agree. Colours are drawn per scene from overlapping per-class ranges
+(e.g. cabinets, tables, doors and chairs share wood tones; walls and ceilings are pale), then
+textured, Lambert-shaded by a ceiling light and given sensor noise, so colour alone is not enough.
+
+Files, as the official NYUDepthv2 package: `RGB/<name>.jpg`, `Depth/<name>.png` (8-bit,
+`depth_to_uint8`: per-image min-max, 0 nearest .. 255 farthest), `Label/<name>.png` (0 unlabelled,
+1 + index into the config's `class_names`), `train.txt` / `test.txt` (lines `RGB/<name>.jpg`).
+Every image has its own random stream derived from (seed, split, index), so the output does not
+depend on the number of images generated or on the machine.
+
+    python -m utils.synthetic --out datasets/Synthetic --num-train 400 --num-test 100 \\
+        --height 128 --width 160 --seed 12345
+"""
+import argparse
+import colorsys
+import os
+import shutil
+
+import cv2
+import numpy as np
+
+from local_configs._base_ import DATASETS, SHARED, SYNTHETIC_CLASSES
+from utils.errors import UserError
+from utils.transforms import depth_to_uint8
+
+FOCAL = 0.81  # focal length / image width, as NYUDepthv2's Kinect (518.8 px at 640 px)
+JPEG_QUALITY = 90
+ROOM_FACES = ("wall", "wall", "floor", "ceiling", "wall", "wall")  # x-, x+, y-, y+, z-, z+
+SURFACE_AXES = ((2, 1), (0, 2), (0, 1))  # texture (u, v) world axes of a face whose normal is x, y, z
+
+
+def hsv(rng, hue, sat, val):
+    """An RGB colour (floats in 0..1) drawn uniformly from hue/saturation/value ranges."""
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(*hue) % 1.0, rng.uniform(*sat), rng.uniform(*val)))
+
+
+def wood(rng):
+    """Wood, or a painted white/grey/black finish: shared by cabinets, tables, doors and chairs."""
+    if rng.random() < 0.65:
+        return hsv(rng, (0.04, 0.11), (0.35, 0.75), (0.25, 0.8))
+    return hsv(rng, (0, 1), (0, 0.08), rng.choice([(0.1, 0.25), (0.45, 0.6), (0.8, 0.95)]))
+
+
+def any_colour(rng, sat=(0.1, 0.7), val=(0.25, 0.9)):
+    """A colour of any hue."""
+    return hsv(rng, (0, 1), sat, val)
+
+
+class Scene:
+    """A room (x right, y up, z forward, one corner at the origin) and its labelled primitives.
+
+    Primitives are boxes `(lo, hi)` or wall decals (a flat rectangle on a room face). Each has a
+    class name (None = unlabelled) and a material: base colour plus texture name and parameters.
+    """
+
+    def __init__(self, size, face_materials):
+        self.size = np.asarray(size, np.float64)
+        self.face_materials = face_materials  # one material per ROOM_FACES entry
+        self.boxes, self.decals = [], []  # (label, lo, hi, material) / (label, face, lo, hi, material)
+        self.footprints = []  # (x0, x1, z0, z1) of floor-standing furniture
+
+    def add_box(self, label, lo, hi, material):
+        self.boxes.append((label, np.asarray(lo, np.float64), np.asarray(hi, np.float64), material))
+
+    def add_decal(self, label, face, lo, hi, material):
+        """A rectangle on room face `face` (index into ROOM_FACES) spanning `lo`..`hi`."""
+        self.decals.append((label, face, np.asarray(lo, np.float64), np.asarray(hi, np.float64), material))
+
+    def free_spot(self, rng, width, depth, x_range, z_range, tries=12):
+        """A floor footprint of `width` x `depth` inside the ranges not overlapping earlier ones."""
+        for _ in range(tries):
+            x0, z0 = rng.uniform(*x_range), rng.uniform(*z_range)
+            box = (x0, x0 + width, z0, z0 + depth)
+            if all(box[1] < f[0] or box[0] > f[1] or box[3] < f[2] or box[2] > f[3] for f in self.footprints):
+                self.footprints.append(box)
+                return box
+        return None
+
+
+def add_legs(scene, label, x0, x1, z0, z1, height, thickness, material):
+    """Four legs under a rectangle."""
+    for x in (x0, x1 - thickness):
+        for z in (z0, z1 - thickness):
+            scene.add_box(label, (x, 0, z), (x + thickness, height, z + thickness), material)
+
+
+def add_bed(scene, rng):
+    """Mattress, headboard against the front wall, and 1-2 pillows."""
+    w, d = rng.uniform(1.2, 1.8), rng.uniform(1.9, 2.1)
+    W, _, D = scene.size
+    spot = scene.free_spot(rng, w, d, (0.1, W - w - 0.1), (D - d - 0.02, D - d - 0.01))
+    if spot is None:
+        return
+    x0, x1, z0, z1 = spot
+    h = rng.uniform(0.4, 0.6)
+    sheet = dict(colour=any_colour(rng, (0.05, 0.5), (0.55, 0.95)), texture="fabric")
+    scene.add_box("bed", (x0, 0, z0), (x1, h, z1), sheet)
+    headboard = dict(colour=wood(rng), texture="wood")
+    scene.add_box("bed", (x0, 0, z1 - 0.08), (x1, h + rng.uniform(0.4, 0.7), z1), headboard)
+    pillow = dict(colour=any_colour(rng, (0.0, 0.6), (0.5, 0.95)), texture="fabric")
+    count = int(rng.integers(1, 3))
+    for i in range(count):
+        px0 = x0 + 0.08 + i * (w - 0.16) / count
+        scene.add_box("pillow", (px0, h, z1 - 0.5), (px0 + (w - 0.16) / count - 0.06, h + 0.15, z1 - 0.12), pillow)
+
+
+def add_sofa(scene, rng):
+    """Seat, back and arms against the front wall or a side wall, maybe with cushions."""
+    W, _, D = scene.size
+    length, depth = rng.uniform(1.6, 2.4), rng.uniform(0.8, 0.95)
+    material = dict(colour=any_colour(rng, (0.15, 0.7), (0.2, 0.8)), texture="fabric")
+    seat, back, arm = rng.uniform(0.38, 0.48), rng.uniform(0.75, 0.9), rng.uniform(0.55, 0.65)
+    wall = int(rng.integers(3))  # 0 left, 1 right, 2 front
+    if wall == 2:
+        spot = scene.free_spot(rng, length, depth, (0.1, W - length - 0.1), (D - depth - 0.02, D - depth - 0.01))
+    else:
+        x0 = 0.01 if wall == 0 else W - depth - 0.01
+        spot = scene.free_spot(rng, depth, length, (x0, x0 + 0.005), (1.5, D - length - 0.1))
+    if spot is None:
+        return
+    x0, x1, z0, z1 = spot
+    scene.add_box("sofa", (x0, 0, z0), (x1, seat, z1), material)
+    if wall == 2:
+        scene.add_box("sofa", (x0, 0, z1 - 0.2), (x1, back, z1), material)
+        arms = [((x0, 0, z0), (x0 + 0.2, arm, z1)), ((x1 - 0.2, 0, z0), (x1, arm, z1))]
+        starts = rng.uniform(x0 + 0.3, x1 - 0.7, 2)
+        cushions = [((c, seat, z1 - 0.35), (c + 0.4, seat + 0.35, z1 - 0.2)) for c in starts]
+    else:
+        bx0 = x0 if wall == 0 else x1 - 0.2
+        cx0 = x0 + 0.2 if wall == 0 else x1 - 0.35
+        scene.add_box("sofa", (bx0, 0, z0), (bx0 + 0.2, back, z1), material)
+        arms = [((x0, 0, z0), (x1, arm, z0 + 0.2)), ((x0, 0, z1 - 0.2), (x1, arm, z1))]
+        starts = rng.uniform(z0 + 0.3, z1 - 0.7, 2)
+        cushions = [((cx0, seat, c), (cx0 + 0.15, seat + 0.35, c + 0.4)) for c in starts]
+    for lo, hi in arms:
+        scene.add_box("sofa", lo, hi, material)
+    cushion = dict(colour=any_colour(rng, (0.2, 0.8), (0.4, 0.95)), texture="fabric")
+    for lo, hi in cushions[: int(rng.integers(0, 3))]:
+        scene.add_box("pillow", lo, hi, cushion)
+
+
+def add_table_and_chairs(scene, rng):
+    """A table (top + legs) with 0-4 chairs around it; or a lone chair."""
+    W, _, D = scene.size
+    chair_material = dict(colour=wood(rng) if rng.random() < 0.6 else any_colour(rng), texture="wood")
+    if rng.random() < 0.85:
+        w, d = rng.uniform(0.8, 1.6), rng.uniform(0.6, 1.0)
+        spot = scene.free_spot(rng, w, d, (0.6, W - w - 0.6), (1.6, D - d - 0.6))
+        if spot is None:
+            return
+        x0, x1, z0, z1 = spot
+        h = rng.uniform(0.7, 0.78)
+        material = dict(colour=wood(rng), texture="wood")
+        scene.add_box("table", (x0, h - 0.04, z0), (x1, h, z1), material)
+        add_legs(scene, "table", x0 + 0.03, x1 - 0.03, z0 + 0.03, z1 - 0.03, h - 0.04, 0.05, material)
+        if rng.random() < 0.35:
+            add_lamp(scene, rng, ((x0 + x1) / 2 + rng.uniform(-0.2, 0.2), h, (z0 + z1) / 2), small=True)
+        sides = [s for s in ("left", "right", "front", "back") if rng.random() < 0.6]
+        for side in sides:
+            cx = {"left": x0 - 0.3, "right": x1 + 0.3}.get(side, (x0 + x1) / 2 + rng.uniform(-0.2, 0.2))
+            cz = {"front": z0 - 0.3, "back": z1 + 0.3}.get(side, (z0 + z1) / 2 + rng.uniform(-0.15, 0.15))
+            add_chair(scene, rng, cx, cz, {"left": 0, "right": 1, "front": 2, "back": 3}[side], chair_material)
+    else:
+        spot = scene.free_spot(rng, 0.5, 0.5, (0.6, W - 1.1), (1.5, D - 1.0))
+        if spot is not None:
+            add_chair(scene, rng, spot[0] + 0.25, spot[2] + 0.25, int(rng.integers(4)), chair_material)
+
+
+def add_chair(scene, rng, cx, cz, back_side, material):
+    """Seat, legs and a backrest on side 0 (x-), 1 (x+), 2 (z-) or 3 (z+) of a 0.45 m seat."""
+    s, seat = 0.225, rng.uniform(0.42, 0.48)
+    x0, x1, z0, z1 = cx - s, cx + s, cz - s, cz + s
+    scene.add_box("chair", (x0, seat - 0.05, z0), (x1, seat, z1), material)
+    add_legs(scene, "chair", x0, x1, z0, z1, seat - 0.05, 0.04, material)
+    top = seat + rng.uniform(0.35, 0.5)
+    back = {
+        0: ((x0, seat, z0), (x0 + 0.05, top, z1)),
+        1: ((x1 - 0.05, seat, z0), (x1, top, z1)),
+        2: ((x0, seat, z0), (x1, top, z0 + 0.05)),
+        3: ((x0, seat, z1 - 0.05), (x1, top, z1)),
+    }[back_side]
+    scene.add_box("chair", *back, material)
+
+
+def add_cabinet(scene, rng):
+    """A tall or low cabinet against a side wall or the front wall."""
+    W, _, D = scene.size
+    w, h, d = rng.uniform(0.5, 1.2), rng.uniform(0.7, 2.0), rng.uniform(0.4, 0.6)
+    material = dict(colour=wood(rng), texture="cabinet", drawer=rng.uniform(0.6, 0.85))
+    wall = rng.integers(3)
+    if wall == 2:
+        spot = scene.free_spot(rng, w, d, (0.05, W - w - 0.05), (D - d - 0.02, D - d - 0.01))
+    else:
+        x0 = 0.01 if wall == 0 else W - d - 0.01
+        spot = scene.free_spot(rng, d, w, (x0, x0 + 0.005), (1.2, D - w - 0.05))
+    if spot is not None:
+        x0, x1, z0, z1 = spot
+        scene.add_box("cabinet", (x0, 0, z0), (x1, h, z1), material)
+
+
+def add_lamp(scene, rng, base=None, small=False):
+    """A floor lamp (pole and shade) or, with `small`, a table lamp standing at `base`."""
+    W, _, D = scene.size
+    if base is None:
+        spot = scene.free_spot(rng, 0.4, 0.4, (0.1, W - 0.5), (2.0, D - 0.45))
+        if spot is None:
+            return
+        base = (spot[0] + 0.2, 0.0, spot[2] + 0.2)
+    x, y, z = base
+    if small:
+        pole_h, shade = rng.uniform(0.2, 0.3), rng.uniform(0.2, 0.28)
+    else:
+        pole_h, shade = rng.uniform(1.2, 1.6), rng.uniform(0.3, 0.45)
+    metal = dict(colour=hsv(rng, (0, 1), (0, 0.1), (0.1, 0.6)), texture="plain")
+    scene.add_box("lamp", (x - 0.1, y, z - 0.1), (x + 0.1, y + 0.03, z + 0.1), metal)
+    scene.add_box("lamp", (x - 0.015, y, z - 0.015), (x + 0.015, y + pole_h, z + 0.015), metal)
+    glow = dict(colour=hsv(rng, (0.08, 0.15), (0.05, 0.4), (0.85, 1.0)), texture="glow")
+    r = shade / 2
+    scene.add_box("lamp", (x - r, y + pole_h, z - r), (x + r, y + pole_h + shade * 0.8, z + r), glow)
+
+
+def add_wall_items(scene, rng):
+    """Door, windows and pictures on the side walls and the front wall."""
+    W, H, D = scene.size
+    taken = {1: [], 0: [], 5: []}  # face -> occupied horizontal intervals
+
+    def place(face, width, margin=0.15):
+        extent = D if face in (0, 1) else W
+        lo_range = (1.0 if face in (0, 1) else margin, extent - width - margin)
+        for _ in range(10):
+            a = rng.uniform(*lo_range)
+            if all(a + width < b0 - 0.1 or a > b1 + 0.1 for b0, b1 in taken[face]):
+                taken[face].append((a, a + width))
+                return a
+        return None
+
+    def decal(label, face, a, width, y0, y1, material):
+        axis = 2 if face in (0, 1) else 0  # the horizontal axis along the wall
+        wall_coord = {0: 0.0, 1: W, 5: D}[face]
+        lo, hi = np.zeros(3), np.zeros(3)
+        lo[axis], hi[axis] = a, a + width
+        lo[1], hi[1] = y0, y1
+        normal_axis = 0 if face in (0, 1) else 2
+        lo[normal_axis] = hi[normal_axis] = wall_coord
+        scene.add_decal(label, face, lo, hi, material)
+
+    faces = [0, 1, 5]
+    if rng.random() < 0.75:
+        face, width = faces[rng.integers(3)], rng.uniform(0.8, 1.0)
+        a = place(face, width)
+        if a is not None:
+            material = dict(colour=wood(rng), texture="door", handle_left=bool(rng.random() < 0.5))
+            decal("door", face, a, width, 0.0, rng.uniform(2.0, min(2.2, H - 0.1)), material)
+    for _ in range(int(rng.integers(0, 3)) + (rng.random() < 0.6)):
+        face, width = faces[rng.integers(3)], rng.uniform(0.8, 1.8)
+        a = place(face, width)
+        if a is not None:
+            frame = hsv(rng, (0, 1), (0, 0.1), (0.75, 0.95)) if rng.random() < 0.7 else wood(rng)
+            sky = (hsv(rng, (0.52, 0.62), (0.15, 0.5), (0.85, 1.0)), hsv(rng, (0, 1), (0, 0.1), (0.9, 1.0)))
+            material = dict(colour=frame, texture="window", sky=sky, bars=int(rng.integers(0, 3)))
+            decal("window", face, a, width, rng.uniform(0.7, 1.0), rng.uniform(1.9, min(2.3, H - 0.1)), material)
+    for _ in range(int(rng.integers(0, 3))):
+        face, width = faces[rng.integers(3)], rng.uniform(0.35, 1.0)
+        a = place(face, width)
+        if a is not None:
+            y0 = rng.uniform(1.1, 1.5)
+            material = dict(
+                colour=wood(rng) if rng.random() < 0.5 else any_colour(rng, (0, 0.3), (0.05, 0.9)),
+                texture="picture", colours=[any_colour(rng, (0.2, 1.0), (0.2, 1.0)) for _ in range(3)],
+                freqs=rng.uniform(2, 9, size=(3, 2)), phases=rng.uniform(0, 2 * np.pi, size=3),
+            )
+            decal("picture", face, a, width, y0, y0 + width * rng.uniform(0.6, 1.0), material)
+
+
+def add_clutter(scene, rng):
+    """0-2 small unlabelled boxes on the floor (the "unlabelled" pixels of real data)."""
+    W, _, D = scene.size
+    for _ in range(int(rng.integers(0, 3))):
+        w, d = rng.uniform(0.2, 0.5), rng.uniform(0.2, 0.5)
+        spot = scene.free_spot(rng, w, d, (0.1, W - w - 0.1), (1.2, D - d - 0.1))
+        if spot is not None:
+            material = dict(colour=any_colour(rng, (0, 0.8), (0.2, 0.9)), texture="plain")
+            scene.add_box(None, (spot[0], 0, spot[2]), (spot[1], rng.uniform(0.15, 0.6), spot[3]), material)
+
+
+def room_materials(rng):
+    """Materials of the six room faces: one wall colour (sometimes an accent wall), floor, ceiling."""
+    wall_colour = hsv(rng, (0, 1), (0.03, 0.3), (0.6, 0.92))
+    wall = dict(colour=wall_colour, texture="stripes" if rng.random() < 0.2 else "plain")
+    accent = dict(wall, colour=any_colour(rng, (0.2, 0.6), (0.35, 0.85))) if rng.random() < 0.3 else wall
+    floor_kind = rng.choice(["wood", "tiles", "carpet"])
+    floor_colour = {
+        "wood": lambda: hsv(rng, (0.04, 0.11), (0.35, 0.75), (0.3, 0.75)),
+        "tiles": lambda: hsv(rng, (0, 1), (0, 0.15), (0.4, 0.9)),
+        "carpet": lambda: any_colour(rng, (0.1, 0.5), (0.2, 0.7)),
+    }[floor_kind]()
+    floor = dict(colour=floor_colour, texture=floor_kind, tile=rng.uniform(0.3, 0.6))
+    ceiling = dict(colour=hsv(rng, (0, 1), (0, 0.06), (0.82, 0.97)), texture="plain")
+    walls = [wall, wall, wall, wall]
+    walls[rng.integers(4)] = accent
+    return [walls[0], walls[1], floor, ceiling, walls[2], walls[3]]
+
+
+def random_scene(rng):
+    """A furnished room."""
+    scene = Scene((rng.uniform(3.5, 6.0), rng.uniform(2.5, 3.0), rng.uniform(4.0, 7.0)), room_materials(rng))
+    if rng.random() < 0.55:
+        add_bed(scene, rng)
+    if rng.random() < 0.55:
+        add_sofa(scene, rng)
+    add_table_and_chairs(scene, rng)
+    for _ in range(int(rng.random() < 0.7) + int(rng.random() < 0.3)):
+        add_cabinet(scene, rng)
+    if rng.random() < 0.5:
+        add_lamp(scene, rng)
+    add_wall_items(scene, rng)
+    add_clutter(scene, rng)
+    return scene
+
+
+def camera_rays(rng, scene, height, width):
+    """Origin and per-pixel world ray directions, scaled so that the ray parameter is camera z."""
+    W, H, _ = scene.size
+    origin = np.array([W / 2 + rng.uniform(-0.4, 0.4) * W / 2, rng.uniform(1.2, 1.7), rng.uniform(0.2, 0.6)])
+    yaw, pitch = rng.uniform(-0.35, 0.35), rng.uniform(-0.4, -0.08)
+    f = FOCAL * width
+    v, u = np.mgrid[0:height, 0:width]
+    dirs = np.stack([(u + 0.5 - width / 2) / f, -(v + 0.5 - height / 2) / f, np.ones((height, width))], -1)
+    cp, sp, cy, sy = np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    pitch_m = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])
+    yaw_m = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    return origin, dirs.reshape(-1, 3) @ (yaw_m @ pitch_m).T
+
+
+def cast(scene, origin, dirs):
+    """Per-ray hit distance, primitive id (0-5 room faces, 6+ boxes) and the hit face's normal axis.
+
+    Slab tests on axis-major (3, N) arrays; the 3-way min/max are written out because numpy's
+    reductions over a length-3 axis are several times slower.
+    """
+    d = np.ascontiguousarray(dirs.T)
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / d
+    o_inv = origin[:, None] * inv
+    exits = np.where(d > 0, scene.size[:, None] * inv - o_inv, -o_inv)  # leaving the room per axis
+    axis = exits.argmin(0)
+    rows = np.arange(d.shape[1])
+    t = exits[axis, rows]
+    prim = axis * 2 + (d[axis, rows] > 0)
+    for k, (_, lo, hi, _) in enumerate(scene.boxes):
+        t1, t2 = lo[:, None] * inv - o_inv, hi[:, None] * inv - o_inv
+        near, far = np.minimum(t1, t2), np.maximum(t1, t2)
+        t_near = np.maximum(np.maximum(near[0], near[1]), near[2])
+        t_far = np.minimum(np.minimum(far[0], far[1]), far[2])
+        hit = (t_near <= t_far) & (t_near > 1e-6) & (t_near < t)
+        if hit.any():
+            t[hit], prim[hit], axis[hit] = t_near[hit], 6 + k, near[:, hit].argmax(0)
+    return t, prim, axis
+
+
+def apply_decals(scene, prim, points):
+    """Re-assign wall pixels inside a decal rectangle to the decal (ids after the boxes)."""
+    first = 6 + len(scene.boxes)
+    for k, (_, face, lo, hi, _) in enumerate(scene.decals):
+        inside = (prim == face) & np.all((points >= lo - 1e-9) & (points <= hi + 1e-9), axis=1)
+        prim[inside] = first + k
+    return prim
+
+
+def texture(material, u, v, s, t, rng):
+    """(multiplier of the base colour (n,) or colours (n, 3), emissive mask) for pixels of a face.
+
+    `u`, `v` are relative (0..1 across the primitive's face), `s`, `t` are metres.
+    """
+    kind, n = material["texture"], len(u)
+    ones, dark = np.ones(n), np.zeros(n, bool)
+    if kind == "plain":
+        return ones + rng.normal(0, 0.02, n), dark
+    if kind == "stripes":
+        return 1 + 0.08 * (np.sin(s * 2 * np.pi * 4) > 0), dark
+    if kind == "fabric":
+        return 1 + 0.06 * np.sin(s * 90) * np.sin(t * 90) + rng.normal(0, 0.04, n), dark
+    if kind == "wood":
+        plank = np.floor(s * 6)
+        return 1 + 0.1 * np.sin(t * 25 + 3 * np.sin(plank * 12.9)) - 0.15 * (s * 6 - plank < 0.06), dark
+    if kind == "carpet":
+        return 1 + rng.normal(0, 0.08, n), dark
+    if kind == "tiles":
+        size = material["tile"]
+        grout = ((s / size) % 1 < 0.05) | ((t / size) % 1 < 0.05)
+        return np.where(grout, 0.65, 1.0) + rng.normal(0, 0.02, n), dark
+    if kind == "cabinet":
+        line = (np.abs(u - 0.5) < 0.01) | (np.abs(v - material["drawer"]) < 0.012)
+        handle = (np.abs(u - 0.5) < 0.06) & (np.abs(u - 0.5) > 0.025) & (np.abs(v - material["drawer"] + 0.06) < 0.03)
+        return np.where(line | handle, 0.45, 1.0) + 0.05 * np.sin(t * 30), dark
+    if kind == "door":
+        near_v = (np.abs(v - 0.1) < 0.01) | (np.abs(v - 0.5) < 0.01) | (np.abs(v - 0.9) < 0.01)
+        panel = ((np.abs(u - 0.15) < 0.015) | (np.abs(u - 0.85) < 0.015)) & (v > 0.1) & (v < 0.9)
+        panel |= near_v & (u > 0.15) & (u < 0.85)
+        hx = 0.1 if material["handle_left"] else 0.9
+        handle = (np.abs(u - hx) < 0.035) & (np.abs(v - 0.47) < 0.02)
+        return np.where(handle, 0.3, np.where(panel, 0.7, 1.0)) + 0.04 * np.sin(t * 40), dark
+    if kind == "glow":
+        return ones * 1.15, ~dark
+    if kind == "window":
+        bars = material["bars"]
+        frame = (u < 0.05) | (u > 0.95) | (v < 0.06) | (v > 0.94)
+        for b in range(1, bars + 1):
+            frame |= np.abs(u - b / (bars + 1)) < 0.02
+        frame |= np.abs(v - 0.6) < 0.02
+        top, bottom = material["sky"]
+        sky = bottom[None] + (top - bottom)[None] * v[:, None]
+        return np.where(frame[:, None], material["colour"][None], sky), ~frame
+    if kind == "picture":
+        frame = (u < 0.06) | (u > 0.94) | (v < 0.06) | (v > 0.94)
+        mix = np.zeros((n, 3))
+        for colour, (fu, fv), phase in zip(material["colours"], material["freqs"], material["phases"]):
+            mix += colour[None] * (0.5 + 0.5 * np.sin(fu * u * np.pi + fv * v * np.pi + phase))[:, None]
+        return np.where(frame[:, None], material["colour"][None], np.clip(mix / 1.5, 0, 1)), dark
+    raise ValueError(f"unknown texture {kind!r}")
+
+
+def primitive_table(scene):
+    """Per primitive id: (label, material, lo, hi) in cast id order: faces, boxes, decals."""
+    zero, size = np.zeros(3), scene.size
+    table = [(name, scene.face_materials[i], zero, size) for i, name in enumerate(ROOM_FACES)]
+    table += [(label, material, lo, hi) for label, lo, hi, material in scene.boxes]
+    table += [(label, material, lo, hi) for label, _, lo, hi, material in scene.decals]
+    return table
+
+
+def shade(points, normals, light):
+    """Ambient plus Lambert light from a ceiling lamp with distance fall-off."""
+    to_light = light - points
+    dist = np.linalg.norm(to_light, axis=1)
+    lambert = np.clip((normals * to_light).sum(1) / dist, 0, 1)
+    return 0.4 + 0.8 * lambert / (1 + 0.04 * dist**2)
+
+
+def render(rng, height, width, class_names):
+    """One scene: (RGB uint8 HxWx3 in RGB order, depth float64 metres HxW, label uint8 HxW)."""
+    scene = random_scene(rng)
+    origin, dirs = camera_rays(rng, scene, height, width)
+    t, prim, axis = cast(scene, origin, dirs)
+    rows = np.arange(len(t))
+    points = origin + t[:, None] * dirs
+    prim = apply_decals(scene, prim, points)
+    normals = np.zeros_like(points)
+    normals[rows, axis] = -np.sign(dirs[rows, axis])
+    W, H, D = scene.size
+    light = np.array([W * rng.uniform(0.3, 0.7), H - 0.05, D * rng.uniform(0.3, 0.7)])
+    lighting = shade(points, normals, light)
+    colour = np.zeros_like(points)
+    label = np.zeros(len(t), np.uint8)
+    for pid, (name, material, lo, hi) in enumerate(primitive_table(scene)):
+        idx = np.flatnonzero(prim == pid)
+        if idx.size == 0:
+            continue
+        s_axis, t_axis = np.array(SURFACE_AXES)[axis[idx]].T
+        s, tt = points[idx, s_axis], points[idx, t_axis]
+        u = (s - lo[s_axis]) / np.maximum(hi[s_axis] - lo[s_axis], 1e-6)
+        v = (tt - lo[t_axis]) / np.maximum(hi[t_axis] - lo[t_axis], 1e-6)
+        albedo, emissive = texture(material, u, v, s, tt, rng)
+        if albedo.ndim == 1:
+            albedo = material["colour"][None] * albedo[:, None]
+        colour[idx] = albedo * np.where(emissive, 1.0, lighting[idx])[:, None]
+        label[idx] = 0 if name is None else class_names.index(name) + 1
+    colour *= rng.uniform(0.85, 1.15) * rng.uniform(0.92, 1.08, 3)  # exposure and white balance
+    colour += rng.normal(0, rng.uniform(0.01, 0.035), colour.shape)
+    rgb = np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8).reshape(height, width, 3)
+    return rgb, t.reshape(height, width), label.reshape(height, width)
+
+
+def sample_rng(seed, split, index):
+    """The random stream of one image: independent of the other images and of their count."""
+    return np.random.default_rng([seed, {"train": 0, "test": 1}[split], index])
+
+
+def write_sample(out, name, rgb, depth, label):
+    """RGB/<name>.jpg, Depth/<name>.png (official 8-bit convention), Label/<name>.png."""
+    cv2.imwrite(os.path.join(out, "RGB", f"{name}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    cv2.imwrite(os.path.join(out, "Depth", f"{name}.png"), depth_to_uint8(depth))
+    cv2.imwrite(os.path.join(out, "Label", f"{name}.png"), label)
+
+
+def generate_dataset(out, num_train, num_test, height, width, seed, class_names=SYNTHETIC_CLASSES):
+    """Write the data set into folder `out` (created; existing files are overwritten).
+
+    Label values are 1 + the index in `class_names`, which must contain every class drawn here.
+    """
+    absent = sorted(set(SYNTHETIC_CLASSES) - set(class_names))
+    if absent:
+        raise ValueError(f"class_names lacks {absent}, which the synthetic scenes contain")
+    for folder in ("RGB", "Depth", "Label"):
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+    for split, count in (("train", num_train), ("test", num_test)):
+        names = [f"{split}_{i:05d}" for i in range(count)]
+        for i, name in enumerate(names):
+            write_sample(out, name, *render(sample_rng(seed, split, i), height, width, class_names))
+        with open(os.path.join(out, f"{split}.txt"), "w") as f:
+            f.writelines(f"RGB/{name}.jpg\n" for name in names)
+
+
+def ensure_synthetic_dataset(C):
+    """Generate the synthetic data set of config `C` at `C.dataset_path` unless it is there.
+
+    Generation goes to a temporary folder that is renamed at the end, so an interrupted run or
+    several processes starting at once never leave a half-written data set behind.
+    """
+    if all(os.path.isfile(os.path.join(C.dataset_path, f"{s}.txt")) for s in ("train", "test")):
+        return
+    if os.path.exists(C.dataset_path):
+        raise UserError(f"{C.dataset_path} exists but lacks train.txt/test.txt; delete it to regenerate "
+                        "the synthetic data")
+    print(f"Generating the synthetic data set in {C.dataset_path} ({C.num_train_imgs} train / "
+          f"{C.num_eval_imgs} test images of {C.image_height}x{C.image_width}) ...", flush=True)
+    tmp = f"{C.dataset_path}.tmp-{os.getpid()}"
+    try:
+        generate_dataset(tmp, C.num_train_imgs, C.num_eval_imgs, C.image_height, C.image_width, C.seed, C.class_names)
+        os.rename(tmp, C.dataset_path)
+    except OSError:
+        # The rename fails when another process finished first; its copy is complete, so use it.
+        if not os.path.isfile(os.path.join(C.dataset_path, "test.txt")):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None):
+    defaults = DATASETS["Synthetic"]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="datasets/Synthetic", help="output folder (created)")
+    parser.add_argument("--num-train", type=int, default=defaults["num_train_imgs"])
+    parser.add_argument("--num-test", type=int, default=defaults["num_eval_imgs"])
+    parser.add_argument("--height", type=int, default=defaults["image_height"])
+    parser.add_argument("--width", type=int, default=defaults["image_width"])
+    parser.add_argument("--seed", type=int, default=SHARED["seed"])
+    args = parser.parse_args(argv)
+    generate_dataset(args.out, args.num_train, args.num_test, args.height, args.width, args.seed)
+    print(f"wrote {args.num_train} train + {args.num_test} test samples to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Colourised predictions: palette, overlay and an RGB | depth | prediction panel.
+
+The palette is the official `utils/nyucmap.npy` (used upstream for NYUDepthv2 and SUNRGBD), which
+is the PASCAL VOC colour map: the bits of the class index are spread over the high bits of R, G and
+B. It is generated here instead of shipped. Class index k gets colour k (wall, index 0, is black),
+as upstream. All images here are RGB order, uint8.
+"""
+import os
+
+import numpy as np
+from PIL import Image
+
+from utils.errors import UserError
+
+PANEL_GAP = 4  # white pixels between the panel's images
+
+
+def nyu_palette(n=256):
+    """(n, 3) uint8 colours; `nyu_palette()` equals the official `utils/nyucmap.npy`."""
+    index = np.arange(n)
+    palette = np.zeros((n, 3), np.uint8)
+    for bit in range(8):
+        for channel in range(3):
+            palette[:, channel] |= (((index >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
+    return palette
+
+
+PALETTE = nyu_palette()
+
+
+def colorize(label):
+    """HxW class indices (0..255) -> HxWx3 uint8 colours."""
+    return PALETTE[np.asarray(label, np.int64)]
+
+
+def overlay(rgb, label, alpha=0.5, ignore_index=255):
+    """Blend the colourised `label` over `rgb`; pixels equal to `ignore_index` keep the image."""
+    rgb = np.asarray(rgb, np.float32)
+    blended = (1 - alpha) * rgb + alpha * colorize(label).astype(np.float32)
+    blended[np.asarray(label) == ignore_index] = rgb[np.asarray(label) == ignore_index]
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def panel(rgb, depth, label):
+    """RGB | depth (grey, dark = near) | colourised label, side by side with white gaps."""
+    depth = np.asarray(depth, np.uint8)
+    if depth.ndim == 2:
+        depth = np.repeat(depth[..., None], 3, axis=2)
+    gap = np.full((rgb.shape[0], PANEL_GAP, 3), 255, np.uint8)
+    return np.concatenate([np.asarray(rgb, np.uint8), gap, depth, gap, colorize(label)], axis=1)
+
+
+def save_prediction(out_dir, name, rgb, depth, pred, alpha=0.5):
+    """Write `<name>.png` (palette PNG of the class indices), `<name>_overlay.png` and `<name>_panel.png`.
+
+    `rgb` is the RGB image (uint8 HxWx3, RGB order), `depth` the uint8 depth map and `pred` the
+    HxW class indices. Returns the written paths; raises `UserError` if `out_dir` can't be written.
+    """
+    base = os.path.join(out_dir, name)
+    label = Image.fromarray(np.asarray(pred, np.uint8))
+    label.putpalette(PALETTE.tobytes())  # turns the grey image into a palette ("P") image
+    outputs = {
+        f"{base}.png": label,
+        f"{base}_overlay.png": Image.fromarray(overlay(rgb, pred, alpha)),
+        f"{base}_panel.png": Image.fromarray(panel(rgb, depth, pred)),
+    }
+    try:
+        os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+        for path, image in outputs.items():
+            image.save(path)
+    except OSError as err:
+        reason = err.strerror or err
+        raise UserError(f"cannot write predictions to {out_dir}: {reason}; choose another output folder") from None
+    return list(outputs)
