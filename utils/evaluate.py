@@ -1,0 +1,142 @@
+"""The one evaluation function, shared by training-time validation, `eval.py` and `infer.py`.
+
+Mirrors the official protocol (`utils/val_mm.py`):
+- `ss`: softmax of the logits of the whole image.
+- `msf`: for each scale s, resize rgb/depth to (ceil(int(s*H)/32)*32, ...) with bilinear
+  align_corners=True, predict, resize the logits back (align_corners=True), add the softmax; the
+  same again horizontally flipped; argmax of the sum.
+- `sliding`: as `msf`, but each scaled image is predicted in `eval_crop_size` windows with stride
+  `int(eval_stride_rate * crop)`; window logits are averaged; an image smaller than the crop is
+  first resized to exactly the crop size (upstream's quirk, kept). Upstream's `eval.sh` protocol.
+Evaluation is deterministic: the NMF bases of every forward are drawn from a numpy generator
+seeded with `C.seed`, so the same checkpoint and data give the same numbers in every run.
+"""
+import math
+import time
+
+import jittor as jt
+import numpy as np
+from jittor import nn
+from tqdm import tqdm
+
+from .metrics import Metrics
+
+MODES = ("ss", "msf", "sliding")
+
+
+def eval_settings(C, mode, scales=None, flip=None):
+    """(scales, flip) for `mode`; `msf`/`sliding` default to the config's scales and flip."""
+    if mode not in MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; choose one of {MODES}")
+    if mode == "ss":
+        return [1.0], False if flip is None else flip
+    return list(scales or C.eval_scale_array), C.eval_flip if flip is None else flip
+
+
+def describe_mode(C, mode, scales, flip):
+    """Human-readable protocol printed next to every number, e.g. 'msf (scales 0.5-1.5 + flip)'."""
+    parts = [f"scales {','.join(f'{s:g}' for s in scales)}"] if scales != [1.0] else ["single scale"]
+    if flip:
+        parts.append("flip")
+    if mode == "sliding":
+        crop = C.eval_crop_size
+        parts.append(f"sliding {crop[0]}x{crop[1]} stride {int(C.eval_stride_rate * crop[0])}x"
+                     f"{int(C.eval_stride_rate * crop[1])}")
+    if C.get("pad_SUNRGBD"):
+        parts.append("padded to 531x730")
+    return f"{mode} ({' + '.join(parts)})"
+
+
+def _resize(x, size, align_corners):
+    return nn.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+class _SeededForward:
+    """model(rgb, depth) with NMF bases drawn from `rng` (deterministic evaluation)."""
+
+    def __init__(self, model, rng):
+        self.model, self.rng = model, rng
+        self.nmf = getattr(getattr(model.decode_head, "hamburger", None), "ham", None)
+
+    def __call__(self, rgb, depth):
+        if self.nmf is not None:
+            shape = (rgb.shape[0] * self.nmf.S, self.nmf.D, self.nmf.R)
+            self.nmf.fixed_raw_bases = self.rng.random(shape, dtype=np.float32)
+        return self.model(rgb, depth)
+
+    def release(self):
+        if self.nmf is not None:
+            self.nmf.fixed_raw_bases = None
+
+
+def slide_inference(forward, rgb, depth, C):
+    """Average of window logits over an `eval_crop_size` grid (upstream `slide_inference`)."""
+    crop_h, crop_w = C.eval_crop_size
+    if crop_h > rgb.shape[2] or crop_w > rgb.shape[3]:
+        rgb = _resize(rgb, (crop_h, crop_w), True)
+        depth = _resize(depth, (crop_h, crop_w), True)
+    stride_h, stride_w = int(C.eval_stride_rate * crop_h), int(C.eval_stride_rate * crop_w)
+    B, _, H, W = rgb.shape
+    rows = max(H - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(W - crop_w + stride_w - 1, 0) // stride_w + 1
+    logits_sum = jt.zeros((B, C.num_classes, H, W))
+    counts = np.zeros((1, 1, H, W), np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            y2, x2 = min(i * stride_h + crop_h, H), min(j * stride_w + crop_w, W)
+            y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+            logits = forward(rgb[:, :, y1:y2, x1:x2], depth[:, :, y1:y2, x1:x2])
+            logits_sum += nn.pad(logits, (x1, W - x2, y1, H - y2))
+            counts[:, :, y1:y2, x1:x2] += 1
+    return logits_sum / jt.array(counts)
+
+
+def predict(forward, rgb, depth, C, mode, scales, flip):
+    """Summed class probabilities (B, K, H, W) of one batch under the chosen protocol."""
+    H, W = rgb.shape[2:]
+    if mode == "ss":
+        return nn.softmax(forward(rgb, depth), dim=1)
+    total = jt.zeros((rgb.shape[0], C.num_classes, H, W))
+    for scale in scales:
+        size = (math.ceil(int(scale * H) / 32) * 32, math.ceil(int(scale * W) / 32) * 32)
+        scaled = [_resize(rgb, size, True), _resize(depth, size, True)]
+        for flipped in ([False, True] if flip else [False]):
+            inputs = [jt.flip(x, 3) for x in scaled] if flipped else scaled
+            logits = slide_inference(forward, *inputs, C) if mode == "sliding" else forward(*inputs)
+            if flipped:
+                logits = jt.flip(logits, 3)
+            total += nn.softmax(_resize(logits, (H, W), True), dim=1)
+    return total
+
+
+def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=None, progress=True):
+    """Run the protocol over `loader` and return (Metrics, mode text, images per second).
+
+    `on_prediction(batch, pred)` receives each batch and its (B, H, W) int class map (numpy),
+    e.g. to save visualisations. Under MPI every rank evaluates its share of each batch and the
+    confusion matrices are summed, so every rank returns the same metrics.
+    """
+    scales, flip = eval_settings(C, mode, scales, flip)
+    metrics = Metrics(C.num_classes, C.background)
+    forward = _SeededForward(model, np.random.default_rng(C.seed))
+    model.eval()
+    images, start = 0, time.time()
+    try:
+        with jt.no_grad():
+            for batch in tqdm(loader, desc=f"eval {mode}", disable=not progress or jt.rank != 0,
+                              leave=False):
+                probs = predict(forward, batch["data"], batch["modal_x"], C, mode, scales, flip)
+                pred = jt.argmax(probs, dim=1)[0].numpy()
+                if "label" in batch:
+                    metrics.update(pred, batch["label"].numpy())
+                images += pred.shape[0]
+                if on_prediction is not None:
+                    on_prediction(batch, pred)
+    finally:
+        forward.release()
+    seconds = time.time() - start
+    if jt.in_mpi:
+        metrics = Metrics.from_hist(jt.array(metrics.hist.astype(np.float64)).mpi_all_reduce("add").numpy(),
+                                    C.background)
+        images = int(jt.array(np.array([images], np.float64)).mpi_all_reduce("add").numpy()[0])
+    return metrics, describe_mode(C, mode, scales, flip), images / max(seconds, 1e-9)

@@ -1,0 +1,66 @@
+"""The official optimiser and learning-rate schedule (`utils/init_func.py`, `utils/lr_policy.py`).
+
+AdamW over two groups built by module type, exactly as upstream's `group_weight`:
+Linear/Conv weights decay; their biases and every BatchNorm/`nn.LayerNorm` weight and bias do
+not. Parameters in neither group are never optimised: upstream this freezes DFormer's layer
+scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2` and `Geo.weight`.
+"""
+import jittor as jt
+import numpy as np
+from jittor import nn
+
+
+def group_weight(model):
+    """(decay, no_decay) parameter lists following upstream's module-type rules."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            decay.append(module.weight)
+            if module.bias is not None:
+                no_decay.append(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+            no_decay.extend([module.weight, module.bias])
+    return decay, no_decay
+
+
+def build_optimizer(model, C):
+    decay, no_decay = group_weight(model)
+    groups = [dict(params=decay, lr=C.lr), dict(params=no_decay, lr=C.lr, weight_decay=0.0)]
+    return jt.optim.AdamW(groups, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
+
+
+class WarmUpPolyLR:
+    """Linear warm-up to `base_lr`, then poly decay with power `power` to 0 at `total_iters`."""
+
+    def __init__(self, base_lr, power, total_iters, warmup_iters):
+        self.base_lr, self.power = base_lr, power
+        self.total_iters, self.warmup_iters = float(total_iters), warmup_iters
+
+    def get_lr(self, iteration):
+        if iteration < self.warmup_iters:
+            return self.base_lr * iteration / self.warmup_iters
+        return self.base_lr * (1 - iteration / self.total_iters) ** self.power
+
+
+def set_lr(optimizer, lr):
+    """Write `lr` into every group (a group's own "lr" hides `optimizer.lr` in Jittor)."""
+    optimizer.lr = lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_state(optimizer):
+    """Step count, lr and AdamW moments as numpy, for a checkpoint."""
+    return dict(n_step=optimizer.n_step, lr=optimizer.lr,
+                m=[[m.numpy() for m in group["m"]] for group in optimizer.param_groups],
+                v=[[v.numpy() for v in group["values"]] for group in optimizer.param_groups])
+
+
+def restore_optimizer(optimizer, state):
+    """Inverse of `optimizer_state` (groups must have been built from the same model)."""
+    optimizer.n_step = state["n_step"]
+    set_lr(optimizer, state["lr"])
+    for group, ms, vs in zip(optimizer.param_groups, state["m"], state["v"]):
+        for m, v, m_saved, v_saved in zip(group["m"], group["values"], ms, vs):
+            m.update(jt.array(np.asarray(m_saved)))
+            v.update(jt.array(np.asarray(v_saved)))
