@@ -16,6 +16,7 @@ import random
 
 import cv2
 import numpy as np
+import jittor as jt
 from jittor.dataset import Dataset
 
 from utils.errors import UserError
@@ -159,7 +160,8 @@ class RGBXDataset(Dataset):
         C: the config (`C.dataset_path`, folder/format keys, normalisation, image size, ...).
         split: "train" (reads train.txt, random augmentation) or "val"/"test" (reads test.txt,
             no augmentation; with `C.pad_SUNRGBD` padded to 531x730).
-        batch_size: default `C.batch_size` for train and 1 for eval (sizes may differ per image).
+        batch_size: default `C.batch_size` for train and one image per process for eval (sizes
+            may differ per image).
         shuffle, drop_last: default True for train, False for eval.
         num_workers: loader processes, default `C.num_workers`.
         file_length: number of samples per epoch. The train default is upstream's
@@ -191,7 +193,8 @@ class RGBXDataset(Dataset):
             file_length = C.batch_size * C.niters_per_epoch if self.is_train else len(self.names)
         self.set_attrs(
             total_len=file_length,
-            batch_size=batch_size or (C.batch_size if self.is_train else 1),
+            # eval: one image per process (sizes may differ); Jittor needs batch >= world size
+            batch_size=batch_size or (C.batch_size if self.is_train else jt.world_size),
             shuffle=self.is_train if shuffle is None else shuffle,
             drop_last=self.is_train if drop_last is None else drop_last,
             num_workers=C.num_workers if num_workers is None else num_workers,

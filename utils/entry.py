@@ -4,6 +4,7 @@
 clear message instead of a traceback; `load_config` imports a config module by dotted name.
 """
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -13,18 +14,33 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name, dataset_dir=None):
-    """The `C` of config module `name` (e.g. local_configs.NYUDepthv2.DFormer_Large)."""
-    if name.endswith(".py") or "/" in name:  # accept a file path too
-        name = os.path.relpath(os.path.abspath(name), REPO_ROOT)[:-3].replace(os.sep, ".")
+    """The `C` of config `name`: a module (local_configs.NYUDepthv2.DFormer_Large) or a .py file."""
     try:
-        C = importlib.import_module(name).C
-    except ModuleNotFoundError as error:
+        if name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], name)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(name)
+    except (ModuleNotFoundError, FileNotFoundError) as error:
         raise UserError(f"config {name!r} not found ({error}); configs are modules such as "
                         "local_configs.NYUDepthv2.DFormer_Large") from None
+    C = module.C
     C.config_name = name
     if dataset_dir:
         C.dataset_path = dataset_dir
     return C
+
+
+def load_model(C, checkpoint):
+    """The segmentor of `C` with the weights of `checkpoint`, in evaluation mode."""
+    from models import build_model
+    from .checkpoint import load_checkpoint
+
+    model = build_model(C)
+    load_checkpoint(model, checkpoint)
+    model.eval()
+    return model
 
 
 def main_guard(main):

@@ -53,6 +53,16 @@ def seed_epoch(seed, epoch, train_set):
     train_set.reset()  # loader workers fork again and see the new epoch seed
 
 
+def train_step(model, optimizer, batch, C):
+    """Forward, cross-entropy over labelled pixels, backward and AdamW update; returns the loss."""
+    import jittor as jt
+
+    logits = model(batch["data"], batch["modal_x"])
+    loss = jt.nn.cross_entropy_loss(logits, batch["label"], ignore_index=C.background)
+    optimizer.step(loss)
+    return loss
+
+
 def init_weights(model, C, args, log):
     from utils.checkpoint import load_checkpoint
     from utils.errors import UserError
@@ -99,9 +109,9 @@ def train(args):
 
     if args.amp:
         jt.flags.auto_mixed_precision_level = 5
-    jt.set_global_seed(seed)
     train_set = RGBXDataset(C, "train")
     val_set = RGBXDataset(C, "test")
+    jt.set_global_seed(seed)  # the initial weights
     model = build_model(C)
     init_weights(model, C, args, log)
     optimizer = build_optimizer(model, C)
@@ -127,9 +137,7 @@ def train(args):
                    disable=args.no_progress or not main_rank, leave=False)
         loss_sum = 0.0
         for idx, batch in enumerate(bar):
-            logits = model(batch["data"], batch["modal_x"])
-            loss = jt.nn.cross_entropy_loss(logits, batch["label"], ignore_index=C.background)
-            optimizer.step(loss)
+            loss = train_step(model, optimizer, batch, C)
             iteration = (epoch - 1) * C.niters_per_epoch + idx
             # upstream sets the lr after the step: step 0 runs at the full base lr
             set_lr(optimizer, schedule.get_lr(iteration))
@@ -148,12 +156,12 @@ def train(args):
             if writer:
                 writer.add_scalar("val/mIoU", miou, epoch)
         state = dict(model=state_dict_numpy(model), optimizer=optimizer_state(optimizer), epoch=epoch,
-                     iteration=epoch * C.niters_per_epoch, config=C.config_name, val_mode=val_mode,
+                     iteration=epoch * C.niters_per_epoch, config=C.config_name, val_mode=val_mode, miou=miou,
                      best_miou=max(best_miou, miou if miou is not None else -1.0))
         if main_rank:
             save_checkpoint(os.path.join(run_dir, "last.pkl"), **state)
             if miou is not None and miou > best_miou:
-                save_checkpoint(os.path.join(run_dir, "best.pkl"), **state, miou=miou)
+                save_checkpoint(os.path.join(run_dir, "best.pkl"), **state)
                 log(f"new best mIoU {miou:.2f}: {os.path.join(run_dir, 'best.pkl')}")
         best_miou = state["best_miou"]
     if writer:

@@ -1,0 +1,163 @@
+"""End to end on a tiny synthetic data set: train, resume, evaluate, infer, and bad input.
+
+One module-scoped training run (DFormer-Tiny, 48x64 images, 2 epochs of 5 iterations) feeds
+the tests; the command-line tests run the real scripts in subprocesses.
+"""
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+TINY_CONFIG = """
+from local_configs._base_ import make_config
+
+C = make_config("Synthetic", "DFormer-Tiny", pretrained_model=None, dataset_path={data!r},
+                num_train_imgs=8, num_eval_imgs=4, image_height=48, image_width=64, batch_size=2,
+                nepochs=2, num_workers=0, checkpoint_start_epoch=0, warm_up_epoch=1,
+                eval_crop_size=[48, 64])
+"""
+
+
+def run_script(script, *args):
+    """Run utils/<script> like a user would; returns (exit code, stdout + stderr)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "utils", script), *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    config = folder / "tiny_config.py"
+    config.write_text(TINY_CONFIG.format(data=str(folder / "data")))
+    return folder, str(config)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    from utils.train import parse_args, train
+
+    folder, config = tiny
+    run_dir = folder / "run"
+    train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress"]))
+    return run_dir
+
+
+def read_state(path):
+    with open(path, "rb") as file:
+        return pickle.load(file)
+
+
+def test_training_writes_checkpoints_and_logs(trained):
+    state = read_state(trained / "last.pkl")
+    assert state["epoch"] == 2 and state["miou"] is not None
+    assert (trained / "best.pkl").exists()
+    log = (trained / "train.log").read_text()
+    assert "effective batch 2 = 1 process(es) x 2" in log
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(trained / "tb"))
+
+
+def test_resume_matches_uninterrupted_run(tiny, trained, monkeypatch):
+    import utils.checkpoint
+    from utils.train import parse_args, train
+
+    folder, config = tiny
+    run_dir = folder / "interrupted"
+    save = utils.checkpoint.save_checkpoint
+
+    def save_then_die(path, **state):  # the process is killed right after epoch 1's checkpoint
+        save(path, **state)
+        if path.endswith("last.pkl") and state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress"]))
+    monkeypatch.setattr(utils.checkpoint, "save_checkpoint", save)
+    train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress",
+                      "--continue_fpath", str(run_dir / "last.pkl")]))
+    resumed, uninterrupted = read_state(run_dir / "last.pkl"), read_state(trained / "last.pkl")
+    assert resumed["epoch"] == 2
+    for key, value in uninterrupted["model"].items():
+        np.testing.assert_allclose(resumed["model"][key], value, atol=1e-6, err_msg=key)
+    for moments in ("m", "v"):
+        for ours, theirs in zip(resumed["optimizer"][moments], uninterrupted["optimizer"][moments]):
+            for a, b in zip(ours, theirs):
+                np.testing.assert_allclose(a, b, atol=1e-7)
+    assert resumed["miou"] == uninterrupted["miou"]
+
+
+def test_eval_cli_reproduces_training_validation(tiny, trained):
+    folder, config = tiny
+    out = folder / "eval.json"
+    code, output = run_script("eval.py", "--config", config, "--checkpoint", trained / "last.pkl", "--json", out)
+    assert code == 0, output
+    assert json.loads(out.read_text())["mIoU"] == read_state(trained / "last.pkl")["miou"]
+    assert "trivial baseline" in output and "ss (single scale)" in output
+    assert re.search(r"\|\s+wall\s+\|", output)  # per-class table with class names
+
+
+def test_infer_cli_on_split_and_on_user_folder_with_16bit_depth(tiny, trained, tmp_path):
+    folder, config = tiny
+    code, output = run_script("infer.py", "--config", config, "--checkpoint", trained / "last.pkl",
+                              "--split", "test", "--output-dir", tmp_path / "split")
+    assert code == 0, output
+    names = [line.strip().split("/")[-1].rsplit(".", 1)[0] for line in open(folder / "data" / "test.txt")]
+    for name in names:
+        for suffix in (".png", "_overlay.png", "_panel.png"):
+            assert (tmp_path / "split" / f"{name}{suffix}").exists()
+    user = tmp_path / "user"
+    (user / "RGB").mkdir(parents=True)
+    (user / "Depth").mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(user / "RGB" / "room.jpg"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    depth_mm = np.tile(np.linspace(800, 4000, 56, dtype=np.uint16), (40, 1))
+    depth_mm[:5] = 0  # no measurement
+    cv2.imwrite(str(user / "Depth" / "room.png"), depth_mm)
+    code, output = run_script("infer.py", "--config", config, "--checkpoint", trained / "last.pkl",
+                              "--input-dir", user, "--output-dir", tmp_path / "pred")
+    assert code == 0, output
+    label = Image.open(tmp_path / "pred" / "room.png")
+    panel = cv2.imread(str(tmp_path / "pred" / "room_panel.png"))
+    assert label.mode == "P" and np.array(label).shape == (40, 56) and np.array(label).max() < 13
+    assert panel.shape[0] == 40 and panel.shape[1] >= 3 * 56  # RGB | depth | prediction
+    assert (tmp_path / "pred" / "room_overlay.png").exists()
+
+
+@pytest.mark.parametrize("case", ["dataset", "checkpoint", "non_image", "output"])
+def test_bad_input_gives_one_clear_message(case, tiny, trained, tmp_path):
+    folder, config = tiny
+    checkpoint = trained / "last.pkl"
+    if case == "dataset":
+        args = ["eval.py", "--config", "local_configs.NYUDepthv2.DFormer_Tiny", "--checkpoint", checkpoint,
+                "--dataset-dir", tmp_path / "nowhere"]
+        expected = "dataset folder not found"
+    elif case == "checkpoint":
+        args = ["eval.py", "--config", "local_configs.NYUDepthv2.DFormer_Small", "--checkpoint", checkpoint,
+                "--dataset-dir", folder / "data"]
+        expected = "looks like DFormer-Tiny"
+    elif case == "non_image":
+        (tmp_path / "RGB").mkdir()
+        (tmp_path / "Depth").mkdir()
+        (tmp_path / "RGB" / "notes.txt").write_text("not an image")
+        args = ["infer.py", "--config", config, "--checkpoint", checkpoint, "--input-dir", tmp_path,
+                "--output-dir", tmp_path / "out"]
+        expected = "notes.txt is not an image"
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        args = ["infer.py", "--config", config, "--checkpoint", checkpoint, "--split", "test",
+                "--output-dir", blocker / "out"]
+        expected = "cannot write to output folder"
+    code, output = run_script(*args)
+    assert code == 2, output
+    assert expected in output and "Traceback" not in output, output

@@ -1,0 +1,60 @@
+"""Evaluate a checkpoint: `python utils/eval.py --config CFG --checkpoint CKPT [--mode ss|msf|sliding]`.
+
+Prints the per-class IoU/Acc/F1 table with class names and aAcc, mIoU, mAcc, mF1, each labelled
+with the evaluation protocol, then the speed and the projected time of the full official protocol.
+Modes (see `utils/evaluate.py`): `ss` single scale; `msf` multi-scale + flip (scales from the
+config, upstream's 0.5-1.5 by default); `sliding` msf with sliding windows, upstream's `eval.sh`.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
+    parser.add_argument("--checkpoint", required=True, help="official .pth or a checkpoint of utils/train.py")
+    parser.add_argument("--dataset-dir", help="dataset folder (default: C.dataset_path)")
+    parser.add_argument("--mode", choices=["ss", "msf", "sliding"], default="ss")
+    parser.add_argument("--scales", type=float, nargs="+", help="msf/sliding scales (default: C.eval_scale_array)")
+    parser.add_argument("--no-flip", action="store_true", help="msf/sliding without the flipped pass")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: 1 per process)")
+    parser.add_argument("--json", help="also write the metrics to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    import jittor as jt
+
+    from utils.dataset import RGBXDataset
+    from utils.evaluate import evaluate
+    from utils.metrics import trivial_baseline
+
+    C = load_config(args.config, args.dataset_dir)
+    dataset = RGBXDataset(C, "test", batch_size=args.batch_size)
+    model = load_model(C, args.checkpoint)
+    metrics, mode_text, images_per_second = evaluate(
+        model, dataset, C, args.mode, args.scales, False if args.no_flip else None)
+    if jt.rank != 0:
+        return
+    result = metrics.summary()
+    print(metrics.format_table(C.class_names, mode_text))
+    print(f"{C.config_name} | {args.checkpoint} | {mode_text}: aAcc {result['aAcc']:.2f}  "
+          f"mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  mF1 {result['mF1']:.2f}")
+    baseline = trivial_baseline(metrics.hist.sum(1))
+    print(f"trivial baseline (always '{C.class_names[baseline['class_index']]}', the most frequent class): "
+          f"mIoU {baseline['mIoU']:.2f}  aAcc {baseline['aAcc']:.2f}")
+    print(f"speed: {images_per_second:.2f} images/s in this mode")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(dict(config=C.config_name, checkpoint=args.checkpoint, mode=mode_text,
+                           images_per_second=images_per_second, **result), file, indent=1)
+
+
+if __name__ == "__main__":
+    main_guard(lambda: main(parse_args()))

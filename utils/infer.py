@@ -1,0 +1,95 @@
+"""Predict and visualise: on a dataset split, a folder of RGB+depth pairs, or one pair.
+
+    python utils/infer.py --config CFG --checkpoint CKPT --split test --output-dir OUT
+    python utils/infer.py --config CFG --checkpoint CKPT --input-dir DIR --output-dir OUT
+    python utils/infer.py --config CFG --checkpoint CKPT --rgb a.jpg --depth a.png --output-dir OUT
+
+A folder holds `RGB/` and `Depth/` with files of the same name (no labels or list files). Depth is
+8-bit grey in the official convention (0 near .. 255 far) or a 16-bit PNG of raw depth (e.g.
+millimetres), converted per image (see `utils.transforms.depth_to_uint8`). For every image the
+output folder gets `<name>.png` (palette label map, NYU colours), `<name>_overlay.png` and
+`<name>_panel.png` (RGB | depth | prediction). On a labelled split the metrics are printed too.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
+    parser.add_argument("--checkpoint", required=True, help="official .pth or a checkpoint of utils/train.py")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--rgb", help="one RGB image (with --depth)")
+    source.add_argument("--input-dir", help="folder with RGB/ and Depth/ of matching file names")
+    source.add_argument("--split", choices=["test"], help="the config's labelled test split")
+    parser.add_argument("--depth", help="depth map of --rgb")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--dataset-dir", help="dataset folder for --split (default: C.dataset_path)")
+    parser.add_argument("--mode", choices=["ss", "msf", "sliding"], default="ss")
+    return parser.parse_args(argv)
+
+
+def check_writable(folder):
+    from utils.errors import UserError
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        raise UserError(f"cannot write to output folder {folder}: {error.strerror}; choose another "
+                        "--output-dir") from None
+
+
+def main(args):
+    import jittor as jt
+    import cv2
+
+    from utils.dataset import InferenceDataset, RGBXDataset, list_inference_pairs
+    from utils.errors import UserError
+    from utils.evaluate import evaluate
+    from utils.visualize import save_prediction
+
+    if args.rgb and not args.depth:
+        raise UserError("--rgb needs --depth (the depth map of that image)")
+    C = load_config(args.config, args.dataset_dir)
+    check_writable(args.output_dir)
+    if args.split:
+        dataset = RGBXDataset(C, args.split)
+
+        def raw_images(name):
+            rgb, depth, _ = dataset.read_sample(name)
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB) if C.bgr_input else rgb
+            return rgb, depth[:, :, 0]
+    else:
+        dataset = InferenceDataset(C, list_inference_pairs(args.rgb or args.input_dir, args.depth))
+        raw_images = None
+    model = load_model(C, args.checkpoint)
+
+    def save(batch, pred):
+        for i, name in enumerate(batch["fn"]):
+            if raw_images:
+                rgb, depth = raw_images(name)
+            else:
+                rgb, depth = batch["image"][i].numpy(), batch["depth"][i].numpy()
+            height, width = depth.shape
+            # SUNRGBD evaluation pads to 531x730; the prediction is cropped back to the image
+            save_prediction(args.output_dir, name, rgb, depth, pred[i, :height, :width])
+
+    metrics, mode_text, images_per_second = evaluate(model, dataset, C, args.mode, on_prediction=save)
+    if jt.rank == 0:
+        print(f"wrote {len(dataset.names) if args.split else len(dataset.pairs)} predictions "
+              f"({mode_text}, {images_per_second:.2f} images/s) to {args.output_dir}")
+        if args.split:
+            result = metrics.summary()
+            print(f"{C.config_name} | {mode_text}: mIoU {result['mIoU']:.2f}  aAcc {result['aAcc']:.2f}")
+
+
+if __name__ == "__main__":
+    main_guard(lambda: main(parse_args()))
