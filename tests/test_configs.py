@@ -1,0 +1,58 @@
+"""Every config imports without side effects, carries the official values and builds its model."""
+import glob
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+from conftest import OFFICIAL_KEYS, ROOT
+
+CONFIGS = sorted(
+    os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+    for path in glob.glob(os.path.join(ROOT, "local_configs", "*", "*.py"))
+    if not path.endswith("__init__.py") and "_base_" not in path
+)
+OFFICIAL_PARAMS = {info["config"]: info["num_params"] for info in OFFICIAL_KEYS.values()}
+# (config, key, official value) spot checks from upstream's config files
+OFFICIAL_VALUES = [
+    ("NYUDepthv2.DFormer_Large", "drop_path_rate", 0.15), ("NYUDepthv2.DFormerv2_S", "batch_size", 16),
+    ("NYUDepthv2.DFormerv2_L", "decoder_embed_dim", 1024), ("NYUDepthv2.DFormerv2_L", "batch_size", 12),
+    ("NYUDepthv2.DFormer_Tiny", "niters_per_epoch", 100), ("NYUDepthv2.DFormerv2_B", "drop_path_rate", 0.2),
+    ("SUNRGBD.DFormer_Base", "lr", 8e-5), ("SUNRGBD.DFormerv2_S", "decoder_embed_dim", 1024),
+    ("SUNRGBD.DFormerv2_L", "drop_path_rate", 0.27), ("SUNRGBD.DFormer_Small", "image_width", 480),
+    ("SUNRGBD.DFormer_Tiny", "num_classes", 37), ("NYUDepthv2.DFormer_Base", "num_classes", 40),
+    ("SUNRGBD.DFormerv2_B", "bgr_input", False), ("SUNRGBD.DFormer_Large", "bgr_input", True),
+    ("SUNRGBD.DFormerv2_B", "pad_SUNRGBD", True), ("NYUDepthv2.DFormerv2_B", "pad_SUNRGBD", False),
+]
+
+
+def test_fourteen_official_configs_plus_synthetic_and_template():
+    assert len([c for c in CONFIGS if ".NYUDepthv2." in c or ".SUNRGBD." in c]) == 14
+    assert {"local_configs.Synthetic.DFormer_Tiny", "local_configs.Synthetic.DFormerv2_S",
+            "local_configs.template.DFormer_Large"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("config, key, value", OFFICIAL_VALUES)
+def test_official_values(config, key, value):
+    assert importlib.import_module(f"local_configs.{config}").C[key] == value
+
+
+def test_import_has_no_side_effects(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in CONFIGS:
+        importlib.reload(importlib.import_module(name))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_builds_model(name):
+    from models import build_model
+
+    C = importlib.import_module(name).C
+    model = build_model(C)
+    params = sum(int(np.prod(v.shape)) for k, v in model.state_dict().items()
+                 if not k.endswith(("running_mean", "running_var")) and not k.endswith((".angle", ".decay")))
+    assert model.decode_head.conv_seg.weight.shape[0] == C.num_classes
+    if name in OFFICIAL_PARAMS:  # the official parameter count of the NYU configs
+        assert params == OFFICIAL_PARAMS[name]
