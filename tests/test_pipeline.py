@@ -161,3 +161,21 @@ def test_bad_input_gives_one_clear_message(case, tiny, trained, tmp_path):
     code, output = run_script(*args)
     assert code == 2, output
     assert expected in output and "Traceback" not in output, output
+
+
+def test_worker_processes_load_the_same_batches(tiny, trained):
+    from utils.dataset import RGBXDataset
+    from utils.entry import load_config
+    from utils.train import seed_epoch
+
+    C = load_config(tiny[1])
+    batches = []
+    for workers in (0, 2):
+        dataset = RGBXDataset(C, "train", num_workers=workers)
+        seed_epoch(C.seed, 3, dataset)
+        batch = next(iter(dataset))
+        batches.append({k: (v if k == "fn" else v.numpy()) for k, v in batch.items()})
+        dataset.terminate()
+    assert batches[0]["fn"] == batches[1]["fn"]
+    for key in ("data", "modal_x", "label"):
+        np.testing.assert_array_equal(batches[0][key], batches[1][key])

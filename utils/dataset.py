@@ -261,6 +261,7 @@ class RGBXDataset(Dataset):
         return rgb, cv2.merge([depth, depth, depth]), gt
 
     def __getitem__(self, index):
+        index = int(index)  # loader workers pass numpy integers, which `random.Random` refuses
         rng, np_rng = random, np.random
         if self.epoch_seed is not None:
             rng = random.Random((self.epoch_seed << 32) + index)
