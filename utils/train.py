@@ -87,6 +87,7 @@ def train(args):
     from models import build_model
     from utils.checkpoint import load_checkpoint, save_checkpoint, state_dict_numpy
     from utils.dataset import RGBXDataset
+    from utils.errors import UserError
     from utils.evaluate import evaluate
     from utils.optim import WarmUpPolyLR, build_optimizer, optimizer_state, restore_optimizer, set_lr
 
@@ -108,6 +109,8 @@ def train(args):
             log_file.flush()
 
     if args.amp:
+        if not jt.has_cuda:
+            raise UserError("--amp needs a GPU: Jittor's CPU backend cannot compile float16 kernels")
         jt.flags.auto_mixed_precision_level = 5
     train_set = RGBXDataset(C, "train")
     val_set = RGBXDataset(C, "test")
