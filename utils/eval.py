@@ -33,6 +33,7 @@ def main(args):
 
     from utils.dataset import RGBXDataset
     from utils.evaluate import evaluate
+    from utils.latency import format_protocol_time, projected_protocol_time
     from utils.metrics import trivial_baseline
 
     C = load_config(args.config, args.dataset_dir)
@@ -49,7 +50,13 @@ def main(args):
     baseline = trivial_baseline(metrics.hist.sum(1))
     print(f"trivial baseline (always '{C.class_names[baseline['class_index']]}', the most frequent class): "
           f"mIoU {baseline['mIoU']:.2f}  aAcc {baseline['aAcc']:.2f}")
-    print(f"speed: {images_per_second:.2f} images/s in this mode")
+    if args.mode == "ss":  # project the official NYUDepthv2 multi-scale + flip protocol from this speed
+        pixels = C.image_height * C.image_width / (480 * 640)  # cost taken as proportional to pixels
+        print(f"speed: {images_per_second:.2f} images/s at {C.image_height}x{C.image_width}; at 480x640 "
+              f"{format_protocol_time(projected_protocol_time(images_per_second * pixels))}")
+    else:
+        print(f"speed: {images_per_second:.2f} images/s in this mode; the {len(dataset.names)} test images "
+              f"take {len(dataset.names) / images_per_second / 60:.1f} min")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(dict(config=C.config_name, checkpoint=args.checkpoint, mode=mode_text,

@@ -11,7 +11,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule, PointwiseConv2d, bmm, resize
 
 DECODE_HEAD_BN_EPS = 1e-3
 
@@ -25,9 +25,9 @@ class NMF2D(nn.Module):
     `torch.rand`, before normalising) to use them instead of a draw; `None` draws again.
     """
 
-    def __init__(self, S=1, R=64, train_steps=6, eval_steps=7, inv_t=1):
+    def __init__(self, D=512, S=1, R=64, train_steps=6, eval_steps=7, inv_t=1):
         super().__init__()
-        self.S, self.R = S, R
+        self.D, self.S, self.R = D, S, R
         self.train_steps, self.eval_steps, self.inv_t = train_steps, eval_steps, inv_t
         self.fixed_raw_bases = None
 
@@ -43,28 +43,33 @@ class NMF2D(nn.Module):
         return raw / jt.maximum(norm, 1e-12)  # F.normalize(dim=1)
 
     @staticmethod
-    def update_coef(x, bases, coef):
-        numerator = jt.bmm(x.permute(0, 2, 1), bases)  # (BS, N, R)
-        denominator = jt.bmm(coef, jt.bmm(bases.permute(0, 2, 1), bases))
+    def update_coef(x_t, bases, coef):
+        """coef * (x^T bases) / (coef (bases^T bases)); x_t is x^T (BS, N, D), made once per forward."""
+        numerator = bmm(x_t, bases)  # (BS, N, R)
+        bases_t = bases.transpose(0, 2, 1)  # (BS, R, D)
+        denominator = bmm(coef, bmm(bases_t, bases_t, transpose_b=True))  # (BS, N, R) @ (BS, R, R)
         return coef * numerator / (denominator + 1e-6)
 
     @staticmethod
     def update_bases(x, bases, coef):
-        numerator = jt.bmm(x, coef)  # (BS, D, R)
-        denominator = jt.bmm(bases, jt.bmm(coef.permute(0, 2, 1), coef))
+        """bases * (x coef) / (bases (coef^T coef))."""
+        numerator = bmm(x, coef)  # (BS, D, R)
+        coef_t = coef.transpose(0, 2, 1)  # (BS, R, N)
+        denominator = bmm(bases, bmm(coef_t, coef_t, transpose_b=True))  # (BS, D, R) @ (BS, R, R)
         return bases * numerator / (denominator + 1e-6)
 
     def execute(self, x):
         B, C, H, W = x.shape
         D, N = C // self.S, H * W
         x = x.reshape(B * self.S, D, N)
+        x_t = x.transpose(0, 2, 1)  # (BS, N, D), transposed once rather than in every step
         bases = self.build_bases(B, D)  # (BS, D, R)
-        coef = nn.softmax(self.inv_t * jt.bmm(x.permute(0, 2, 1), bases), dim=-1)  # (BS, N, R)
+        coef = nn.softmax(self.inv_t * bmm(x_t, bases), dim=-1)  # (BS, N, R)
         for _ in range(self.train_steps if self.is_train else self.eval_steps):
-            coef = self.update_coef(x, bases, coef)
+            coef = self.update_coef(x_t, bases, coef)
             bases = self.update_bases(x, bases, coef)
-        coef = self.update_coef(x, bases, coef)
-        return jt.bmm(bases, coef.permute(0, 2, 1)).reshape(B, C, H, W)
+        coef = self.update_coef(x_t, bases, coef)
+        return bmm(bases, coef, transpose_b=True).reshape(B, C, H, W)  # (BS, D, R) @ (BS, R, N)
 
 
 class Hamburger(nn.Module):
@@ -73,7 +78,7 @@ class Hamburger(nn.Module):
     def __init__(self, ham_channels=512):
         super().__init__()
         self.ham_in = ConvModule(ham_channels, ham_channels, norm=False, act=False)
-        self.ham = NMF2D()
+        self.ham = NMF2D(D=ham_channels)
         self.ham_out = ConvModule(ham_channels, ham_channels, act=False, bn_eps=DECODE_HEAD_BN_EPS)
 
     def execute(self, x):
@@ -97,7 +102,7 @@ class LightHamHead(nn.Module):
         self.hamburger = Hamburger(ham_channels)
         self.align = ConvModule(ham_channels, channels, bn_eps=DECODE_HEAD_BN_EPS)
         self.dropout = nn.Dropout2d(dropout_ratio)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        self.conv_seg = PointwiseConv2d(channels, num_classes)
 
     def execute(self, inputs):
         inputs = inputs[1:]

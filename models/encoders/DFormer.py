@@ -11,7 +11,7 @@ identical parameter names so official checkpoints load unchanged. Differences:
 import jittor as jt
 from jittor import nn
 
-from ..layers import adaptive_avg_pool_nhwc, layer_norm, resize
+from ..layers import ChannelsLastConv2d, adaptive_avg_pool_nhwc, layer_norm, resize
 
 
 class LayerNorm(nn.Module):
@@ -39,14 +39,12 @@ class MLP(nn.Module):
         hidden = dim * mlp_ratio
         self.norm = LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
-        self.pos = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.pos = ChannelsLastConv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.act = nn.GELU()
 
     def execute(self, x):
-        x = self.fc1(self.norm(x)).permute(0, 3, 1, 2)  # (B, hidden, H, W)
-        x = self.pos(x) + x
-        return self.fc2(self.act(x.permute(0, 2, 3, 1)))
+        x = self.fc1(self.norm(x))  # (B, H, W, hidden)
+        return self.fc2(self.pos(x, residual_gelu=True))  # GELU(pos(x) + x)
 
 
 class attention(nn.Module):
@@ -68,8 +66,8 @@ class attention(nn.Module):
         self.q_cut = nn.Linear(dim, dim // 2)
         self.a = nn.Linear(dim, dim)
         self.l = nn.Linear(dim, dim)
-        self.conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-        self.e_conv = nn.Conv2d(dim // 2, dim // 2, 7, padding=3, groups=dim // 2)
+        self.conv = ChannelsLastConv2d(dim, dim, 7, padding=3, groups=dim)
+        self.e_conv = ChannelsLastConv2d(dim // 2, dim // 2, 7, padding=3, groups=dim // 2)
         self.e_fore = nn.Linear(dim // 2, dim // 2)
         self.e_back = nn.Linear(dim // 2, dim // 2)
         concat_dim = dim * 2 if window != 0 else dim // 2 * 3
@@ -102,9 +100,8 @@ class attention(nn.Module):
         q = self.q(x)
         cutted_x = self.q_cut(x)
         t = self.act(self.l(x))  # GELU(l(x)) feeds both the 7x7 conv and the kv projection
-        a = self.a(self.conv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        e = self.e_fore(x_e).permute(0, 3, 1, 2)  # (B, C/2, H, W)
-        e = self.e_back(self.e_conv(e).permute(0, 2, 3, 1))
+        a = self.a(self.conv(t))
+        e = self.e_back(self.e_conv(self.e_fore(x_e)))  # (B, H, W, C/2)
         parts = [q * a]
         if self.window != 0:
             parts.append(self.global_awareness(t, jt.concat([x, x_e], dim=3)))

@@ -1,0 +1,106 @@
+"""benchmark.py: params and thop-compatible FLOPs of all 7 NYUDepthv2 models at 480x640.
+
+The count runs the forward lazily (shapes only), so the whole file takes seconds on a CPU.
+THOP_480x640 holds what `thop.profile` (0.1.1) gives on the official PyTorch models at 480x640
+(MACs, and `sum(p.numel() for p in model.parameters())`), measured outside this repository.
+"""
+import importlib
+
+import pytest
+
+import benchmark
+
+CONFIGS = {
+    "DFormer-Tiny": "DFormer_Tiny", "DFormer-Small": "DFormer_Small", "DFormer-Base": "DFormer_Base",
+    "DFormer-Large": "DFormer_Large", "DFormerv2_S": "DFormerv2_S", "DFormerv2_B": "DFormerv2_B",
+    "DFormerv2_L": "DFormerv2_L",
+}
+THOP_480x640 = {  # name: (MACs, params)
+    "DFormer-Tiny": (11749408224, 6003912), "DFormer-Small": (25673487744, 18747144),
+    "DFormer-Base": (41937024576, 29524840), "DFormer-Large": (65696154720, 39030392),
+    "DFormerv2_S": (33850982400, 26686018), "DFormerv2_B": (67195776000, 53923050),
+    "DFormerv2_L": (124134835200, 95550074),
+}
+
+
+@pytest.fixture(scope="module")
+def counts():
+    from models import build_model
+
+    result = {}
+    for name, module in CONFIGS.items():
+        model = build_model(importlib.import_module(f"local_configs.NYUDepthv2.{module}").C)
+        result[name] = (benchmark.count_params(model), benchmark.count_macs(model, 480, 640))
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_matches_published(name, counts):
+    (_, _, params), macs = counts[name]
+    published_params, published_gflops, _ = benchmark.PUBLISHED[name]
+    assert abs(params / 1e6 - published_params) <= 0.1, params
+    assert abs(macs["module"]["total"] / 1e9 - published_gflops) <= 0.1, macs["module"]["total"]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_matches_thop_exactly(name, counts):
+    (backbone, head, params), macs = counts[name]
+    assert (macs["module"]["total"], params) == THOP_480x640[name]
+    assert backbone + head == params
+    assert macs["module"]["backbone"] + macs["module"]["head"] == macs["module"]["total"]
+    # the full count adds the attention and NMF products thop cannot see (3.1 to 13 GMACs here)
+    assert 3e9 < macs["full"]["total"] - macs["module"]["total"] < 14e9
+
+
+def test_counting_computes_nothing():
+    """The count must not run the network: a 2048x2048 forward would take minutes on a CPU."""
+    import time
+
+    from models import build_model
+
+    model = build_model(importlib.import_module("local_configs.NYUDepthv2.DFormer_Tiny").C)
+    start = time.perf_counter()
+    macs = benchmark.count_macs(model, 2048, 2048)
+    assert time.perf_counter() - start < 20
+    assert macs["module"]["total"] > 11e9 * (2048 * 2048) / (480 * 640) * 0.9
+
+
+# The CPU inference fast paths of the models (used under jt.no_grad(), i.e. by benchmark and
+# latency runs and by test_parity) against the stock Jittor paths that training uses.
+
+# (B, H, W, C, k): the first is wide enough for the OpenMP depthwise kernel, the others use oneDNN
+@pytest.mark.parametrize("shape", [(1, 64, 64, 512, 3), (2, 20, 24, 32, 7), (2, 9, 11, 16, 5)])
+def test_channels_last_conv_fast_path(shape):
+    import jittor as jt
+    import numpy as np
+    from jittor import nn
+
+    from models.layers import ChannelsLastConv2d
+
+    B, H, W, C, k = shape
+    conv = ChannelsLastConv2d(C, C, k, padding=k // 2, groups=C)
+    x = jt.randn(B, H, W, C)
+    with jt.no_grad():
+        fast, fast_gelu = conv(x).numpy(), conv(x, residual_gelu=True).numpy()
+        stock = nn.Conv2d.execute(conv, x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        stock_gelu = nn.gelu(stock + x).numpy()
+    assert np.abs(fast - stock.numpy()).max() < 1e-5
+    assert np.abs(fast_gelu - stock_gelu).max() < 1e-5
+
+
+@pytest.mark.parametrize("config", ["DFormer_Tiny", "DFormerv2_S"])
+def test_model_fast_paths_match_training_paths(config):
+    import jittor as jt
+    import numpy as np
+
+    from models import build_model
+
+    model = build_model(importlib.import_module(f"local_configs.NYUDepthv2.{config}").C)
+    model.eval()
+    model.decode_head.hamburger.ham.fixed_raw_bases = np.random.default_rng(0).random((1, 512, 64), np.float32)
+    jt.set_global_seed(0)
+    rgb, depth = jt.randn(1, 3, 64, 96), jt.randn(1, 3, 64, 96)
+    with jt.no_grad():
+        fast = model(rgb, depth).numpy()
+    stock = model(rgb, depth).numpy()  # gradients enabled: stock convolutions and attention
+    assert np.abs(fast - stock).max() < 1e-4
