@@ -13,7 +13,6 @@ start of every epoch, so a resumed run continues exactly as an uninterrupted one
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,7 +79,6 @@ def init_weights(model, C, args, log):
 
 def train(args):
     import jittor as jt
-    import numpy as np
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
