@@ -37,6 +37,7 @@ for step, batch in enumerate(train_set):
         break
 weights = np.concatenate([v.numpy().ravel() for v in model.state_dict().values()])
 metrics, _, _ = evaluate(model, val_set, C, "ss", progress=False)
+labelled = sum(int((val_set.read_sample(name)[2] != 255).sum()) for name in val_set.names)
 with open(os.path.join(out_dir, f"rank{jt.rank}.json"), "w") as file:
     json.dump(dict(world_size=jt.world_size, names=names, weight_sum=float(np.abs(weights).sum()),
-                   weight_head=weights[:64].tolist(), hist=metrics.hist.tolist()), file)
+                   weight_head=weights[:64].tolist(), hist=metrics.hist.tolist(), labelled_pixels=labelled), file)

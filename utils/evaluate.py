@@ -109,6 +109,20 @@ def predict(forward, rgb, depth, C, mode, scales, flip):
     return total
 
 
+def repeated_in_last_batch(loader):
+    """How many leading samples of this process's last batch Jittor's MPI split repeats.
+
+    With N processes Jittor cuts an uneven last batch into equal shares and shifts the overhanging
+    shares back, so some processes get samples another one already has; counting them would
+    weight those images twice.
+    """
+    last = loader.total_len % loader.batch_size
+    if not jt.in_mpi or loader.drop_last or last == 0:
+        return 0
+    share = (last - 1) // jt.world_size + 1
+    return min(share, max(0, share * jt.rank - (last - share)))
+
+
 def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=None, progress=True):
     """Run the protocol over `loader` and return (Metrics, mode text, images per second).
 
@@ -123,8 +137,13 @@ def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=
     images, start = 0, time.time()
     try:
         with jt.no_grad():
-            for batch in tqdm(loader, desc=f"eval {mode}", disable=not progress or jt.rank != 0,
-                              leave=False):
+            repeated = repeated_in_last_batch(loader)
+            for index, batch in enumerate(tqdm(loader, desc=f"eval {mode}", disable=not progress or jt.rank != 0,
+                                               leave=False)):
+                if index == len(loader) - 1 and repeated:
+                    if repeated == len(batch["fn"]):
+                        continue
+                    batch = {key: value[repeated:] for key, value in batch.items()}
                 probs = predict(forward, batch["data"], batch["modal_x"], C, mode, scales, flip)
                 pred = jt.argmax(probs, dim=1)[0].numpy()
                 if "label" in batch:
