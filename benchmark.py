@@ -26,13 +26,12 @@ known when an op is created, so hooks read the shapes and nothing is computed (a
 model even at 480x640 on a CPU). Batch size 1, rgb (1, 3, H, W) and depth (1, 3, H, W), eval mode.
 """
 import argparse
-import importlib
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import utils  # noqa: E402,F401  (Jittor environment defaults before Jittor is imported)
+from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults before Jittor is imported)
 
 NYU_CONFIGS = ["DFormer_Tiny", "DFormer_Small", "DFormer_Base", "DFormer_Large",
                "DFormerv2_S", "DFormerv2_B", "DFormerv2_L"]
@@ -162,7 +161,7 @@ def count_macs(model, height, width, batch_size=1):
 def benchmark_config(config_name, sizes=((480, 640), (530, 730))):
     from models import build_model
 
-    C = importlib.import_module(config_name).C
+    C = load_config(config_name)
     model = build_model(C)
     backbone, head, total = count_params(model)
     result = {"config": config_name, "backbone": C.backbone, "decoder_embed_dim": C.decoder_embed_dim,
@@ -201,14 +200,6 @@ def main(argv=None):
     if not args.all and not args.config:
         parser.error("give --config or --all")
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
-    try:
-        from utils.jittor_doctor import check_environment
-    except ImportError:
-        check_environment = None
-    problem = check_environment() if check_environment else None
-    if problem:
-        print(problem, file=sys.stderr)
-        sys.exit(1)
     configs = [f"local_configs.NYUDepthv2.{name}" for name in NYU_CONFIGS] if args.all else [args.config]
     results = [benchmark_config(name, sizes) for name in configs]
     print("Counter: thop-compatible module count ('module', what the papers publish) and module count plus "
@@ -223,4 +214,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -17,7 +17,6 @@ Importable pieces: `measure_latency`, `measure_training`, `summarize`, `device_i
 `protocol_sizes` and `projected_protocol_time` (what evaluation prints as its cost estimate).
 """
 import argparse
-import importlib
 import json
 import math
 import os
@@ -34,23 +33,11 @@ if __package__ in (None, ""):  # run as `python utils/latency.py`: make the repo
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
     sys.path.insert(0, _ROOT)
 
-import utils  # noqa: E402,F401  (Jittor environment defaults; nothing here imports Jittor at import time)
+from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import here)
 
 # The official NYUDepthv2 evaluation: 654 test images, scales 0.5-1.5, each plus its horizontal flip.
 NYU_TEST_IMAGES = 654
 PROTOCOL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
-
-
-def check_environment_or_exit():
-    """Run `utils.jittor_doctor.check_environment()` (when that module exists) before Jittor loads."""
-    try:
-        from utils.jittor_doctor import check_environment
-    except ImportError:
-        return
-    problem = check_environment()
-    if problem:
-        print(problem, file=sys.stderr)
-        sys.exit(1)
 
 
 # ----------------------------------------------------------------------------- environment report
@@ -272,11 +259,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_environment_or_exit()
     import jittor as jt
     from models import build_model
 
-    config = importlib.import_module(args.config).C
+    config = load_config(args.config)
     model = build_model(config)
     info = device_info()
     report = {"config": args.config, "backbone": config.backbone, "height": args.height, "width": args.width,
@@ -318,4 +304,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)
