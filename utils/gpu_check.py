@@ -115,6 +115,7 @@ class Settings:
     tf32: bool
     diff_tolerance: float
     budget_s: float  # 0: no limit
+    train_speed: bool = False  # training images/s and peak memory at the official batch and crop
 
     @classmethod
     def from_args(cls, args):
@@ -122,7 +123,7 @@ class Settings:
             return cls(True, (1, 32, 48), (2, 32, 48), (32, 48), (1, 2), args.warmup or 1, args.iters or 2,
                        False, False, 1e-5, args.budget_s or 0)
         return cls(False, (1, 64, 96), (2, 64, 96), (480, 640), (1, 8), args.warmup or 10, args.iters or 30,
-                   not args.no_fp16, args.tf32, 1e-3, 480 if args.budget_s is None else args.budget_s)
+                   not args.no_fp16, args.tf32, 1e-3, 480 if args.budget_s is None else args.budget_s, True)
 
     def time_left(self):
         return math.inf if not self.budget_s else self.budget_s - (time.time() - START)
@@ -333,7 +334,7 @@ class CpuReference:
         try:
             self.process.wait(timeout=None if math.isinf(timeout) else max(timeout, 0.1))
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
             self.process.wait()
 
     def log_tail(self, lines=5):
@@ -422,6 +423,34 @@ class OfficialRunner:
             print(f"[pytorch] {name} {precision} batch {batch}: {rows[-1]['median_ms']:.2f} ms", flush=True)
         return rows
 
+    def training_speed(self, model, spec_model):
+        """Images/s (median of 3 steps after 2) and peak reserved memory of fp32 training steps."""
+        torch = self.torch
+        batch, height, width = spec_model["train_size"]
+        model.to(torch.float32).train()
+        self.dtype = torch.float32
+        optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+        rgb = torch.rand(batch, 3, height, width, device=self.device)
+        depth = torch.rand(batch, 3, height, width, device=self.device)
+        label = torch.randint(0, spec_model["cfg"]["num_classes"], (batch, height, width), device=self.device)
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for index in range(5):
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(rgb, depth), label, ignore_index=255)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if on_gpu:
+                torch.cuda.synchronize()
+            if index >= 2:
+                times.append(time.perf_counter() - start)
+        model.eval()
+        return {"images_per_s": batch / statistics.median(times),
+                "peak_gib": torch.cuda.max_memory_reserved() / 2**30 if on_gpu else None}
+
     def median_ms(self, model, batch):
         torch, spec = self.torch, self.spec
         height, width = spec["latency_size"]
@@ -466,6 +495,16 @@ def torch_worker_main(spec_path):
             entry["errors"].append(f"{type(error).__name__}: {error}")
             detail = str(error) if isinstance(error, TimeoutError) else traceback.format_exc()
             print(f"[pytorch] {name}: {detail}", flush=True)
+        if model is not None and spec_model.get("train_size") and not entry["errors"]:
+            try:
+                if time.time() > spec["deadline"]:
+                    raise TimeoutError("time budget used up")
+                entry["train_speed"] = runner.training_speed(model, spec_model)
+                print(f"[pytorch] {name} training {spec_model['train_size']}: {entry['train_speed']}", flush=True)
+            except Exception as error:  # noqa: BLE001  (informational)
+                entry["notes"].append(f"training speed: {type(error).__name__}: {error}")
+            if runner.device.type == "cuda":
+                runner.torch.cuda.empty_cache()
         if model is not None and "fp16" in spec["precisions"] and not entry["errors"]:
             try:
                 entry["latency"] += runner.latency(model, name, "fp16")
@@ -498,7 +537,8 @@ def run_official(args, names, settings, folder, deadline):
     log(f"official PyTorch model: torch {version}, {args.official_dir}")
     spec = {"official_dir": args.official_dir, "device": "cpu" if settings.smoke else "cuda",
             "tf32": settings.tf32,
-            "models": [{"name": name, "cfg": official_cfg(config_of(name))} for name in names],
+            "models": [{"name": name, "cfg": official_cfg(config_of(name)),
+                        "train_size": official_train_size(name) if settings.train_speed else None} for name in names],
             "check_shape": settings.check_shape, "latency_size": settings.latency_size,
             "batches": settings.batches, "warmup": settings.warmup, "iters": settings.iters,
             "precisions": ["fp32", "fp16"] if settings.fp16 else ["fp32"], "deadline": deadline,
@@ -511,7 +551,7 @@ def run_official(args, names, settings, folder, deadline):
     try:
         process.wait(timeout=max(deadline - time.time(), 0) + 30)  # it checks the deadline itself
     except subprocess.TimeoutExpired:
-        process.kill()
+        process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
         process.wait()
     if not os.path.exists(spec["result"]):
         raise RuntimeError(f"the PyTorch worker wrote no result (exit {process.returncode})")
@@ -579,6 +619,7 @@ class Report:
             table = self.latency_table(precision)
             if table:
                 lines += table + [""]
+        lines += self.training_table()
         notes = [f"- {name}: {note}" for name, entry in self.data["models"].items() for note in entry["notes"]]
         if notes:
             lines += ["Notes (not counted as failures):"] + notes + [""]
@@ -612,7 +653,8 @@ class Report:
         batches = self.settings.batches
         header = ["model"]
         if precision == "fp32":
-            header += ["max abs diff vs CPU", "vs official", "loss step 1 -> 3", "argmax agree", "first fwd s"]
+            header += ["max abs diff vs CPU", "vs official", "loss step 1 -> 3", "AMP loss 1 -> 3", "argmax agree",
+                       "first fwd s"]
         for batch in batches:
             header += [f"Jittor b{batch} ms", f"PyTorch b{batch} ms", f"ratio b{batch}"]
         rows = []
@@ -622,10 +664,11 @@ class Report:
                 continue
             cells = [name]
             if precision == "fp32":
-                losses = entry.get("losses") or []
+                losses, amp = entry.get("losses") or [], entry.get("amp_losses") or []
                 cells += [fmt(entry.get("max_abs_diff_vs_cpu"), ".1e"),
                           fmt(entry.get("max_abs_diff_vs_official"), ".1e"),
                           f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-",
+                          f"{amp[0]:.4f} -> {amp[-1]:.4f}" if amp else "-",
                           fmt(entry.get("argmax_agreement"), ".4f"), fmt(entry.get("first_forward_s"), ".1f")]
             for batch in batches:
                 row = latency.get((precision, batch), {})
@@ -637,6 +680,29 @@ class Report:
                  else "fp16 latency (Jittor float16() + AMP level 5 / torch .half())")
         return [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
             ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+    def training_table(self):
+        """fp32 training at the official batch and crop: images/s and peak memory, both frameworks."""
+        rows = []
+        for name, entry in self.data["models"].items():
+            ours, theirs = entry.get("train_speed"), entry.get("official_train_speed") or {}
+            if not ours and not theirs:
+                continue
+            ours = ours or {}
+            size = dims((ours["batch"], ours["height"], ours["width"])) if ours else "-"
+            ratio = (ours["jittor_images_per_s"] / theirs["images_per_s"]
+                     if ours and theirs.get("images_per_s") else None)
+            rows.append([name, size, fmt(ours.get("jittor_images_per_s"), ".2f"),
+                         fmt(theirs.get("images_per_s"), ".2f"), fmt(ratio, ".2f"),
+                         fmt(ours.get("jittor_peak_gib"), ".1f"), fmt(theirs.get("peak_gib"), ".1f")])
+        if not rows:
+            return []
+        header = ["model", "batch x crop", "Jittor images/s", "PyTorch images/s", "Jittor / PyTorch",
+                  "Jittor peak GiB", "PyTorch peak GiB"]
+        return ["## fp32 training at the official batch and crop (AdamW step, median of 3 after 2)", "",
+                "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+            ["| " + " | ".join(cells) + " |" for cells in rows] + [""]
 
 
 def dims(shape):
@@ -763,6 +829,24 @@ def check_model(name, settings, report):
     return run
 
 
+def amp_training(runs, settings, report):
+    """TRAIN_STEPS more steps of every model under Jittor AMP (level 5, as `train.py --amp`): finite losses."""
+    import jittor as jt
+
+    for run in runs:
+        entry = report.model(run.name)
+        if settings.time_left() <= 0:
+            entry["notes"].append("AMP training: skipped, time budget used up")
+            continue
+        with step(entry["errors"], "AMP training"), jt.flag_scope(auto_mixed_precision_level=5):
+            amp_losses = training_losses(run.model, run.C, settings.train_shape)  # jt.array makes fp16 inputs
+            entry["amp_losses"] = amp_losses
+            log(f"{run.name} AMP (level 5) losses {', '.join(f'{v:.5f}' for v in amp_losses)}")
+        entry["checks"]["amp_finite"] = bool(entry.get("amp_losses")) and all(map(math.isfinite, entry["amp_losses"]))
+        jt.gc()
+        report.save()
+
+
 def compare_with_reference(run, reference, settings, report):
     """Diff and argmax agreement of the device logits against the CPU reference (or its error)."""
     import numpy as np
@@ -832,6 +916,8 @@ def add_official(result, runs_by_name, report):
             entry["max_abs_diff_vs_official"] = diff
             entry["checks"]["diff_vs_official"] = diff <= OFFICIAL_TOLERANCE
             log(f"{name}: max |diff| vs the official PyTorch model {diff:.2e}")
+        if official.get("train_speed"):
+            entry["official_train_speed"] = official["train_speed"]
         fp32_rows = [r for r in official["latency"] if r["precision"] == "fp32"]
         entry["checks"]["official_latency"] = len(fp32_rows) == len(report.settings.batches)
 
@@ -870,6 +956,45 @@ def check_models(names, cpu_reference, settings, report):
     return runs
 
 
+def official_train_size(name):
+    """(batch, height, width) of the official training recipe of `name` (its NYUDepthv2 config)."""
+    C = config_of(name)
+    return C.batch_size, C.image_height, C.image_width
+
+
+def train_speed_jittor(runs, settings, report, folder):
+    """Training images/s and peak GPU memory at the official batch and crop, one fresh process per model."""
+    for run in runs:
+        entry = report.model(run.name)
+        if settings.time_left() <= 0:
+            entry["notes"].append("training speed: skipped, time budget used up")
+            continue
+        batch, height, width = official_train_size(run.name)
+        path = os.path.join(folder, f"train_{MODELS[run.name]}.json")
+        command = [sys.executable, os.path.join(ROOT, "utils", "latency.py"), "--config",
+                   f"local_configs.NYUDepthv2.{MODELS[run.name]}", "--batch-sizes", "1", "--warmup", "1",
+                   "--iters", "1", "--height", str(height), "--width", str(width), "--train",
+                   "--train-batch-size", str(batch), "--train-iters", "3", "--no-progress", "--json", path]
+        with step(entry["notes"], "training speed"):
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                limit = settings.time_left()
+                output, _ = process.communicate(timeout=None if math.isinf(limit) else max(limit, 30) + 60)
+            except subprocess.TimeoutExpired:
+                process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
+                output, _ = process.communicate()
+            if process.returncode != 0:
+                raise RuntimeError(f"exit {process.returncode}: " + " | ".join(output.strip().splitlines()[-3:]))
+            with open(path) as file:
+                train = json.load(file)["train"]
+            entry["train_speed"] = {"batch": batch, "height": height, "width": width,
+                                    "jittor_images_per_s": train["images_per_s"],
+                                    "jittor_peak_gib": train["peak_memory"]["bytes"] / 2**30}
+            log(f"{run.name} Jittor training {batch}x{height}x{width}: {train['images_per_s']:.2f} images/s, "
+                f"peak {entry['train_speed']['jittor_peak_gib']:.1f} GiB")
+        report.save()
+
+
 def run_pipeline(args, settings, names, report, folder):
     jt = import_jittor(settings, report)
     report.save()
@@ -881,7 +1006,12 @@ def run_pipeline(args, settings, names, report, folder):
     time_jittor(runs, settings, report, "fp32")
     if args.official_dir:
         official_phase(args, runs, settings, report, folder)
+    if settings.train_speed:
+        jt.sync_all(True)
+        jt.gc()
+        train_speed_jittor(runs, settings, report, folder)
     if settings.fp16:
+        amp_training(runs, settings, report)
         jt.gc()
         time_jittor(runs, settings, report, "fp16")  # last: it casts the models to fp16 for good
 
