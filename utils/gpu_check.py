@@ -308,7 +308,9 @@ class CpuReference:
         spec_path = os.path.join(folder, "cpu_reference.json")
         with open(spec_path, "w") as file:
             json.dump({"models": names, "check_shape": settings.check_shape, "folder": folder}, file)
-        env = dict(os.environ, nvcc_path="", use_cuda="0")  # Jittor in CPU mode from the start
+        # Jittor in CPU mode from the start, with its own cache: Jittor keeps one jittor_core build per
+        # cache folder, and a CPU build there breaks every later GPU process (seen on an H200).
+        env = dict(os.environ, nvcc_path="", use_cuda="0", cache_name=os.environ.get("cache_name", "default") + "-cpu")
         self.log_path = os.path.join(folder, "cpu_reference.log")
         with open(self.log_path, "w") as out:
             command = [sys.executable, "-m", "utils.gpu_check", "--cpu-reference", spec_path]
@@ -774,6 +776,7 @@ def import_jittor(settings, report):
 
     if settings.tf32:
         jt.flags.use_tensorcore = 1
+    jt.flags.use_cuda = int(jt.has_cuda)  # as build_model does; the report below reads it
     report.data["environment"]["jittor_import_s"] = round(time.time() - start, 1)
     info = jittor_environment(settings)
     report.data["environment"]["jittor"] = info
