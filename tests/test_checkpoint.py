@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
-from synthetic_weights import synthetic_state_dict
+from utils.synthetic_weights import synthetic_state_dict
 from utils.checkpoint import CheckpointMismatch, load_checkpoint, read_checkpoint, save_checkpoint
 from utils.errors import UserError
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -71,3 +72,34 @@ def test_refuses_without_gpu_outside_smoke_mode(tmp_path):
     assert "--cpu-smoke" in done.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["checks"] == {"environment": False} and not report["passed"]
+
+
+def test_report_tables(tmp_path):
+    """The Markdown report carries the measured numbers, ratios and failures (no Jittor needed)."""
+    from utils.gpu_check import Settings, parse_args
+    from utils.gpu_report import Report
+
+    settings = Settings.from_args(parse_args(["--models", "DFormer-Tiny,DFormer-Large"]))
+    report = Report(str(tmp_path), settings, {"DFormer-Tiny": "cfg.T", "DFormer-Large": "cfg.L"}, time.time(),
+                    "criteria")
+    tiny = report.model("DFormer-Tiny")
+    tiny.update(losses=[3.1, 3.0, 2.9], amp_losses=[2.9, 2.8, 2.75], max_abs_diff_vs_cpu=1.5e-4,
+                argmax_agreement=0.999, first_forward_s=12.0,
+                train_speed={"batch": 8, "height": 480, "width": 640, "jittor_images_per_s": 40.0,
+                             "jittor_peak_gib": 12.3},
+                official_train_speed={"images_per_s": 50.0, "peak_gib": 10.0})
+    tiny["checks"].update(loss_decreased=True, amp_finite=True)
+    report.set_latency("DFormer-Tiny", "fp32", 1, jittor_ms=5.0)
+    report.set_latency("DFormer-Tiny", "fp32", 1, pytorch_ms=4.0)
+    report.save()
+    text = (tmp_path / "gpu_check.md").read_text()
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| DFormer-Tiny")]
+    assert rows[0] == ["DFormer-Tiny", "1.5e-04", "-", "3.1000 -> 2.9000", "2.9000 -> 2.7500", "0.9990", "12.0",
+                       "5.00", "4.00", "1.25", "-", "-", "-"]
+    assert rows[1] == ["DFormer-Tiny", "8x480x640", "40.00", "50.00", "0.80", "12.3", "10.0"]
+    assert text.rstrip().endswith("- DFormer-Large: not checked")
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert data["models"]["DFormer-Tiny"]["latency"] == [
+        {"precision": "fp32", "batch": 1, "jittor_ms": 5.0, "pytorch_ms": 4.0, "ratio": 1.25}]
+    assert data["failures"] == ["DFormer-Large: not checked"] and not data["passed"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
-from synthetic_weights import synthetic_inputs, synthetic_state_dict
+from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
 
 CASES = [(1, 64, 64, 1), (1, 96, 128, 2), (2, 72, 100, 3)]  # (batch, H, W, seed) as in the fixtures
 TOLERANCE = 1e-4

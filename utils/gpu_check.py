@@ -5,7 +5,7 @@ few minutes of device time and one prepared script run, so everything is in one 
 
     python -m utils.jittor_doctor --fix && python -m utils.gpu_check --official-dir .official --out $OUT
 
-For each model, with the synthetic stand-in weights of tests/synthetic_weights.py:
+For each model, with the synthetic stand-in weights of utils/synthetic_weights.py:
   1. eval logits at 1x3x64x96 (NMF bases pinned) against a CPU run of the same weights, made in a
      subprocess started with `nvcc_path=""` (Jittor cannot switch devices reliably inside one
      process): max |diff| <= 1e-3;
@@ -33,73 +33,28 @@ the device tool's 10-minute command limit.
 runs the same pipeline on the CPU at 32x48 with 1-2 timing iterations, so CI checks the logic
 without a GPU; the "GPU" side is then the CPU too, and the diff must be ~0.
 
-Preparing a run on the lent machine (its python3 is 3.12 with PyTorch and numpy 2; Jittor needs
-numpy<2, the official model needs mmcv-lite and mmengine). Here, in the repository root:
-
-    printf '/.whl/\n/.official/\n' >> .git/info/exclude; mkdir -p .whl/jt .whl/pt .official
-    cp -r ../official/{models,mmseg,utils} .official/      # a VCIP-RGBD/DFormer checkout
-    P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
-    pip download $P -d .whl/jt numpy==1.26.4 astunparse==1.6.3 easydict==1.14
-    pip wheel --no-deps -w .whl/jt jittor==1.3.11.0                   # pure Python
-    pip download $P -d .whl/pt mmcv-lite==2.1.0 mmengine==0.10.7 addict==2.4.0 yapf==0.43.0 \
-        termcolor==3.3.0 platformdirs==4.14.8
-
-and there (device tool, carry [".whl", ".official"], about 30 MB), two package folders so that the
-PyTorch worker keeps the image's numpy 2:
-
-    I="python3 -m pip install -q --no-index --no-deps --no-compile --target"; set -o pipefail;
-    $I /tmp/jt .whl/jt/*.whl && $I /tmp/pt .whl/pt/*.whl && export PYTHONPATH=/tmp/jt PYTHONUNBUFFERED=1 &&
-    { python3 -m utils.jittor_doctor --fix && python3 -m utils.gpu_check --official-dir .official \
-      --torch-pythonpath /tmp/pt --out $OUT; } 2>&1 | tee $OUT/gpu_check.log
-
-Without network Jittor cannot fetch oneDNN or cutt, so on a GPU this sets use_mkl=0 (unless the
-jittor-offline package is installed), use_cutt=0, use_nccl=0 and mpicc_path="" unless already set.
+How to prepare and run it on a lent GPU machine (carried wheels, no network): README, section
+"GPUs".
 """
 import argparse
 import contextlib
-import functools
-import gzip
-import importlib
-import importlib.util
-import io
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-if __package__ in (None, ""):
-    # Run as a file, which only the PyTorch worker does: utils/ must leave the path so that the
-    # official repository's own `models` and `utils` packages are the ones imported.
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
-
-# Official model name -> config module under local_configs/NYUDepthv2.
-MODELS = {
-    "DFormer-Tiny": "DFormer_Tiny", "DFormer-Small": "DFormer_Small", "DFormer-Base": "DFormer_Base",
-    "DFormer-Large": "DFormer_Large", "DFormerv2-Small": "DFormerv2_S", "DFormerv2-Base": "DFormerv2_B",
-    "DFormerv2-Large": "DFormerv2_L",
-}
-SYNTHETIC_WEIGHTS = os.path.join(ROOT, "tests", "synthetic_weights.py")
-OFFICIAL_KEYS = os.path.join(ROOT, "tests", "fixtures", "official_keys.json.gz")
-CHECK_SEED, TRAIN_SEED = 7, 11
-TRAIN_STEPS = 3
-ARGMAX_AGREEMENT = 0.99
-OFFICIAL_TOLERANCE = 1e-3  # Jittor vs the official PyTorch model, same device, fp32 without TF32
-JSON_NAME, MARKDOWN_NAME = "gpu_check.json", "gpu_check.md"
-START = time.time()
-
-
-def log(message):
-    """Progress line with the elapsed time, flushed: a killed run still shows how far it got."""
-    print(f"[{time.time() - START:6.1f}s] {message}", flush=True)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_SEED, MODELS, OFFICIAL_TOLERANCE, ROOT,  # noqa: E402
+                              START, TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights,
+                              config_module, config_of, cpu_reference_main, environment_or_refuse, eval_logits,
+                              import_jittor, log, median_ms, training_losses)
+from utils.gpu_official import official_cfg, run_official  # noqa: E402
+from utils.gpu_report import Report, dims  # noqa: E402
 
 
 @dataclass
@@ -132,14 +87,10 @@ class Settings:
         """Wall-clock time (time.time()) after which no step starts; a day away without a budget."""
         return START + self.budget_s if self.budget_s else time.time() + 86400
 
-
-@functools.lru_cache(maxsize=None)
-def load_synthetic():
-    """tests/synthetic_weights.py, by path: the same formula the parity fixtures were made with."""
-    spec = importlib.util.spec_from_file_location("synthetic_weights", SYNTHETIC_WEIGHTS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    def criteria(self):
+        return (f"logits at {dims(self.check_shape)} vs a CPU run (max abs diff <= {self.diff_tolerance:g}), "
+                f"argmax agreement >= {ARGMAX_AGREEMENT:.0%}, {TRAIN_STEPS} AdamW steps on one batch of "
+                f"{dims(self.train_shape)} (loss must drop)")
 
 
 def resolve_models(text):
@@ -158,568 +109,9 @@ def resolve_models(text):
     return list(dict.fromkeys(names))
 
 
-def config_of(name):
-    return importlib.import_module(f"local_configs.NYUDepthv2.{MODELS[name]}").C
-
-
-def training_labels(batch, height, width, num_classes, seed):
-    """Random class labels with ~10 % ignored (255) pixels, so the ignore index is exercised."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, num_classes, (batch, height, width)).astype(np.int32)
-    labels[rng.random(labels.shape) < 0.1] = 255
-    return labels
-
-
 # ------------------------------------------------------------------------------------ Jittor side
 
-def build_with_weights(name):
-    """The model of `name` with the synthetic stand-in weights, loaded strictly; (model, config)."""
-    import jittor as jt
-    from models import build_model
-    from utils.checkpoint import compare_keys
-
-    C = config_of(name)
-    model = build_model(C)  # sets use_cuda first: the depthwise-conv kernel is chosen at construction
-    with gzip.open(OFFICIAL_KEYS, "rt") as file:
-        entries = json.load(file)[name]["entries"]
-    weights = load_synthetic().synthetic_state_dict(entries)
-    targets = model.state_dict()
-    missing, unexpected, mismatched = compare_keys({k: tuple(v.shape) for k, v in targets.items()}, weights, False)
-    if missing or unexpected or mismatched:
-        raise RuntimeError(f"{name}: state_dict differs from the official keys: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}, mismatched {mismatched[:5]}")
-    for key, var in targets.items():
-        var.update(jt.array(weights[key]))
-    return model, C
-
-
-def eval_logits(model, shape, seed):
-    """Eval-mode logits (a synced Var) of the synthetic inputs of `shape`, NMF bases pinned."""
-    import jittor as jt
-
-    rgb, depth, raw_bases = load_synthetic().synthetic_inputs(*shape, seed)
-    model.eval()
-    model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
-    with jt.no_grad():
-        logits = model(jt.array(rgb), jt.array(depth))
-        logits.sync()
-    model.decode_head.hamburger.ham.fixed_raw_bases = None
-    return logits
-
-
-def training_losses(model, C, shape):
-    """Losses of TRAIN_STEPS AdamW steps (upstream parameter groups) on one fixed batch."""
-    import jittor as jt
-    from utils.optim import build_optimizer
-    from utils.train import train_step
-
-    batch, height, width = shape
-    rgb, depth, raw_bases = load_synthetic().synthetic_inputs(batch, height, width, TRAIN_SEED)
-    data = {"data": jt.array(rgb), "modal_x": jt.array(depth),
-            "label": jt.array(training_labels(batch, height, width, C.num_classes, TRAIN_SEED))}
-    model.train()
-    model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
-    optimizer = build_optimizer(model, C)
-    losses = []
-    for _ in range(TRAIN_STEPS):
-        # Same DropPath/dropout draws every step: the loss then moves only through the updates.
-        jt.set_global_seed(TRAIN_SEED)
-        losses.append(float(train_step(model, optimizer, data, C).item()))
-    jt.sync_all(True)
-    model.decode_head.hamburger.ham.fixed_raw_bases = None
-    model.eval()
-    return losses
-
-
-def conv_ops_used():
-    """Names of the ops a small convolution runs as ("cudnn_conv..." when cuDNN does the work)."""
-    import jittor as jt
-    from jittor import nn
-
-    with jt.flag_scope(use_cuda=int(jt.has_cuda), log_silent=1):  # log_silent: no profiler printout
-        conv = nn.Conv2d(8, 16, 3, padding=1)
-        x = jt.rand(1, 8, 16, 16)
-        with jt.no_grad(), jt.profile_scope(0, 1) as report:
-            conv(x).sync()
-    return sorted({row[0].split("«")[0] for row in report[1:] if "conv" in row[0].split("«")[0]})
-
-
-def jittor_environment(settings):
-    """Versions and the switches that decide Jittor's speed, after `import jittor`."""
-    import jittor as jt
-    from utils.latency import device_info
-
-    info = device_info()
-    extern = jt.compile_extern
-    info.update(use_cuda=int(jt.flags.use_cuda), has_cuda=bool(jt.has_cuda),
-                use_tensorcore=int(jt.flags.use_tensorcore), cudnn_loaded=extern.cudnn is not None,
-                cutt=getattr(extern, "cutt_ops", None) is not None, onednn=extern.mkl_ops is not None,
-                conv_ops=conv_ops_used(), tf32=settings.tf32,
-                nvidia_tf32_override=os.environ.get("NVIDIA_TF32_OVERRIDE"))
-    return info
-
-
-def median_ms(model, batch, settings, precision):
-    from utils.latency import measure_latency, summarize
-
-    height, width = settings.latency_size
-    run = measure_latency(model, batch, height, width, settings.warmup, settings.iters, precision)
-    return summarize(run["times_s"], batch)["median_ms"]
-
-
 # -------------------------------------------------------------------- CPU reference (subprocess)
-
-def reference_paths(folder, name):
-    return os.path.join(folder, f"{MODELS[name]}.npz"), os.path.join(folder, f"{MODELS[name]}.error")
-
-
-def cpu_reference_main(spec_path):
-    """Subprocess body: CPU logits of every model, one .npz (or .error) per model, as they finish."""
-    import numpy as np
-
-    with open(spec_path) as file:
-        spec = json.load(file)
-    import jittor as jt
-
-    print(f"CPU reference: Jittor {jt.__version__}, use_cuda={jt.flags.use_cuda}", flush=True)
-    for name in spec["models"]:
-        npz, error = reference_paths(spec["folder"], name)
-        start = time.time()
-        try:
-            model, _ = build_with_weights(name)
-            logits = eval_logits(model, tuple(spec["check_shape"]), CHECK_SEED).numpy()
-            np.savez(npz + ".tmp.npz", logits=logits)
-            os.replace(npz + ".tmp.npz", npz)  # whole files only: the parent polls for them
-            print(f"CPU reference {name}: {time.time() - start:.1f}s", flush=True)
-        except Exception:  # noqa: BLE001  (reported to the parent, which records it per model)
-            with open(error, "w") as file:
-                file.write(traceback.format_exc())
-        jt.gc()
-    return 0
-
-
-class CpuReference:
-    """The CPU reference subprocess and the logits it has delivered so far."""
-
-    def __init__(self, names, settings, folder):
-        self.folder = folder
-        spec_path = os.path.join(folder, "cpu_reference.json")
-        with open(spec_path, "w") as file:
-            json.dump({"models": names, "check_shape": settings.check_shape, "folder": folder}, file)
-        # Jittor in CPU mode from the start, with its own cache: Jittor keeps one jittor_core build per
-        # cache folder, and a CPU build there breaks every later GPU process (seen on an H200).
-        env = dict(os.environ, nvcc_path="", use_cuda="0", cache_name=os.environ.get("cache_name", "default") + "-cpu")
-        self.log_path = os.path.join(folder, "cpu_reference.log")
-        with open(self.log_path, "w") as out:
-            command = [sys.executable, "-m", "utils.gpu_check", "--cpu-reference", spec_path]
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def result(self, name):
-        """(logits, None), (None, error text), or (None, None) while still pending."""
-        import numpy as np
-
-        ended = self.process.poll() is not None  # before looking: its last files are then on disk
-        npz, error = reference_paths(self.folder, name)
-        if os.path.exists(npz):
-            return np.load(npz)["logits"], None
-        if os.path.exists(error):
-            with open(error) as file:
-                return None, file.read().strip().splitlines()[-1]
-        if ended:
-            return None, f"CPU reference process ended (exit {self.process.returncode}): {self.log_tail()}"
-        return None, None
-
-    def wait(self, timeout):
-        """Wait for the process to end, at most `timeout` seconds; then stop it."""
-        try:
-            self.process.wait(timeout=None if math.isinf(timeout) else max(timeout, 0.1))
-        except subprocess.TimeoutExpired:
-            self.process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
-            self.process.wait()
-
-    def log_tail(self, lines=5):
-        with open(self.log_path) as file:
-            return " | ".join(file.read().strip().splitlines()[-lines:])
-
-
-# ------------------------------------------------------------------ official PyTorch (subprocess)
-
-class AttrDict(dict):
-    """The attribute access the official builder expects of its EasyDict config."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-class OfficialRunner:
-    """The official models in this (PyTorch worker) process: build, logits, latency."""
-
-    def __init__(self, spec):
-        import torch
-        import torch.nn.functional as F
-        import models.decoders.ham_head as ham
-
-        self.torch, self.spec = torch, spec
-        self.device = torch.device(spec["device"])
-        torch.backends.cudnn.benchmark = True  # Jittor also searches and caches cuDNN algorithms per shape
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = spec["tf32"]
-        self.raw_bases, self.dtype = None, torch.float32
-
-        def build_bases(module, B, S, D, R, cuda=False):
-            # Pinned bases for the logits check; otherwise drawn on the device, as Jittor does
-            # (upstream draws on the CPU and copies, a cost that has nothing to do with the model).
-            raw = self.raw_bases if self.raw_bases is not None else torch.rand((B * S, D, R), device=self.device)
-            return F.normalize(raw.to(self.dtype), dim=1)
-
-        ham.NMF2D._build_bases = build_bases
-
-    def environment(self):
-        torch = self.torch
-        return {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                "device": torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu",
-                "cudnn_benchmark": True, "tf32": self.spec["tf32"]}
-
-    def build(self, spec_model):
-        from models.builder import EncoderDecoder
-
-        torch = self.torch
-        with contextlib.redirect_stdout(io.StringIO()):  # the official constructors print their settings
-            model = EncoderDecoder(AttrDict(spec_model["cfg"]), criterion=torch.nn.CrossEntropyLoss(),
-                                   norm_layer=torch.nn.BatchNorm2d, syncbn=False)
-        entries = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-        weights = {k: torch.from_numpy(v) for k, v in load_synthetic().synthetic_state_dict(entries).items()}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
-            raise RuntimeError(f"official state_dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.dtype = torch.float32
-        return model.to(self.device).eval()
-
-    def logits(self, model, name):
-        """Eval logits of the synthetic check inputs with the pinned bases, saved as .npy; the path."""
-        import numpy as np
-
-        torch = self.torch
-        rgb, depth, raw = load_synthetic().synthetic_inputs(*self.spec["check_shape"], CHECK_SEED)
-        self.raw_bases = torch.from_numpy(raw).to(self.device)
-        with torch.no_grad():
-            logits = model(torch.from_numpy(rgb).to(self.device), torch.from_numpy(depth).to(self.device))
-        self.raw_bases = None
-        path = os.path.join(self.spec["folder"], f"official_{MODELS[name]}.npy")
-        np.save(path, logits.float().cpu().numpy())
-        return path
-
-    def latency(self, model, name, precision):
-        """[{precision, batch, median_ms}] with Jittor's recipe: eval, no_grad, every iteration synced."""
-        self.dtype = self.torch.float16 if precision == "fp16" else self.torch.float32
-        model.to(self.dtype)
-        rows = []
-        for batch in self.spec["batches"]:
-            if time.time() > self.spec["deadline"]:
-                raise TimeoutError("time budget used up")
-            rows.append({"precision": precision, "batch": batch, "median_ms": self.median_ms(model, batch)})
-            print(f"[pytorch] {name} {precision} batch {batch}: {rows[-1]['median_ms']:.2f} ms", flush=True)
-        return rows
-
-    def training_speed(self, model, spec_model):
-        """Images/s (median of 3 steps after 2) and peak reserved memory of fp32 training steps."""
-        torch = self.torch
-        batch, height, width = spec_model["train_size"]
-        model.to(torch.float32).train()
-        self.dtype = torch.float32
-        optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
-        rgb = torch.rand(batch, 3, height, width, device=self.device)
-        depth = torch.rand(batch, 3, height, width, device=self.device)
-        label = torch.randint(0, spec_model["cfg"]["num_classes"], (batch, height, width), device=self.device)
-        on_gpu = self.device.type == "cuda"
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for index in range(5):
-            start = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(rgb, depth), label, ignore_index=255)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if on_gpu:
-                torch.cuda.synchronize()
-            if index >= 2:
-                times.append(time.perf_counter() - start)
-        model.eval()
-        return {"images_per_s": batch / statistics.median(times),
-                "peak_gib": torch.cuda.max_memory_reserved() / 2**30 if on_gpu else None}
-
-    def median_ms(self, model, batch):
-        torch, spec = self.torch, self.spec
-        height, width = spec["latency_size"]
-        rgb = torch.rand(batch, 3, height, width, device=self.device, dtype=self.dtype)
-        depth = torch.rand(batch, 3, height, width, device=self.device, dtype=self.dtype)
-
-        def sync():
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-
-        times = []
-        with torch.no_grad():
-            for _ in range(spec["warmup"]):
-                model(rgb, depth)
-                sync()
-            for _ in range(spec["iters"]):
-                start = time.perf_counter()
-                model(rgb, depth)
-                sync()
-                times.append(time.perf_counter() - start)
-        return 1e3 * statistics.median(times)
-
-
-def torch_worker_main(spec_path):
-    """Subprocess body (run as a file, official repo first on the path): official logits and latency."""
-    with open(spec_path) as file:
-        spec = json.load(file)
-    sys.path.insert(0, spec["official_dir"])
-    runner = OfficialRunner(spec)
-    result = dict(runner.environment(), models={})
-    for spec_model in spec["models"]:
-        name = spec_model["name"]
-        entry = result["models"][name] = {"latency": [], "errors": [], "notes": []}
-        model = None
-        try:
-            if time.time() > spec["deadline"]:
-                raise TimeoutError("skipped, time budget used up")
-            model = runner.build(spec_model)
-            entry["logits"] = runner.logits(model, name)
-            entry["latency"] += runner.latency(model, name, "fp32")
-        except Exception as error:  # noqa: BLE001  (recorded; the next model still runs)
-            entry["errors"].append(f"{type(error).__name__}: {error}")
-            detail = str(error) if isinstance(error, TimeoutError) else traceback.format_exc()
-            print(f"[pytorch] {name}: {detail}", flush=True)
-        if model is not None and spec_model.get("train_size") and not entry["errors"]:
-            try:
-                if time.time() > spec["deadline"]:
-                    raise TimeoutError("time budget used up")
-                entry["train_speed"] = runner.training_speed(model, spec_model)
-                print(f"[pytorch] {name} training {spec_model['train_size']}: {entry['train_speed']}", flush=True)
-            except Exception as error:  # noqa: BLE001  (informational)
-                entry["notes"].append(f"training speed: {type(error).__name__}: {error}")
-            if runner.device.type == "cuda":
-                runner.torch.cuda.empty_cache()
-        if model is not None and "fp16" in spec["precisions"] and not entry["errors"]:
-            try:
-                entry["latency"] += runner.latency(model, name, "fp16")
-            except Exception as error:  # noqa: BLE001  (fp16 is informational)
-                entry["notes"].append(f"fp16: {type(error).__name__}: {error}")
-        del model
-        if runner.device.type == "cuda":
-            runner.torch.cuda.empty_cache()
-        write_atomically(spec["result"], json.dumps(result, indent=1))
-    return 0
-
-
-def torch_environment(args):
-    """The worker's interpreter and path, and whether it imports torch (version) or why not."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if args.torch_pythonpath is not None:
-        env["PYTHONPATH"] = args.torch_pythonpath  # e.g. without the numpy<2 that Jittor needs
-    probe = subprocess.run([args.torch_python, "-c", "import torch; print(torch.__version__)"],
-                           env=env, capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        return env, None, (probe.stderr.strip().splitlines() or ["no output"])[-1]
-    return env, probe.stdout.strip(), None
-
-
-def run_official(args, names, settings, folder, deadline):
-    """Run the PyTorch worker over `names`; its result dict, or raise with the reason it failed."""
-    env, version, problem = torch_environment(args)
-    if version is None:
-        raise RuntimeError(f"torch is not importable by {args.torch_python}: {problem}")
-    log(f"official PyTorch model: torch {version}, {args.official_dir}")
-    spec = {"official_dir": args.official_dir, "device": "cpu" if settings.smoke else "cuda",
-            "tf32": settings.tf32,
-            "models": [{"name": name, "cfg": official_cfg(config_of(name)),
-                        "train_size": official_train_size(name) if settings.train_speed else None} for name in names],
-            "check_shape": settings.check_shape, "latency_size": settings.latency_size,
-            "batches": settings.batches, "warmup": settings.warmup, "iters": settings.iters,
-            "precisions": ["fp32", "fp16"] if settings.fp16 else ["fp32"], "deadline": deadline,
-            "folder": folder, "result": os.path.join(folder, "official.json")}
-    spec_path = os.path.join(folder, "official_spec.json")
-    with open(spec_path, "w") as file:
-        json.dump(spec, file)
-    process = subprocess.Popen([args.torch_python, os.path.abspath(__file__), "--torch-worker", spec_path],
-                               cwd=folder, env=env)
-    try:
-        process.wait(timeout=max(deadline - time.time(), 0) + 30)  # it checks the deadline itself
-    except subprocess.TimeoutExpired:
-        process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
-        process.wait()
-    if not os.path.exists(spec["result"]):
-        raise RuntimeError(f"the PyTorch worker wrote no result (exit {process.returncode})")
-    with open(spec["result"]) as file:
-        return json.load(file)
-
-
-def official_cfg(C):
-    """The config fields the official EncoderDecoder reads, from our config of the same model."""
-    return {"backbone": C.backbone, "decoder": C.decoder, "decoder_embed_dim": C.decoder_embed_dim,
-            "num_classes": C.num_classes, "drop_path_rate": C.drop_path_rate, "bn_eps": C.bn_eps,
-            "bn_momentum": C.bn_momentum, "aux_rate": C.aux_rate, "pretrained_model": None}
-
-
-# ---------------------------------------------------------------------------------------- report
-
-class Report:
-    """Everything measured so far; written to JSON and Markdown after every step."""
-
-    def __init__(self, out_dir, settings, names):
-        self.out_dir = out_dir
-        os.makedirs(out_dir, exist_ok=True)
-        self.data = {"script": "python -m utils.gpu_check", "mode": "cpu-smoke" if settings.smoke else "gpu",
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": asdict(settings),
-                     "environment": {}, "checks": {}, "official": None, "official_status": "not requested",
-                     "passed": False,
-                     "models": {name: {"config": f"local_configs.NYUDepthv2.{MODELS[name]}", "errors": [],
-                                       "notes": [], "checks": {}, "latency": []} for name in names}}
-        self.settings = settings
-
-    def model(self, name):
-        return self.data["models"][name]
-
-    def set_latency(self, name, precision, batch, **median_ms):
-        """Record jittor_ms and/or pytorch_ms of one (precision, batch) and their ratio once both exist."""
-        rows = self.model(name)["latency"]
-        row = next((r for r in rows if (r["precision"], r["batch"]) == (precision, batch)), None)
-        if row is None:
-            row = {"precision": precision, "batch": batch, "jittor_ms": None, "pytorch_ms": None, "ratio": None}
-            rows.append(row)
-        row.update(median_ms)
-        if row["jittor_ms"] is not None and row["pytorch_ms"] is not None:
-            row["ratio"] = row["jittor_ms"] / row["pytorch_ms"]
-
-    def failures(self):
-        """One line per failed check, error, or model not (yet) checked."""
-        failed = [f"{k} check failed" for k, ok in self.data["checks"].items() if not ok]
-        for name, entry in self.data["models"].items():
-            failed += [f"{name}: {k} check failed" for k, ok in entry["checks"].items() if not ok]
-            failed += [f"{name}: {error}" for error in entry["errors"]]
-            if not entry["checks"] and not entry["errors"]:
-                failed.append(f"{name}: not checked")
-        return failed
-
-    def save(self):
-        self.data["elapsed_s"] = round(time.time() - START, 1)
-        self.data["failures"] = self.failures()
-        self.data["passed"] = not self.data["failures"]
-        write_atomically(os.path.join(self.out_dir, JSON_NAME), json.dumps(self.data, indent=1, default=str))
-        write_atomically(os.path.join(self.out_dir, MARKDOWN_NAME), self.markdown())
-
-    def markdown(self):
-        lines = self.header_lines()
-        for precision in ("fp32", "fp16"):
-            table = self.latency_table(precision)
-            if table:
-                lines += table + [""]
-        lines += self.training_table()
-        notes = [f"- {name}: {note}" for name, entry in self.data["models"].items() for note in entry["notes"]]
-        if notes:
-            lines += ["Notes (not counted as failures):"] + notes + [""]
-        if self.data.get("refused"):
-            lines += [f"Refused to run: {self.data['refused']}", ""]
-        lines.append("Result: " + ("PASSED, every check" if self.data["passed"] else "FAILED"))
-        lines += [f"- {failure}" for failure in self.data["failures"]]
-        return "\n".join(lines) + "\n"
-
-    def header_lines(self):
-        """What was run, where and how, before the tables."""
-        env, s = self.data["environment"], self.settings
-        jittor, official = env.get("jittor", {}), self.data["official"] or {}
-        pytorch = self.data["official_status"]
-        if official.get("torch"):
-            pytorch = f"{official['torch']} (cuDNN {official['cudnn']}, cudnn.benchmark, TF32 {official['tf32']})"
-        return [f"# GPU check ({self.data['mode']}), {self.data['started']}, {self.data['elapsed_s']} s", "",
-                f"- Device: {jittor.get('device', '?')}; Jittor {jittor.get('jittor', '?')}, "
-                f"CUDA {jittor.get('cuda', '-')}, cuDNN {jittor.get('cudnn', '-')}, "
-                f"conv ops {', '.join(jittor.get('conv_ops', [])) or '?'}, cutt {jittor.get('cutt', '?')}",
-                f"- PyTorch: {pytorch}",
-                f"- Jittor import {env.get('jittor_import_s', '?')} s (on a fresh machine: compiling its core)",
-                f"- Checks: logits at {dims(s.check_shape)} vs a CPU run (max abs diff <= "
-                f"{s.diff_tolerance:g}), argmax agreement >= {ARGMAX_AGREEMENT:.0%}, {TRAIN_STEPS} AdamW "
-                f"steps on one batch of {dims(s.train_shape)} (loss must drop)",
-                f"- Latency: {dims(s.latency_size)}, eval, no_grad, {s.warmup} warm-up + median of "
-                f"{s.iters} synced iterations, TF32 {'on' if s.tf32 else 'off'}; ratio = Jittor / PyTorch "
-                "(below 1: Jittor faster). 'first fwd' is the first forward, mostly JIT compilation.", ""]
-
-    def latency_table(self, precision):
-        batches = self.settings.batches
-        header = ["model"]
-        if precision == "fp32":
-            header += ["max abs diff vs CPU", "vs official", "loss step 1 -> 3", "AMP loss 1 -> 3", "argmax agree",
-                       "first fwd s"]
-        for batch in batches:
-            header += [f"Jittor b{batch} ms", f"PyTorch b{batch} ms", f"ratio b{batch}"]
-        rows = []
-        for name, entry in self.data["models"].items():
-            latency = {(r["precision"], r["batch"]): r for r in entry["latency"]}
-            if precision == "fp16" and not any(p == "fp16" for p, _ in latency):
-                continue
-            cells = [name]
-            if precision == "fp32":
-                losses, amp = entry.get("losses") or [], entry.get("amp_losses") or []
-                cells += [fmt(entry.get("max_abs_diff_vs_cpu"), ".1e"),
-                          fmt(entry.get("max_abs_diff_vs_official"), ".1e"),
-                          f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-",
-                          f"{amp[0]:.4f} -> {amp[-1]:.4f}" if amp else "-",
-                          fmt(entry.get("argmax_agreement"), ".4f"), fmt(entry.get("first_forward_s"), ".1f")]
-            for batch in batches:
-                row = latency.get((precision, batch), {})
-                cells += [fmt(row.get(key), ".2f") for key in ("jittor_ms", "pytorch_ms", "ratio")]
-            rows.append(cells)
-        if not rows:
-            return []
-        title = ("Correctness and fp32 latency" if precision == "fp32"
-                 else "fp16 latency (Jittor float16() + AMP level 5 / torch .half())")
-        return [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-            ["| " + " | ".join(cells) + " |" for cells in rows]
-
-
-    def training_table(self):
-        """fp32 training at the official batch and crop: images/s and peak memory, both frameworks."""
-        rows = []
-        for name, entry in self.data["models"].items():
-            ours, theirs = entry.get("train_speed"), entry.get("official_train_speed") or {}
-            if not ours and not theirs:
-                continue
-            ours = ours or {}
-            size = dims((ours["batch"], ours["height"], ours["width"])) if ours else "-"
-            ratio = (ours["jittor_images_per_s"] / theirs["images_per_s"]
-                     if ours and theirs.get("images_per_s") else None)
-            rows.append([name, size, fmt(ours.get("jittor_images_per_s"), ".2f"),
-                         fmt(theirs.get("images_per_s"), ".2f"), fmt(ratio, ".2f"),
-                         fmt(ours.get("jittor_peak_gib"), ".1f"), fmt(theirs.get("peak_gib"), ".1f")])
-        if not rows:
-            return []
-        header = ["model", "batch x crop", "Jittor images/s", "PyTorch images/s", "Jittor / PyTorch",
-                  "Jittor peak GiB", "PyTorch peak GiB"]
-        return ["## fp32 training at the official batch and crop (AdamW step, median of 3 after 2)", "",
-                "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-            ["| " + " | ".join(cells) + " |" for cells in rows] + [""]
-
-
-def dims(shape):
-    return "x".join(map(str, shape))
-
-
-def fmt(value, spec):
-    return "-" if value is None else format(value, spec)
-
-
-def write_atomically(path, text):
-    with open(path + ".tmp", "w") as file:
-        file.write(text)
-    os.replace(path + ".tmp", path)
-
 
 @contextlib.contextmanager
 def step(messages, what):
@@ -732,65 +124,6 @@ def step(messages, what):
 
 
 # ------------------------------------------------------------------------------------- pipeline
-
-def environment_or_refuse(settings, report):
-    """Doctor summary, recorded and printed; the reason to stop, or None."""
-    from utils import jittor_doctor as doctor
-
-    env = doctor.detect_environment()
-    problem = doctor.check_environment(env)
-    summary = {"jittor": env.jittor_version, "nvcc": env.nvcc_path, "gpus": env.gpus, "cpu_mode": env.cpu_mode,
-               "cuda": doctor.format_version(env.cuda_version), "cudnn": doctor.format_version(env.cudnn_version),
-               "problem": problem}
-    report.data["environment"]["doctor"] = summary
-    mode = "CPU mode" if env.cpu_mode else f"GPU mode, nvcc {env.nvcc_path}"
-    log(f"doctor: Jittor {env.jittor_version}, {mode}, "
-        f"CUDA {summary['cuda']}, cuDNN {summary['cudnn']}, GPUs: {', '.join(env.gpus or []) or 'none'}")
-    if problem:
-        print("\n".join(doctor.report_lines(env)), flush=True)
-        return problem if doctor.FIX_COMMAND in problem else f"{problem} Fix that before running the GPU check."
-    if not settings.smoke and (env.cpu_mode or not env.gpus):
-        return ("no GPU for Jittor here (" + doctor.cpu_mode_reason(env) + "); "
-                "use --cpu-smoke to check the pipeline on the CPU")
-    return None
-
-
-def apply_gpu_defaults(settings):
-    """Environment defaults for the lent machines, set before Jittor is imported; never overriding.
-
-    They have no network: Jittor would try to download oneDNN (used only by CPU ops) and cutt,
-    and build MPI/NCCL support a one-GPU check does not need. TF32 stays off unless asked for, in
-    Jittor and PyTorch alike (cuDNN's default math mode would use it for fp32 convolutions).
-    """
-    if importlib.util.find_spec("jittor_offline") is None:
-        os.environ.setdefault("use_mkl", "0")
-    for name, value in (("use_cutt", "0"), ("use_nccl", "0"), ("mpicc_path", "")):
-        os.environ.setdefault(name, value)
-    if not settings.tf32:
-        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
-
-
-def import_jittor(settings, report):
-    start = time.time()
-    import jittor as jt
-
-    if settings.tf32:
-        jt.flags.use_tensorcore = 1
-    jt.flags.use_cuda = int(jt.has_cuda)  # as build_model does; the report below reads it
-    report.data["environment"]["jittor_import_s"] = round(time.time() - start, 1)
-    info = jittor_environment(settings)
-    report.data["environment"]["jittor"] = info
-    log(f"Jittor {info['jittor']} imported in {time.time() - start:.1f}s (first import on a machine compiles its "
-        f"core); {info['mode']} {info['device']}, CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')} "
-        f"(loaded: {info['cudnn_loaded']}), convolutions run as {info['conv_ops'] or 'fused Jittor ops'}, "
-        f"cutt {info['cutt']}, oneDNN {info['onednn']}, use_tensorcore {info['use_tensorcore']}")
-    if not settings.smoke:
-        cudnn_ok = info["cudnn_loaded"] and any(op.startswith("cudnn") for op in info["conv_ops"])
-        report.data["checks"]["cudnn_convolutions"] = cudnn_ok
-        if not cudnn_ok:
-            log("  cuDNN does NOT run the convolutions: latency is not comparable with PyTorch")
-    return jt
-
 
 @dataclass
 class ModelRun:
@@ -906,7 +239,7 @@ def add_official(result, runs_by_name, report):
     """Merge the PyTorch worker's numbers: latency, ratios and the logits diff."""
     import numpy as np
 
-    report.data["official"] = {k: v for k, v in result.items() if k != "models"}
+    report.data["official"] = {k: v for k, v in result.items() if k not in ("models", "torch_version")}
     for name, official in result["models"].items():
         entry = report.model(name)
         entry["errors"] += [f"official: {e}" for e in official["errors"]]
@@ -931,8 +264,17 @@ def official_phase(args, runs, settings, report, folder):
 
     jt.sync_all(True)
     jt.gc()
+    spec = {"official_dir": args.official_dir, "device": "cpu" if settings.smoke else "cuda",
+            "tf32": settings.tf32, "check_shape": settings.check_shape, "check_seed": CHECK_SEED,
+            "models": [{"name": run.name, "cfg": official_cfg(run.C),
+                        "train_size": official_train_size(run.name) if settings.train_speed else None}
+                       for run in runs],
+            "latency_size": settings.latency_size, "batches": settings.batches, "warmup": settings.warmup,
+            "iters": settings.iters, "precisions": ["fp32", "fp16"] if settings.fp16 else ["fp32"],
+            "deadline": settings.deadline(), "folder": folder, "result": os.path.join(folder, "official.json")}
     try:
-        result = run_official(args, [run.name for run in runs], settings, folder, settings.deadline())
+        log(f"official PyTorch model: {args.official_dir}")
+        result = run_official(spec, args.torch_python, args.torch_pythonpath)
     except Exception as error:  # noqa: BLE001  (a requested comparison that could not run: a failed check)
         report.data["official_status"] = f"failed: {error}"
         report.data["checks"]["official_pytorch"] = False
@@ -975,7 +317,7 @@ def train_speed_jittor(runs, settings, report, folder):
         batch, height, width = official_train_size(run.name)
         path = os.path.join(folder, f"train_{MODELS[run.name]}.json")
         command = [sys.executable, os.path.join(ROOT, "utils", "latency.py"), "--config",
-                   f"local_configs.NYUDepthv2.{MODELS[run.name]}", "--batch-sizes", "1", "--warmup", "1",
+                   config_module(run.name), "--batch-sizes", "1", "--warmup", "1",
                    "--iters", "1", "--height", str(height), "--width", str(width), "--train",
                    "--train-batch-size", str(batch), "--train-iters", "3", "--no-progress", "--json", path]
         with step(entry["notes"], "training speed"):
@@ -1038,7 +380,6 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, help="start no new step after this many seconds "
                         "(default 480 on a GPU, none with --cpu-smoke; 0: none)")
     parser.add_argument("--cpu-reference", help=argparse.SUPPRESS)  # internal: the CPU reference subprocess
-    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: the PyTorch subprocess
     args = parser.parse_args(argv)
     if args.official_dir and not os.path.isfile(os.path.join(args.official_dir, "models", "builder.py")):
         parser.error(f"--official-dir {args.official_dir} has no models/builder.py (a VCIP-RGBD/DFormer checkout)")
@@ -1053,12 +394,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.torch_worker:
-        return torch_worker_main(args.torch_worker)
     if args.cpu_reference:
         return cpu_reference_main(args.cpu_reference)
     settings = Settings.from_args(args)
-    report = Report(args.out, settings, args.model_names)
+    report = Report(args.out, settings, {name: config_module(name) for name in args.model_names}, START,
+                    settings.criteria())
     log(f"gpu_check ({'CPU smoke test' if settings.smoke else 'GPU'}): {', '.join(args.model_names)}; "
         f"results in {os.path.abspath(args.out)}")
     refusal = environment_or_refuse(settings, report)

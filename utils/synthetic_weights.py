@@ -1,4 +1,4 @@
-"""Deterministic stand-in weights for the parity tests.
+"""Deterministic stand-in weights for the parity tests and the GPU check.
 
 Both the fixture run of the official PyTorch model and the Jittor tests build every state_dict
 entry from its key and shape with this one formula, so no weight file enters the repository.

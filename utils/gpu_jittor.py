@@ -1,0 +1,275 @@
+"""The Jittor side of the GPU check (`utils/gpu_check.py`): environment, stand-in models, measurements.
+
+Everything that imports Jittor does so inside the function: the doctor check must run first, and
+the CPU reference process (`cpu_reference_main`) must start Jittor in CPU mode with its own cache.
+"""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+from utils.entry import load_config
+from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Official model name -> config module under local_configs/NYUDepthv2.
+MODELS = {
+    "DFormer-Tiny": "DFormer_Tiny", "DFormer-Small": "DFormer_Small", "DFormer-Base": "DFormer_Base",
+    "DFormer-Large": "DFormer_Large", "DFormerv2-Small": "DFormerv2_S", "DFormerv2-Base": "DFormerv2_B",
+    "DFormerv2-Large": "DFormerv2_L",
+}
+CHECK_SEED, TRAIN_SEED = 7, 11
+TRAIN_STEPS = 3
+ARGMAX_AGREEMENT = 0.99
+OFFICIAL_TOLERANCE = 1e-3  # Jittor vs the official PyTorch model, same device, fp32 without TF32
+START = time.time()
+
+
+def log(message):
+    """Progress line with the elapsed time, flushed: a killed run still shows how far it got."""
+    print(f"[{time.time() - START:6.1f}s] {message}", flush=True)
+
+
+def config_module(name):
+    return f"local_configs.NYUDepthv2.{MODELS[name]}"
+
+
+def config_of(name):
+    return load_config(config_module(name))
+
+
+def training_labels(batch, height, width, num_classes, seed):
+    """Random class labels with ~10 % ignored (255) pixels, so the ignore index is exercised."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, (batch, height, width)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.1] = 255
+    return labels
+
+
+def build_with_weights(name):
+    """The model of `name` with the synthetic stand-in weights (the parity tests prove that its
+    keys and shapes are the official ones); (model, config)."""
+    import jittor as jt
+    from models import build_model
+
+    C = config_of(name)
+    model = build_model(C)  # sets use_cuda first: the depthwise-conv kernel is chosen at construction
+    targets = model.state_dict()
+    weights = synthetic_state_dict([(key, tuple(var.shape)) for key, var in targets.items()])
+    for key, var in targets.items():
+        var.update(jt.array(weights[key]))
+    return model, C
+
+
+def eval_logits(model, shape, seed):
+    """Eval-mode logits (a synced Var) of the synthetic inputs of `shape`, NMF bases pinned."""
+    import jittor as jt
+
+    rgb, depth, raw_bases = synthetic_inputs(*shape, seed)
+    model.eval()
+    model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
+    with jt.no_grad():
+        logits = model(jt.array(rgb), jt.array(depth))
+        logits.sync()
+    model.decode_head.hamburger.ham.fixed_raw_bases = None
+    return logits
+
+
+def training_losses(model, C, shape):
+    """Losses of TRAIN_STEPS AdamW steps (upstream parameter groups) on one fixed batch."""
+    import jittor as jt
+    from utils.optim import build_optimizer
+    from utils.train import train_step
+
+    batch, height, width = shape
+    rgb, depth, raw_bases = synthetic_inputs(batch, height, width, TRAIN_SEED)
+    data = {"data": jt.array(rgb), "modal_x": jt.array(depth),
+            "label": jt.array(training_labels(batch, height, width, C.num_classes, TRAIN_SEED))}
+    model.train()
+    model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
+    optimizer = build_optimizer(model, C)
+    losses = []
+    for _ in range(TRAIN_STEPS):
+        # Same DropPath/dropout draws every step: the loss then moves only through the updates.
+        jt.set_global_seed(TRAIN_SEED)
+        losses.append(float(train_step(model, optimizer, data, C).item()))
+    jt.sync_all(True)
+    model.decode_head.hamburger.ham.fixed_raw_bases = None
+    model.eval()
+    return losses
+
+
+def conv_ops_used():
+    """Names of the ops a small convolution runs as ("cudnn_conv..." when cuDNN does the work)."""
+    import jittor as jt
+    from jittor import nn
+
+    with jt.flag_scope(use_cuda=int(jt.has_cuda), log_silent=1):  # log_silent: no profiler printout
+        conv = nn.Conv2d(8, 16, 3, padding=1)
+        x = jt.rand(1, 8, 16, 16)
+        with jt.no_grad(), jt.profile_scope(0, 1) as report:
+            conv(x).sync()
+    return sorted({row[0].split("«")[0] for row in report[1:] if "conv" in row[0].split("«")[0]})
+
+
+def jittor_environment(settings):
+    """Versions and the switches that decide Jittor's speed, after `import jittor`."""
+    import jittor as jt
+    from utils.latency import device_info
+
+    info = device_info()
+    extern = jt.compile_extern
+    info.update(use_cuda=int(jt.flags.use_cuda), has_cuda=bool(jt.has_cuda),
+                use_tensorcore=int(jt.flags.use_tensorcore), cudnn_loaded=extern.cudnn is not None,
+                cutt=getattr(extern, "cutt_ops", None) is not None, onednn=extern.mkl_ops is not None,
+                conv_ops=conv_ops_used(), tf32=settings.tf32,
+                nvidia_tf32_override=os.environ.get("NVIDIA_TF32_OVERRIDE"))
+    return info
+
+
+def median_ms(model, batch, settings, precision):
+    from utils.latency import measure_latency, summarize
+
+    height, width = settings.latency_size
+    run = measure_latency(model, batch, height, width, settings.warmup, settings.iters, precision)
+    return summarize(run["times_s"], batch)["median_ms"]
+
+
+def reference_paths(folder, name):
+    return os.path.join(folder, f"{MODELS[name]}.npz"), os.path.join(folder, f"{MODELS[name]}.error")
+
+
+def cpu_reference_main(spec_path):
+    """Subprocess body: CPU logits of every model, one .npz (or .error) per model, as they finish."""
+    import numpy as np
+
+    with open(spec_path) as file:
+        spec = json.load(file)
+    import jittor as jt
+
+    print(f"CPU reference: Jittor {jt.__version__}, use_cuda={jt.flags.use_cuda}", flush=True)
+    for name in spec["models"]:
+        npz, error = reference_paths(spec["folder"], name)
+        start = time.time()
+        try:
+            model, _ = build_with_weights(name)
+            logits = eval_logits(model, tuple(spec["check_shape"]), CHECK_SEED).numpy()
+            np.savez(npz + ".tmp.npz", logits=logits)
+            os.replace(npz + ".tmp.npz", npz)  # whole files only: the parent polls for them
+            print(f"CPU reference {name}: {time.time() - start:.1f}s", flush=True)
+        except Exception:  # noqa: BLE001  (reported to the parent, which records it per model)
+            with open(error, "w") as file:
+                file.write(traceback.format_exc())
+        jt.gc()
+    return 0
+
+
+class CpuReference:
+    """The CPU reference subprocess and the logits it has delivered so far."""
+
+    def __init__(self, names, settings, folder):
+        self.folder = folder
+        spec_path = os.path.join(folder, "cpu_reference.json")
+        with open(spec_path, "w") as file:
+            json.dump({"models": names, "check_shape": settings.check_shape, "folder": folder}, file)
+        env = dict(os.environ, nvcc_path="", use_cuda="0")  # Jittor in CPU mode from the start
+        if not settings.smoke:
+            # Its own cache next to a GPU process: Jittor keeps one jittor_core build per cache
+            # folder, and a CPU build there breaks every later GPU process (seen on an H200).
+            env["cache_name"] = os.environ.get("cache_name", "default") + "-cpu"
+        self.log_path = os.path.join(folder, "cpu_reference.log")
+        with open(self.log_path, "w") as out:
+            command = [sys.executable, "-m", "utils.gpu_check", "--cpu-reference", spec_path]
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def result(self, name):
+        """(logits, None), (None, error text), or (None, None) while still pending."""
+        import numpy as np
+
+        ended = self.process.poll() is not None  # before looking: its last files are then on disk
+        npz, error = reference_paths(self.folder, name)
+        if os.path.exists(npz):
+            return np.load(npz)["logits"], None
+        if os.path.exists(error):
+            with open(error) as file:
+                return None, file.read().strip().splitlines()[-1]
+        if ended:
+            return None, f"CPU reference process ended (exit {self.process.returncode}): {self.log_tail()}"
+        return None, None
+
+    def wait(self, timeout):
+        """Wait for the process to end, at most `timeout` seconds; then stop it."""
+        try:
+            self.process.wait(timeout=None if math.isinf(timeout) else max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            self.process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
+            self.process.wait()
+
+    def log_tail(self, lines=5):
+        with open(self.log_path) as file:
+            return " | ".join(file.read().strip().splitlines()[-lines:])
+
+
+def environment_or_refuse(settings, report):
+    """Doctor summary, recorded and printed; the reason to stop, or None."""
+    from utils import jittor_doctor as doctor
+
+    env = doctor.detect_environment()
+    problem = doctor.check_environment(env)
+    summary = {"jittor": env.jittor_version, "nvcc": env.nvcc_path, "gpus": env.gpus, "cpu_mode": env.cpu_mode,
+               "cuda": doctor.format_version(env.cuda_version), "cudnn": doctor.format_version(env.cudnn_version),
+               "problem": problem}
+    report.data["environment"]["doctor"] = summary
+    mode = "CPU mode" if env.cpu_mode else f"GPU mode, nvcc {env.nvcc_path}"
+    log(f"doctor: Jittor {env.jittor_version}, {mode}, "
+        f"CUDA {summary['cuda']}, cuDNN {summary['cudnn']}, GPUs: {', '.join(env.gpus or []) or 'none'}")
+    if problem:
+        print("\n".join(doctor.report_lines(env)), flush=True)
+        return problem if doctor.FIX_COMMAND in problem else f"{problem} Fix that before running the GPU check."
+    if not settings.smoke and (env.cpu_mode or not env.gpus):
+        return ("no GPU for Jittor here (" + doctor.cpu_mode_reason(env) + "); "
+                "use --cpu-smoke to check the pipeline on the CPU")
+    return None
+
+
+def apply_gpu_defaults(settings):
+    """Environment defaults for the lent machines, set before Jittor is imported; never overriding.
+
+    They have no network: Jittor would try to download oneDNN (used only by CPU ops) and cutt,
+    and build MPI/NCCL support a one-GPU check does not need. TF32 stays off unless asked for, in
+    Jittor and PyTorch alike (cuDNN's default math mode would use it for fp32 convolutions).
+    """
+    if importlib.util.find_spec("jittor_offline") is None:
+        os.environ.setdefault("use_mkl", "0")
+    for name, value in (("use_cutt", "0"), ("use_nccl", "0"), ("mpicc_path", "")):
+        os.environ.setdefault(name, value)
+    if not settings.tf32:
+        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+
+
+def import_jittor(settings, report):
+    start = time.time()
+    import jittor as jt
+
+    if settings.tf32:
+        jt.flags.use_tensorcore = 1
+    jt.flags.use_cuda = int(jt.has_cuda)  # as build_model does; the report below reads it
+    report.data["environment"]["jittor_import_s"] = round(time.time() - start, 1)
+    info = jittor_environment(settings)
+    report.data["environment"]["jittor"] = info
+    log(f"Jittor {info['jittor']} imported in {time.time() - start:.1f}s (first import on a machine compiles its "
+        f"core); {info['mode']} {info['device']}, CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')} "
+        f"(loaded: {info['cudnn_loaded']}), convolutions run as {info['conv_ops'] or 'fused Jittor ops'}, "
+        f"cutt {info['cutt']}, oneDNN {info['onednn']}, use_tensorcore {info['use_tensorcore']}")
+    if not settings.smoke:
+        cudnn_ok = info["cudnn_loaded"] and any(op.startswith("cudnn") for op in info["conv_ops"])
+        report.data["checks"]["cudnn_convolutions"] = cudnn_ok
+        if not cudnn_ok:
+            log("  cuDNN does NOT run the convolutions: latency is not comparable with PyTorch")
+    return jt
