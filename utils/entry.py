@@ -10,8 +10,6 @@ import sys
 
 from .errors import UserError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def load_config(name, dataset_dir=None):
     """The `C` of config `name`: a module (local_configs.NYUDepthv2.DFormer_Large) or a .py file."""
