@@ -28,7 +28,8 @@ class ModelSpec:
         return f"checkpoints/pretrained/{self.pretrained}"
 
     def trained_path(self, dataset):
-        return f"checkpoints/trained/{self.trained[DATASETS.index(dataset)]}"
+        """The official trained checkpoint for `dataset`, or None for other datasets."""
+        return f"checkpoints/trained/{self.trained[DATASETS.index(dataset)]}" if dataset in DATASETS else None
 
     def config_module(self, dataset="NYUDepthv2"):
         return f"local_configs.{dataset}.{self.config}"

@@ -1,7 +1,14 @@
-"""What every entry point (train, eval, infer, latency) does first, written once.
+"""What every entry point (train, eval, infer, latency, benchmark) does first, written once.
 
 `main_guard` checks the Jittor setup before Jittor is imported and turns `UserError`s into one
 clear message instead of a traceback; `load_config` imports a config module by dotted name.
+
+Scripts under utils/ put the repository on `sys.path` with the same two lines, before importing
+anything from it (Python puts the script's own folder there, where utils/ files would shadow
+top-level names):
+
+    if __package__ in (None, ""):  # run as a file, not with -m
+        sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """
 import importlib
 import importlib.util
@@ -30,11 +37,26 @@ def load_config(name, dataset_dir=None):
     return C
 
 
+def check_checkpoint(C, checkpoint):
+    """Raise `UserError` early, naming the config's official file, when `checkpoint` does not exist."""
+    if os.path.isfile(checkpoint):
+        return
+    from models import MODELS
+
+    spec = MODELS.get(C.backbone)
+    official = spec and spec.trained_path(C.dataset_name)
+    hint = "; downloads: checkpoints/README.md"
+    if official and os.path.normpath(official) != os.path.normpath(checkpoint):
+        hint = f"; this config's official file is {official} (downloads: checkpoints/README.md)"
+    raise UserError(f"checkpoint not found: {checkpoint}{hint}")
+
+
 def load_model(C, checkpoint):
     """The segmentor of `C` with the weights of `checkpoint`, in evaluation mode."""
     from models import build_model
     from .checkpoint import load_checkpoint
 
+    check_checkpoint(C, checkpoint)
     model = build_model(C)
     load_checkpoint(model, checkpoint)
     model.eval()

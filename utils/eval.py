@@ -10,9 +10,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
 
 
 def parse_args(argv=None):
@@ -37,6 +38,7 @@ def main(args):
     from utils.metrics import trivial_baseline
 
     C = load_config(args.config, args.dataset_dir)
+    check_checkpoint(C, args.checkpoint)
     dataset = RGBXDataset(C, "test", batch_size=args.batch_size)
     model = load_model(C, args.checkpoint)
     metrics, mode_text, images_per_second = evaluate(
