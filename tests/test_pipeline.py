@@ -36,9 +36,13 @@ def run_script(script, *args):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    from utils.entry import load_config
+    from utils.synthetic import ensure_synthetic_dataset
+
     folder = tmp_path_factory.mktemp("tiny")
     config = folder / "tiny_config.py"
     config.write_text(TINY_CONFIG.format(data=str(folder / "data")))
+    ensure_synthetic_dataset(load_config(str(config)))
     return folder, str(config)
 
 

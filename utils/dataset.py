@@ -20,6 +20,7 @@ import jittor as jt
 from jittor.dataset import Dataset
 
 from utils.errors import UserError
+from utils.synthetic import check_synthetic_dataset
 from utils.transforms import (
     IGNORE_LABEL,
     SUN_PAD_SHAPE,
@@ -40,7 +41,7 @@ and unpack (or symlink: ln -s /path/to/data datasets) them so that the folder lo
   {root}/train.txt  {root}/test.txt   (one sample per line, e.g. "{rgb}/<name>{rgb_ext}")
 Depth maps are grey PNGs, 0 nearest .. 255 farthest; labels are grey PNGs, 0 unlabelled, 1..K classes.
 To try the code without downloading anything use the synthetic data set:
-  python -m utils.synthetic --out datasets/Synthetic   (configs local_configs.Synthetic.*)"""
+  python -m utils.synthetic --config local_configs.Synthetic.DFormer_Tiny   (configs local_configs.Synthetic.*)"""
 
 
 def dataset_help(C):
@@ -183,9 +184,7 @@ class RGBXDataset(Dataset):
         self.is_train = split == "train"
         self.epoch_seed = None
         if C.dataset_name == "Synthetic":
-            from utils.synthetic import ensure_synthetic_dataset
-
-            ensure_synthetic_dataset(C)
+            check_synthetic_dataset(C)  # stale data (another image size, ...) stops here
         self.list_file = self._list_file(C, "train" if self.is_train else "test")
         self.names = read_list(self.list_file, C.rgb_folder)
         self._check_files_exist()
