@@ -232,6 +232,27 @@ def test_listed_file_unreadable(root, kind):
     assert str(root / folder / f"b1{ext}") in str(err.value) and "test.txt" in str(err.value)
 
 
+@pytest.mark.parametrize("kind", ["rgb", "depth", "label"])
+def test_truncated_file_stops_training_evaluation_and_inference(root, kind):
+    """A file cut short (interrupted copy): OpenCV would decode the JPEG half grey and go on."""
+    folder, ext = LAYOUT[kind]
+    path = root / folder / f"b1{ext}"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    if kind == "rgb":
+        assert cv2.imread(str(path)) is not None  # what the check is for: OpenCV's silent half image
+    for split in ("train", "test"):
+        with pytest.raises(UserError, match=f"(?s)1 file.*{path} \\(truncated\\)"):
+            RGBXDataset(nyu_config(root), split)
+    if kind != "label":
+        with pytest.raises(UserError, match=f"{path} \\(truncated\\)"):
+            InferenceDataset(nyu_config(root), list_inference_pairs(str(root)))
+        with pytest.raises(UserError, match=f"{path} is truncated"):
+            read_inference_pair(nyu_config(root), str(root / "RGB" / "b1.jpg"), str(root / "Depth" / "b1.png"))
+    path.write_bytes(whole + bytes(range(256)) * 20)  # bytes after the end marker: still a whole image
+    assert len(RGBXDataset(nyu_config(root), "test").names) == 3
+
+
 def test_rgb_and_depth_of_different_size(root):
     cv2.imwrite(str(root / "Depth" / "c2.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(UserError, match="same size") as err:
