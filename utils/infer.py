@@ -82,7 +82,7 @@ def main(args):
                 rgb, depth = batch["image"][i].numpy(), batch["depth"][i].numpy()
             height, width = depth.shape
             # SUNRGBD evaluation pads to 531x730; the prediction is cropped back to the image
-            save_prediction(args.output_dir, name, rgb, depth, pred[i, :height, :width])
+            save_prediction(args.output_dir, name, rgb, depth, pred[i, :height, :width], C.class_names)
 
     metrics, mode_text, images_per_second = evaluate(model, dataset, C, args.mode, on_prediction=save)
     if jt.rank == 0:
