@@ -24,10 +24,14 @@ def test_missing_checkpoint_prints_one_line():
                           "--checkpoint", "checkpoints/trained/NYUv2_DFormer_Tiny.pth"])
     assert code == 2 and out == ""
     assert err == ("error: checkpoint not found: checkpoints/trained/NYUv2_DFormer_Tiny.pth; "
-                   "downloads: checkpoints/README.md\n")
+                   "download the official file (see checkpoints/README.md)\n")
     code, _, err = run(["utils/eval.py", "--config", "local_configs.SUNRGBD.DFormerv2_B", "--checkpoint", "x.pth"])
     assert code == 2 and err == ("error: checkpoint not found: x.pth; this config's official file is "
-                                 "checkpoints/trained/DFormerv2_Base_SUNRGBD.pth (downloads: checkpoints/README.md)\n")
+                                 "checkpoints/trained/DFormerv2_Base_SUNRGBD.pth (see checkpoints/README.md)\n")
+    code, _, err = run(["utils/infer.py", "--config", "local_configs.Synthetic.DFormer_Tiny", "--checkpoint", "x.pkl",
+                        "--split", "test", "--output-dir", "output/never"])
+    assert code == 2 and err == ("error: checkpoint not found: x.pkl; train one first: "
+                                 "bash train.sh --config local_configs.Synthetic.DFormer_Tiny\n")
 
 
 def test_jittor_info_lines_hidden_warnings_kept_user_variables_respected():

@@ -15,7 +15,11 @@ import importlib.util
 import os
 import sys
 
+from models import MODELS, build_model  # Jittor is imported by build_model, not here
+
+from .checkpoint import load_checkpoint
 from .errors import UserError
+from .jittor_doctor import check_environment
 
 
 def load_config(name, dataset_dir=None):
@@ -41,21 +45,19 @@ def check_checkpoint(C, checkpoint):
     """Raise `UserError` early, naming the config's official file, when `checkpoint` does not exist."""
     if os.path.isfile(checkpoint):
         return
-    from models import MODELS
-
     spec = MODELS.get(C.backbone)
     official = spec and spec.trained_path(C.dataset_name)
-    hint = "; downloads: checkpoints/README.md"
-    if official and os.path.normpath(official) != os.path.normpath(checkpoint):
-        hint = f"; this config's official file is {official} (downloads: checkpoints/README.md)"
-    raise UserError(f"checkpoint not found: {checkpoint}{hint}")
+    if not official:
+        hint = f"train one first: bash train.sh --config {C.get('config_name', '<config>')}"
+    elif os.path.normpath(official) == os.path.normpath(checkpoint):
+        hint = "download the official file (see checkpoints/README.md)"
+    else:
+        hint = f"this config's official file is {official} (see checkpoints/README.md)"
+    raise UserError(f"checkpoint not found: {checkpoint}; {hint}")
 
 
 def load_model(C, checkpoint):
     """The segmentor of `C` with the weights of `checkpoint`, in evaluation mode."""
-    from models import build_model
-    from .checkpoint import load_checkpoint
-
     check_checkpoint(C, checkpoint)
     model = build_model(C)
     load_checkpoint(model, checkpoint)
@@ -66,8 +68,6 @@ def load_model(C, checkpoint):
 def main_guard(main):
     """Run `main()`; exit 2 with one message on a `UserError` or an unusable Jittor setup."""
     try:
-        from .jittor_doctor import check_environment
-
         problem = check_environment()
         if problem:
             raise UserError(problem)

@@ -525,7 +525,7 @@ def generate_dataset(out, num_train, num_test, height, width, seed, class_names=
 
 
 def config_settings(C):
-    """The `synthetic.json` content that config `C` needs."""
+    """The `synthetic.json` content that config `C` needs: `generate_dataset`'s arguments."""
     return dict(num_train=C.num_train_imgs, num_test=C.num_eval_imgs, height=C.image_height,
                 width=C.image_width, seed=C.seed, class_names=list(C.class_names))
 
@@ -572,7 +572,7 @@ def ensure_synthetic_dataset(C):
           f"{C.num_eval_imgs} test images of {C.image_height}x{C.image_width}; {problem}) ...", flush=True)
     tmp, old = f"{C.dataset_path}.tmp-{os.getpid()}", f"{C.dataset_path}.old-{os.getpid()}"
     try:
-        generate_dataset(tmp, C.num_train_imgs, C.num_eval_imgs, C.image_height, C.image_width, C.seed, C.class_names)
+        generate_dataset(tmp, **config_settings(C))
         if os.path.exists(C.dataset_path):
             os.rename(C.dataset_path, old)
         os.rename(tmp, C.dataset_path)
