@@ -54,7 +54,8 @@ def panel(rgb, depth, label):
 
 def legend(label, class_names, width):
     """A white (H, width, 3) strip: swatch and name of each class in `label`, most frequent first."""
-    ids, counts = np.unique(np.asarray(label)[np.asarray(label) != IGNORE_INDEX], return_counts=True)
+    label = np.asarray(label, np.int64)
+    ids, counts = np.unique(label[label != IGNORE_INDEX], return_counts=True)
     font = ImageFont.load_default(size=12 if width < 400 else 16)
     line = font.getbbox("Ag")[3] + 4
     pad, swatch = 4, line - 6
