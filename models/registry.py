@@ -35,27 +35,22 @@ class ModelSpec:
         return f"local_configs.{dataset}.{self.config}"
 
 
-def _v1(size, width, stage3_depth, params_m, gflops):
-    return ModelSpec(f"DFormer-{size}", f"DFormer-{size}", f"DFormer_{size}", "DFormer", width, stage3_depth,
-                     f"DFormer_{size}.pth.tar", (f"NYUv2_DFormer_{size}.pth", f"SUNRGBD_DFormer_{size}.pth"),
-                     params_m, gflops)
-
-
-def _v2(size, width, stage3_depth, params_m, gflops):
-    return ModelSpec(f"DFormerv2_{size[0]}", f"DFormerv2-{size}", f"DFormerv2_{size[0]}", "DFormerv2", width,
-                     stage3_depth, f"DFormerv2_{size}_pretrained.pth",
-                     (f"DFormerv2_{size}_NYU.pth", f"DFormerv2_{size}_SUNRGBD.pth"), params_m, gflops)
-
-
 # Published numbers: DFormer README / ICLR 2024 Table 2 and the DFormerv2 CVPR 2025 table.
 MODELS = {spec.backbone: spec for spec in [
-    _v1("Tiny", 32, 5, 6.0, (11.8, 15.1)),
-    _v1("Small", 64, 4, 18.7, (25.6, 33.0)),
-    _v1("Base", 64, 12, 29.5, (41.9, 54.1)),
-    _v1("Large", 96, 12, 39.0, (65.7, 83.3)),
-    _v2("Small", 64, 18, 26.7, (33.9, 43.7)),
-    _v2("Base", 80, 25, 53.9, (67.2, 86.9)),
-    _v2("Large", 112, 25, 95.5, (124.1, 160.5)),
+    ModelSpec("DFormer-Tiny", "DFormer-Tiny", "DFormer_Tiny", "DFormer", 32, 5, "DFormer_Tiny.pth.tar",
+              ("NYUv2_DFormer_Tiny.pth", "SUNRGBD_DFormer_Tiny.pth"), 6.0, (11.8, 15.1)),
+    ModelSpec("DFormer-Small", "DFormer-Small", "DFormer_Small", "DFormer", 64, 4, "DFormer_Small.pth.tar",
+              ("NYUv2_DFormer_Small.pth", "SUNRGBD_DFormer_Small.pth"), 18.7, (25.6, 33.0)),
+    ModelSpec("DFormer-Base", "DFormer-Base", "DFormer_Base", "DFormer", 64, 12, "DFormer_Base.pth.tar",
+              ("NYUv2_DFormer_Base.pth", "SUNRGBD_DFormer_Base.pth"), 29.5, (41.9, 54.1)),
+    ModelSpec("DFormer-Large", "DFormer-Large", "DFormer_Large", "DFormer", 96, 12, "DFormer_Large.pth.tar",
+              ("NYUv2_DFormer_Large.pth", "SUNRGBD_DFormer_Large.pth"), 39.0, (65.7, 83.3)),
+    ModelSpec("DFormerv2_S", "DFormerv2-Small", "DFormerv2_S", "DFormerv2", 64, 18, "DFormerv2_Small_pretrained.pth",
+              ("DFormerv2_Small_NYU.pth", "DFormerv2_Small_SUNRGBD.pth"), 26.7, (33.9, 43.7)),
+    ModelSpec("DFormerv2_B", "DFormerv2-Base", "DFormerv2_B", "DFormerv2", 80, 25, "DFormerv2_Base_pretrained.pth",
+              ("DFormerv2_Base_NYU.pth", "DFormerv2_Base_SUNRGBD.pth"), 53.9, (67.2, 86.9)),
+    ModelSpec("DFormerv2_L", "DFormerv2-Large", "DFormerv2_L", "DFormerv2", 112, 25, "DFormerv2_Large_pretrained.pth",
+              ("DFormerv2_Large_NYU.pth", "DFormerv2_Large_SUNRGBD.pth"), 95.5, (124.1, 160.5)),
 ]}
 
 
