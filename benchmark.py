@@ -27,21 +27,10 @@ model even at 480x640 on a CPU). Batch size 1, rgb (1, 3, H, W) and depth (1, 3,
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults before Jittor is imported)
+from models.registry import MODELS
+from utils.entry import load_config, main_guard
 
-NYU_CONFIGS = ["DFormer_Tiny", "DFormer_Small", "DFormer_Base", "DFormer_Large",
-               "DFormerv2_S", "DFormerv2_B", "DFormerv2_L"]
-# Published params (M) and GFLOPs at 480x640 (NYUDepthv2) and 530x730 (SUNRGBD): DFormer README /
-# ICLR 2024 Table 2 and DFormerv2 CVPR 2025 table.
-PUBLISHED = {
-    "DFormer-Tiny": (6.0, 11.8, 15.1), "DFormer-Small": (18.7, 25.6, 33.0),
-    "DFormer-Base": (29.5, 41.9, 54.1), "DFormer-Large": (39.0, 65.7, 83.3),
-    "DFormerv2_S": (26.7, 33.9, 43.7), "DFormerv2_B": (53.9, 67.2, 86.9), "DFormerv2_L": (95.5, 124.1, 160.5),
-}
 POOL_WINDOW = 7  # DFormer v1's adaptive-pool output size
 
 
@@ -176,12 +165,13 @@ def format_table(results, sizes):
 
     rows = []
     for r in results:
-        pub = PUBLISHED.get(r["backbone"], (None, None, None))
+        spec = MODELS.get(r["backbone"])
         p = r["params"]
-        row = [r["backbone"], *(f"{p[part] / 1e6:.2f}" for part in ("backbone", "head", "total")), pub[0]]
+        row = [r["backbone"], *(f"{p[part] / 1e6:.2f}" for part in ("backbone", "head", "total")),
+               spec.params_m if spec else ""]
         for height, width in sizes:
             m = r["macs"][f"{height}x{width}"]
-            published = {(480, 640): pub[1], (530, 730): pub[2]}.get((height, width), "")
+            published = dict(zip([(480, 640), (530, 730)], spec.gflops)).get((height, width), "") if spec else ""
             row += [f"{m['module']['total'] / 1e9:.2f}", published, f"{m['full']['total'] / 1e9:.2f}"]
         rows.append(row)
     headers = ["model", "params backbone (M)", "head (M)", "total (M)", "published (M)"]
@@ -200,7 +190,7 @@ def main(argv=None):
     if not args.all and not args.config:
         parser.error("give --config or --all")
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
-    configs = [f"local_configs.NYUDepthv2.{name}" for name in NYU_CONFIGS] if args.all else [args.config]
+    configs = [spec.config_module() for spec in MODELS.values()] if args.all else [args.config]
     results = [benchmark_config(name, sizes) for name in configs]
     print("Counter: thop-compatible module count ('module', what the papers publish) and module count plus "
           "attention/NMF matrix products ('full'); batch size 1, rgb and depth both 3 x H x W, eval mode. "

@@ -14,6 +14,7 @@ if [ $# -gt 0 ]; then
 fi
 CONFIG=local_configs.Synthetic.DFormer_Tiny
 RUN=checkpoints/Synthetic_DFormer-Tiny
+python -m utils.synthetic --config "$CONFIG"
 python utils/train.py --config "$CONFIG" --run-dir "$RUN"
 python utils/eval.py --config "$CONFIG" --checkpoint "$RUN/last.pkl"
 python utils/infer.py --config "$CONFIG" --checkpoint "$RUN/last.pkl" --split test --output-dir output/Synthetic_DFormer-Tiny

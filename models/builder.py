@@ -1,7 +1,7 @@
 """EncoderDecoder, the segmentor: backbone -> decode head -> bilinear upsample to the input size.
 
 Mirrors the official `models/builder.py` (VCIP-RGBD/DFormer). Differences: the backbone comes
-from one registry (`BACKBONES`) instead of an if/elif ladder, and the decoder reads its input
+from the model registry (`models/registry.py`) instead of an if/elif ladder, and the decoder reads its input
 widths from `backbone.out_channels`; the loss is computed in `utils/train.py`, not here; no
 pretrained file is needed to build the model (load one with `utils.checkpoint`).
 """
@@ -10,19 +10,19 @@ from jittor import nn
 
 from .decoders.ham_head import LightHamHead
 from .decoders.MLPDecoder import DecoderHead
-from .encoders.DFormer import DFormer_Base, DFormer_Large, DFormer_Small, DFormer_Tiny
-from .encoders.DFormerv2 import DFormerv2_B, DFormerv2_L, DFormerv2_S
+from .encoders import DFormer, DFormerv2
 from .layers import resize
+from .registry import MODELS
 
-BACKBONES = {
-    "DFormer-Tiny": DFormer_Tiny,
-    "DFormer-Small": DFormer_Small,
-    "DFormer-Base": DFormer_Base,
-    "DFormer-Large": DFormer_Large,
-    "DFormerv2_S": DFormerv2_S,
-    "DFormerv2_B": DFormerv2_B,
-    "DFormerv2_L": DFormerv2_L,
-}
+ENCODER_FAMILIES = {"DFormer": DFormer, "DFormerv2": DFormerv2}
+
+
+def build_backbone(name, **kwargs):
+    """The encoder of registry entry `name` (`C.backbone`): the factory named like its config."""
+    if name not in MODELS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(MODELS)}")
+    spec = MODELS[name]
+    return getattr(ENCODER_FAMILIES[spec.family], spec.config)(**kwargs)
 
 
 class EncoderDecoder(nn.Module):
@@ -34,10 +34,8 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        if cfg.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
         self.backbone_name = cfg.backbone
-        self.backbone = BACKBONES[cfg.backbone](drop_path_rate=cfg.drop_path_rate)
+        self.backbone = build_backbone(cfg.backbone, drop_path_rate=cfg.drop_path_rate)
         channels = self.backbone.out_channels
         if cfg.decoder == "ham":
             self.decode_head = LightHamHead(channels[1:], cfg.num_classes, channels=cfg.decoder_embed_dim)

@@ -9,12 +9,7 @@ import importlib
 import pytest
 
 import benchmark
-
-CONFIGS = {
-    "DFormer-Tiny": "DFormer_Tiny", "DFormer-Small": "DFormer_Small", "DFormer-Base": "DFormer_Base",
-    "DFormer-Large": "DFormer_Large", "DFormerv2_S": "DFormerv2_S", "DFormerv2_B": "DFormerv2_B",
-    "DFormerv2_L": "DFormerv2_L",
-}
+from models.registry import MODELS
 THOP_480x640 = {  # name: (MACs, params)
     "DFormer-Tiny": (11749408224, 6003912), "DFormer-Small": (25673487744, 18747144),
     "DFormer-Base": (41937024576, 29524840), "DFormer-Large": (65696154720, 39030392),
@@ -28,21 +23,21 @@ def counts():
     from models import build_model
 
     result = {}
-    for name, module in CONFIGS.items():
-        model = build_model(importlib.import_module(f"local_configs.NYUDepthv2.{module}").C)
+    for name, spec in MODELS.items():
+        model = build_model(importlib.import_module(spec.config_module()).C)
         result[name] = (benchmark.count_params(model), benchmark.count_macs(model, 480, 640))
     return result
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_matches_published(name, counts):
     (_, _, params), macs = counts[name]
-    published_params, published_gflops, _ = benchmark.PUBLISHED[name]
+    published_params, published_gflops = MODELS[name].params_m, MODELS[name].gflops[0]
     assert abs(params / 1e6 - published_params) <= 0.1, params
     assert abs(macs["module"]["total"] / 1e9 - published_gflops) <= 0.1, macs["module"]["total"]
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_matches_thop_exactly(name, counts):
     (backbone, head, params), macs = counts[name]
     assert (macs["module"]["total"], params) == THOP_480x640[name]

@@ -56,3 +56,35 @@ def test_builds_model(name):
     assert model.decode_head.conv_seg.weight.shape[0] == C.num_classes
     if name in OFFICIAL_PARAMS:  # the official parameter count of the NYU configs
         assert params == OFFICIAL_PARAMS[name]
+
+
+def test_optimizer_key_is_honoured():
+    """C.optimizer: upstream's "SGDM" is SGD with C.momentum (as torch.optim.SGD), weight decay on
+    conv/linear weights only; resuming restores its momentum; anything else is refused."""
+    import jittor as jt
+    from easydict import EasyDict
+    from jittor import nn
+
+    from utils.optim import build_optimizer, optimizer_state, restore_optimizer
+
+    def make(name):
+        jt.set_global_seed(0)
+        model = nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), nn.BatchNorm2d(2))
+        return model, build_optimizer(model, EasyDict(optimizer=name, lr=0.1, momentum=0.9, weight_decay=0.5))
+
+    model, optimizer = make("SGDM")
+    conv, bn = model[0].weight, model[1].weight
+    w, b = conv.numpy().copy(), bn.numpy().copy()
+    buf_w, buf_b = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(2):  # loss = sum(w) + sum(bn weight): gradients are ones
+        optimizer.step(conv.sum() + bn.sum())
+        buf_w, buf_b = 0.9 * buf_w + 1 + 0.5 * w, 0.9 * buf_b + 1  # torch.optim.SGD, dampening 0
+        w, b = w - 0.1 * buf_w, b - 0.1 * buf_b
+    np.testing.assert_allclose(conv.numpy(), w, rtol=1e-6)
+    np.testing.assert_allclose(bn.numpy(), b, rtol=1e-6)
+    resumed_model, resumed = make("SGDM")
+    restore_optimizer(resumed, optimizer_state(optimizer))
+    np.testing.assert_allclose(resumed.param_groups[0]["values"][0].numpy(), buf_w, rtol=1e-6)
+    assert isinstance(make("AdamW")[1], jt.optim.AdamW)
+    with pytest.raises(ValueError, match="SGDM"):
+        make("Adam")

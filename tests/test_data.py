@@ -200,7 +200,23 @@ def test_save_prediction_writes_palette_png(tmp_path):
     label = Image.open(paths[0])
     assert label.mode == "P" and np.array_equal(np.array(label), pred)
     assert np.array_equal(np.array(label.convert("RGB")), nyu_palette()[pred])
-    assert Image.open(paths[2]).size == (3 * 32 + 8, 24)
+    assert Image.open(paths[2]).size[0] == 3 * 32 + 8
+
+
+def test_overlay_and_panel_have_a_legend_of_the_classes_present(tmp_path):
+    pred = np.full((24, 32), 5)
+    pred[:, :10] = 1
+    names = [f"c{i}" for i in range(8)]
+    paths = save_prediction(str(tmp_path), "x", np.zeros((24, 32, 3), np.uint8), np.zeros((24, 32), np.uint8), pred,
+                            names)
+    for path in paths[1:]:
+        image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+        strip = image[24:].reshape(-1, 3)  # below the 24-pixel-high images
+        assert len(strip) >= 12 * image.shape[1]
+        colours = {tuple(c) for c in strip}
+        assert {tuple(nyu_palette()[k]) for k in (1, 5)} <= colours  # swatches of the two classes
+        assert tuple(nyu_palette()[3]) not in colours  # no swatch of an absent class
+        assert any(max(c) < 100 for c in colours)  # the names, in dark grey to black
 
 
 # ---- bad input: one clear UserError naming the file ----
@@ -230,6 +246,27 @@ def test_listed_file_unreadable(root, kind):
     with pytest.raises(UserError, match="cannot read") as err:
         dataset[1]
     assert str(root / folder / f"b1{ext}") in str(err.value) and "test.txt" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["rgb", "depth", "label"])
+def test_truncated_file_stops_training_evaluation_and_inference(root, kind):
+    """A file cut short (interrupted copy): OpenCV would decode the JPEG half grey and go on."""
+    folder, ext = LAYOUT[kind]
+    path = root / folder / f"b1{ext}"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    if kind == "rgb":
+        assert cv2.imread(str(path)) is not None  # what the check is for: OpenCV's silent half image
+    for split in ("train", "test"):
+        with pytest.raises(UserError, match=f"(?s)1 file.*{path} \\(truncated\\)"):
+            RGBXDataset(nyu_config(root), split)
+    if kind != "label":
+        with pytest.raises(UserError, match=f"{path} \\(truncated\\)"):
+            InferenceDataset(nyu_config(root), list_inference_pairs(str(root)))
+        with pytest.raises(UserError, match=f"{path} is truncated"):
+            read_inference_pair(nyu_config(root), str(root / "RGB" / "b1.jpg"), str(root / "Depth" / "b1.png"))
+    path.write_bytes(whole + bytes(range(256)) * 20)  # bytes after the end marker: still a whole image
+    assert len(RGBXDataset(nyu_config(root), "test").names) == 3
 
 
 def test_rgb_and_depth_of_different_size(root):

@@ -104,21 +104,31 @@ def test_files_layout_and_independence_from_count(tmp_path):
     np.testing.assert_array_equal(label, expected[2])
 
 
-def test_ensure_synthetic_dataset_feeds_the_loader(tmp_path):
+def test_loader_never_writes_and_stale_data_is_regenerated_explicitly(tmp_path):
     C = make_config("Synthetic", "DFormer-Tiny", pretrained_model=None, dataset_path=str(tmp_path / "Synthetic"),
                     num_train_imgs=3, num_eval_imgs=2, image_height=32, image_width=48, batch_size=2)
-    dataset = RGBXDataset(C, "train")  # generates the data on first use
+    C.config_name = "my_config.py"
+    with pytest.raises(UserError, match="not found.*python -m utils.synthetic --config my_config.py"):
+        RGBXDataset(C, "train")
+    assert os.listdir(tmp_path) == []  # building a dataset writes nothing
+    ensure_synthetic_dataset(C)
     assert sorted(os.listdir(tmp_path)) == ["Synthetic"]
-    item = dataset[0]
+    item = RGBXDataset(C, "train")[0]
     assert item["data"].shape == (3, 32, 48)
     assert set(np.unique(item["label"])) <= set(range(C.num_classes)) | {255}
     before = os.path.getmtime(tmp_path / "Synthetic" / "train.txt")
-    ensure_synthetic_dataset(C)  # present: nothing happens
+    ensure_synthetic_dataset(C)  # up to date: nothing happens
     assert os.path.getmtime(tmp_path / "Synthetic" / "train.txt") == before
-    assert len(RGBXDataset(C, "test").names) == 2
+
+    C.image_height, C.image_width = 24, 40  # the config changed: the old images no longer fit
+    with pytest.raises(UserError, match="height 32 instead of 24, width 48 instead of 40.*Regenerate"):
+        RGBXDataset(C, "test")
+    ensure_synthetic_dataset(C)
+    assert cv2.imread(str(tmp_path / "Synthetic" / "RGB" / "test_00001.jpg")).shape == (24, 40, 3)
+    assert len(RGBXDataset(C, "test").names) == 2 and sorted(os.listdir(tmp_path)) == ["Synthetic"]
 
 
-def test_incomplete_synthetic_folder_is_an_error(tmp_path):
+def test_foreign_folder_is_never_replaced(tmp_path):
     (tmp_path / "Synthetic").mkdir()
     C = make_config("Synthetic", "DFormer-Tiny", dataset_path=str(tmp_path / "Synthetic"))
     with pytest.raises(UserError, match="delete it"):
@@ -129,3 +139,10 @@ def test_command_line(tmp_path, capsys):
     main(["--out", str(tmp_path / "s"), "--num-train", "2", "--num-test", "1", "--height", "24", "--width", "32"])
     assert "2 train + 1 test" in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "s" / "RGB")) == 3
+    config = tmp_path / "cfg.py"
+    config.write_text("from local_configs._base_ import make_config\n"
+                      f"C = make_config('Synthetic', 'DFormer-Tiny', dataset_path={str(tmp_path / 'c')!r}, "
+                      "num_train_imgs=1, num_eval_imgs=1, image_height=16, image_width=24)\n")
+    main(["--config", str(config)])
+    assert "Generating" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "c" / "RGB")) == ["test_00000.jpg", "train_00000.jpg"]

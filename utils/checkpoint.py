@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 
+from models.registry import identify
+
 from .errors import UserError
 
 # Keys a checkpoint may carry that no model parameter receives (all documented upstream):
@@ -160,13 +162,13 @@ def describe_checkpoint(state_dict):
     stem = state_dict.get("backbone.downsample_layers.0.0.weight")
     embed = state_dict.get("backbone.patch_embed.proj.0.weight")
     if stem is not None:
-        width, depth2 = 2 * stem.shape[0], count(r"backbone\.stages\.2\.(\d+)\.")
-        name = {32: "DFormer-Tiny", 96: "DFormer-Large"}.get(width) or (
-            "DFormer-Small" if depth2 == 4 else "DFormer-Base")
+        family, width, depth = "DFormer", 2 * stem.shape[0], count(r"backbone\.stages\.2\.(\d+)\.")
     elif embed is not None:
-        name = {64: "DFormerv2-S", 80: "DFormerv2-B", 112: "DFormerv2-L"}.get(2 * embed.shape[0], "DFormerv2 (unknown size)")
+        family, width, depth = "DFormerv2", 2 * embed.shape[0], count(r"backbone\.layers\.2\.blocks\.(\d+)\.")
     else:
         return "an unknown model (neither a DFormer nor a DFormerv2 state dict)"
+    spec = identify(family, width, depth)
+    name = spec.name if spec else f"{family} of unknown size (width {width}, {depth} blocks in stage 3)"
     seg = state_dict.get("decode_head.conv_seg.weight")
     if seg is not None:
         name += f" with a {seg.shape[1]}-wide decode head and {seg.shape[0]} classes"

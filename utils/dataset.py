@@ -18,8 +18,10 @@ import cv2
 import numpy as np
 import jittor as jt
 from jittor.dataset import Dataset
+from PIL import Image
 
 from utils.errors import UserError
+from utils.synthetic import check_synthetic_dataset
 from utils.transforms import (
     IGNORE_LABEL,
     SUN_PAD_SHAPE,
@@ -40,7 +42,7 @@ and unpack (or symlink: ln -s /path/to/data datasets) them so that the folder lo
   {root}/train.txt  {root}/test.txt   (one sample per line, e.g. "{rgb}/<name>{rgb_ext}")
 Depth maps are grey PNGs, 0 nearest .. 255 farthest; labels are grey PNGs, 0 unlabelled, 1..K classes.
 To try the code without downloading anything use the synthetic data set:
-  python -m utils.synthetic --out datasets/Synthetic   (configs local_configs.Synthetic.*)"""
+  python -m utils.synthetic --config local_configs.Synthetic.DFormer_Tiny   (configs local_configs.Synthetic.*)"""
 
 
 def dataset_help(C):
@@ -51,10 +53,47 @@ def dataset_help(C):
     )
 
 
-def imread(path, flags, kind):
-    """`cv2.imread`, raising `UserError` if the file is missing or cannot be decoded."""
+def file_problem(path):
+    """None for a readable image file, else "missing" or "truncated" (JPEG and PNG files).
+
+    OpenCV decodes a truncated JPEG anyway, the missing part grey, with only a libjpeg warning on
+    stderr, and the model would train or predict on it as if it were whole. A JPEG or PNG whose
+    end marker (EOI, IEND) is not near the end of the file is decoded once more by Pillow, which
+    refuses truncated data; files with extra bytes after the marker pass.
+    """
     if not os.path.isfile(path):
+        return "missing"
+    with open(path, "rb") as file:
+        head = file.read(8)
+        file.seek(max(0, os.path.getsize(path) - 4096))
+        tail = file.read()
+    is_jpeg, is_png = head.startswith(b"\xff\xd8"), head.startswith(b"\x89PNG")
+    if not (is_jpeg or is_png) or (b"\xff\xd9" if is_jpeg else b"IEND") in tail:
+        return None  # complete, or a format OpenCV checks itself
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except OSError:
+        return "truncated"
+    return None
+
+
+def check_files(paths, where, advice):
+    """Fail before any work, not mid-epoch in a loader worker, if one of `paths` is missing or truncated."""
+    problems = [(path, problem) for path in paths for problem in [file_problem(path)] if problem]
+    if problems:
+        shown = "\n  ".join(f"{path} ({problem})" for path, problem in problems[:5])
+        more = "\n  ..." if len(problems) > 5 else ""
+        raise UserError(f"{len(problems)} file(s) {where} are missing or truncated:\n  {shown}{more}\n{advice}")
+
+
+def imread(path, flags, kind):
+    """`cv2.imread`, raising `UserError` if the file is missing, truncated or cannot be decoded."""
+    problem = file_problem(path)
+    if problem == "missing":
         raise UserError(f"{kind} file not found: {path}")
+    if problem:
+        raise UserError(f"{kind} file {path} is truncated (an interrupted copy or download?); replace it")
     img = cv2.imread(path, flags)
     if img is None:
         raise UserError(f"cannot read {kind} file {path}: not an image OpenCV can decode; replace it")
@@ -183,12 +222,11 @@ class RGBXDataset(Dataset):
         self.is_train = split == "train"
         self.epoch_seed = None
         if C.dataset_name == "Synthetic":
-            from utils.synthetic import ensure_synthetic_dataset
-
-            ensure_synthetic_dataset(C)
+            check_synthetic_dataset(C)  # stale data (another image size, ...) stops here
         self.list_file = self._list_file(C, "train" if self.is_train else "test")
         self.names = read_list(self.list_file, C.rgb_folder)
-        self._check_files_exist()
+        check_files([p for name in self.names for p in self.paths(name)], f"listed in {self.list_file}",
+                    "Fix the list entries or add (copy again) the files.\n" + dataset_help(C))
         if file_length is None:
             file_length = C.batch_size * C.niters_per_epoch if self.is_train else len(self.names)
         self.set_attrs(
@@ -220,16 +258,6 @@ class RGBXDataset(Dataset):
             os.path.join(C.dataset_path, C.x_folder, name + C.x_format),
             os.path.join(C.dataset_path, C.gt_folder, name + C.gt_format),
         )
-
-    def _check_files_exist(self):
-        """Fail at construction, not mid-epoch in a worker, if a listed file is missing."""
-        missing = [p for name in self.names for p in self.paths(name) if not os.path.isfile(p)]
-        if missing:
-            shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
-            raise UserError(
-                f"{len(missing)} file(s) listed in {self.list_file} are missing:\n  {shown}\n"
-                "Fix the list entries or add the files.\n" + dataset_help(self.C)
-            )
 
     def name_at(self, index, np_rng=np.random):
         """Upstream's epoch order: the list repeated, then a random fill for the remainder."""
@@ -351,6 +379,7 @@ class InferenceDataset(Dataset):
         super().__init__()
         self.C = C
         self.pairs = list(pairs)
+        check_files([path for pair in self.pairs for path in pair[1:]], "to predict on", "Replace them.")
         self.set_attrs(total_len=len(self.pairs), batch_size=batch_size, shuffle=False, drop_last=False,
                        num_workers=num_workers)
 

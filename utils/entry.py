@@ -1,16 +1,25 @@
-"""What every entry point (train, eval, infer, latency) does first, written once.
+"""What every entry point (train, eval, infer, latency, benchmark) does first, written once.
 
 `main_guard` checks the Jittor setup before Jittor is imported and turns `UserError`s into one
 clear message instead of a traceback; `load_config` imports a config module by dotted name.
+
+Scripts under utils/ put the repository on `sys.path` with the same two lines, before importing
+anything from it (Python puts the script's own folder there, where utils/ files would shadow
+top-level names):
+
+    if __package__ in (None, ""):  # run as a file, not with -m
+        sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """
 import importlib
 import importlib.util
 import os
 import sys
 
-from .errors import UserError
+from models import MODELS, build_model  # Jittor is imported by build_model, not here
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .checkpoint import load_checkpoint
+from .errors import UserError
+from .jittor_doctor import check_environment
 
 
 def load_config(name, dataset_dir=None):
@@ -32,11 +41,24 @@ def load_config(name, dataset_dir=None):
     return C
 
 
+def check_checkpoint(C, checkpoint):
+    """Raise `UserError` early, naming the config's official file, when `checkpoint` does not exist."""
+    if os.path.isfile(checkpoint):
+        return
+    spec = MODELS.get(C.backbone)
+    official = spec and spec.trained_path(C.dataset_name)
+    if not official:
+        hint = f"train one first: bash train.sh --config {C.get('config_name', '<config>')}"
+    elif os.path.normpath(official) == os.path.normpath(checkpoint):
+        hint = "download the official file (see checkpoints/README.md)"
+    else:
+        hint = f"this config's official file is {official} (see checkpoints/README.md)"
+    raise UserError(f"checkpoint not found: {checkpoint}; {hint}")
+
+
 def load_model(C, checkpoint):
     """The segmentor of `C` with the weights of `checkpoint`, in evaluation mode."""
-    from models import build_model
-    from .checkpoint import load_checkpoint
-
+    check_checkpoint(C, checkpoint)
     model = build_model(C)
     load_checkpoint(model, checkpoint)
     model.eval()
@@ -46,8 +68,6 @@ def load_model(C, checkpoint):
 def main_guard(main):
     """Run `main()`; exit 2 with one message on a `UserError` or an unusable Jittor setup."""
     try:
-        from .jittor_doctor import check_environment
-
         problem = check_environment()
         if problem:
             raise UserError(problem)

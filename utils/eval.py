@@ -10,9 +10,12 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+from utils.latency import format_protocol_time, projected_protocol_time  # noqa: E402
+from utils.metrics import trivial_baseline  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -29,14 +32,13 @@ def parse_args(argv=None):
 
 
 def main(args):
-    import jittor as jt
+    import jittor as jt  # here, after main_guard's check: importing Jittor may abort on a broken setup
 
     from utils.dataset import RGBXDataset
     from utils.evaluate import evaluate
-    from utils.latency import format_protocol_time, projected_protocol_time
-    from utils.metrics import trivial_baseline
 
     C = load_config(args.config, args.dataset_dir)
+    check_checkpoint(C, args.checkpoint)
     dataset = RGBXDataset(C, "test", batch_size=args.batch_size)
     model = load_model(C, args.checkpoint)
     metrics, mode_text, images_per_second = evaluate(

@@ -14,9 +14,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
 
 
 def parse_args(argv=None):
@@ -59,6 +60,7 @@ def main(args):
     if args.rgb and not args.depth:
         raise UserError("--rgb needs --depth (the depth map of that image)")
     C = load_config(args.config, args.dataset_dir)
+    check_checkpoint(C, args.checkpoint)
     check_writable(args.output_dir)
     if args.split:
         dataset = RGBXDataset(C, args.split)
@@ -80,7 +82,7 @@ def main(args):
                 rgb, depth = batch["image"][i].numpy(), batch["depth"][i].numpy()
             height, width = depth.shape
             # SUNRGBD evaluation pads to 531x730; the prediction is cropped back to the image
-            save_prediction(args.output_dir, name, rgb, depth, pred[i, :height, :width])
+            save_prediction(args.output_dir, name, rgb, depth, pred[i, :height, :width], C.class_names)
 
     metrics, mode_text, images_per_second = evaluate(model, dataset, C, args.mode, on_prediction=save)
     if jt.rank == 0:

@@ -2,14 +2,19 @@
 
 Jittor reads its switches from environment variables at import time. Stock Jittor 1.3.11 would
 otherwise download cutlass (unused by any op), probe a CUDA toolkit that may be a wrapper script
-or have no GPU behind it, and import torch as a side effect. Every default here is only a default:
-a variable the user has set is never changed.
+or have no GPU behind it, import torch as a side effect, and print a dozen `[i ...]` info lines
+(cache paths, compilers found) before every command's own output. Every default here is only a
+default: a variable the user has set is never changed.
 """
+import importlib.abc
+import importlib.machinery
 import os
 import shutil
 import subprocess
+import sys
 
 CUDA_NVCC = "/usr/local/cuda/bin/nvcc"
+JITTOR_LOG_VARIABLES = ("log_silent", "log_v", "log_vprefix")  # Jittor's own; set one to see its info lines
 
 
 def gpu_present():
@@ -36,11 +41,48 @@ def default_nvcc_path():
     return shutil.which("nvcc") or ""
 
 
+class QuietJittorImport(importlib.abc.MetaPathFinder):
+    """Imports Jittor without its info lines; warnings and errors still print.
+
+    Python-side info goes through `jittor_utils.LOG.i`, replaced by a no-op. The C++ side has a
+    single switch, `log_silent`, that hides info and warnings alike; its info lines come from
+    loading the core library, so the switch is on only while `import jittor` runs.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "jittor":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None:
+            return None
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            import jittor_utils
+
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            jittor_utils.LOG.i = lambda *msg: None
+            os.environ["log_silent"] = "1"  # read once, when the core library loads
+            try:
+                load(module)
+            finally:
+                del os.environ["log_silent"]
+                if hasattr(module, "flags"):
+                    module.flags.log_silent = 0
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 def apply_defaults():
     """Set Jittor's environment defaults unless the user already set them."""
-    if "jittor" in __import__("sys").modules:
+    if "jittor" in sys.modules:
         return
     os.environ.setdefault("use_cutlass", "0")  # downloaded at import, used by no op in 1.3.11
     os.environ.setdefault("FIX_TORCH_ERROR", "0")  # else `import jittor` imports torch if present
     if "nvcc_path" not in os.environ:
         os.environ["nvcc_path"] = default_nvcc_path()
+    if not any(name in os.environ for name in JITTOR_LOG_VARIABLES):
+        if not any(isinstance(finder, QuietJittorImport) for finder in sys.meta_path):
+            sys.meta_path.insert(0, QuietJittorImport())

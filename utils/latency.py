@@ -27,11 +27,8 @@ import subprocess
 import sys
 import time
 
-if __package__ in (None, ""):  # run as `python utils/latency.py`: make the repository importable
-    _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    _HERE = os.path.dirname(os.path.abspath(__file__))  # utils/ itself must not shadow top-level names
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-    sys.path.insert(0, _ROOT)
+if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import here)
 

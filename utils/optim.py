@@ -1,6 +1,7 @@
 """The official optimiser and learning-rate schedule (`utils/init_func.py`, `utils/lr_policy.py`).
 
-AdamW over two groups built by module type, exactly as upstream's `group_weight`:
+`C.optimizer` picks upstream's "AdamW" (every official config) or "SGDM" (SGD with `C.momentum`),
+over two groups built by module type, exactly as upstream's `group_weight`:
 Linear/Conv weights decay; their biases and every BatchNorm/`nn.LayerNorm` weight and bias do
 not. Parameters in neither group are never optimised: upstream this freezes DFormer's layer
 scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2` and `Geo.weight`.
@@ -26,7 +27,11 @@ def group_weight(model):
 def build_optimizer(model, C):
     decay, no_decay = group_weight(model)
     groups = [dict(params=decay, lr=C.lr), dict(params=no_decay, lr=C.lr, weight_decay=0.0)]
-    return jt.optim.AdamW(groups, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
+    if C.optimizer == "AdamW":
+        return jt.optim.AdamW(groups, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
+    if C.optimizer == "SGDM":
+        return jt.optim.SGD(groups, lr=C.lr, momentum=C.momentum, weight_decay=C.weight_decay)
+    raise ValueError(f"C.optimizer must be 'AdamW' or 'SGDM' (upstream's two), not {C.optimizer!r}")
 
 
 class WarmUpPolyLR:
@@ -50,9 +55,9 @@ def set_lr(optimizer, lr):
 
 
 def optimizer_state(optimizer):
-    """Step count, lr and AdamW moments as numpy, for a checkpoint."""
+    """Step count, lr and the moments (AdamW: m and v; SGD: v, the momentum) as numpy, for a checkpoint."""
     return dict(n_step=optimizer.n_step, lr=optimizer.lr,
-                m=[[m.numpy() for m in group["m"]] for group in optimizer.param_groups],
+                m=[[m.numpy() for m in group.get("m", [])] for group in optimizer.param_groups],
                 v=[[v.numpy() for v in group["values"]] for group in optimizer.param_groups])
 
 
@@ -61,6 +66,5 @@ def restore_optimizer(optimizer, state):
     optimizer.n_step = state["n_step"]
     set_lr(optimizer, state["lr"])
     for group, ms, vs in zip(optimizer.param_groups, state["m"], state["v"]):
-        for m, v, m_saved, v_saved in zip(group["m"], group["values"], ms, vs):
-            m.update(jt.array(np.asarray(m_saved)))
-            v.update(jt.array(np.asarray(v_saved)))
+        for var, saved in [*zip(group.get("m", []), ms), *zip(group["values"], vs)]:
+            var.update(jt.array(np.asarray(saved)))

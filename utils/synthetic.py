@@ -14,11 +14,18 @@ Files, as the official NYUDepthv2 package: `RGB/<name>.jpg`, `Depth/<name>.png` 
 Every image has its own random stream derived from (seed, split, index), so the output does not
 depend on the number of images generated or on the machine.
 
+    python -m utils.synthetic --config local_configs.Synthetic.DFormer_Tiny   # what train.sh runs
     python -m utils.synthetic --out datasets/Synthetic --num-train 400 --num-test 100 \\
         --height 128 --width 160 --seed 12345
+
+The folder also gets `synthetic.json`, the settings it was made with. `--config` generates the
+config's data set when it is missing and regenerates it when those settings differ from the
+config's (image size, counts, seed, classes); loading a data set whose settings differ from the
+config stops with a message naming that command, instead of silently training on stale data.
 """
 import argparse
 import colorsys
+import json
 import os
 import shutil
 
@@ -26,6 +33,7 @@ import cv2
 import numpy as np
 
 from local_configs._base_ import DATASETS, SHARED, SYNTHETIC_CLASSES
+from utils.entry import load_config, main_guard
 from utils.errors import UserError
 from utils.transforms import depth_to_uint8
 
@@ -490,8 +498,12 @@ def write_sample(out, name, rgb, depth, label):
     cv2.imwrite(os.path.join(out, "Label", f"{name}.png"), label)
 
 
+SETTINGS_FILE = "synthetic.json"
+MISSING = "it does not exist"
+
+
 def generate_dataset(out, num_train, num_test, height, width, seed, class_names=SYNTHETIC_CLASSES):
-    """Write the data set into folder `out` (created; existing files are overwritten).
+    """Write the data set and its `synthetic.json` into folder `out` (created; files are overwritten).
 
     Label values are 1 + the index in `class_names`, which must contain every class drawn here.
     """
@@ -506,36 +518,77 @@ def generate_dataset(out, num_train, num_test, height, width, seed, class_names=
             write_sample(out, name, *render(sample_rng(seed, split, i), height, width, class_names))
         with open(os.path.join(out, f"{split}.txt"), "w") as f:
             f.writelines(f"RGB/{name}.jpg\n" for name in names)
+    settings = dict(num_train=num_train, num_test=num_test, height=height, width=width, seed=seed,
+                    class_names=list(class_names))
+    with open(os.path.join(out, SETTINGS_FILE), "w") as f:
+        json.dump(settings, f, indent=1)
+
+
+def config_settings(C):
+    """The `synthetic.json` content that config `C` needs: `generate_dataset`'s arguments."""
+    return dict(num_train=C.num_train_imgs, num_test=C.num_eval_imgs, height=C.image_height,
+                width=C.image_width, seed=C.seed, class_names=list(C.class_names))
+
+
+def stale_settings(C):
+    """None when `C.dataset_path` holds the data set `C` needs, else what differs (a sentence).
+
+    Raises `UserError` for a folder this module did not write, which is never replaced.
+    """
+    path = os.path.join(C.dataset_path, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        if os.path.exists(C.dataset_path):
+            raise UserError(f"{C.dataset_path} exists but was not written by utils.synthetic (no {SETTINGS_FILE}); "
+                            "delete it or point the config elsewhere to generate the synthetic data")
+        return MISSING
+    with open(path) as f:
+        found = json.load(f)
+    wanted = config_settings(C)
+    changed = [f"{key} {found.get(key)} instead of {value}" for key, value in wanted.items() if found.get(key) != value]
+    return f"it was generated with {', '.join(changed)}" if changed else None
+
+
+def check_synthetic_dataset(C):
+    """Raise `UserError` with the command to run unless `C.dataset_path` holds the data `C` needs."""
+    problem = stale_settings(C)
+    command = f"python -m utils.synthetic --config {C.get('config_name', '<this config>')}"
+    if problem == MISSING:
+        raise UserError(f"synthetic data set not found: {C.dataset_path}. Generate it with: {command}")
+    if problem:
+        raise UserError(f"the synthetic data set {C.dataset_path} does not fit the config: {problem}. "
+                        f"Regenerate it with: {command}")
 
 
 def ensure_synthetic_dataset(C):
-    """Generate the synthetic data set of config `C` at `C.dataset_path` unless it is there.
+    """Generate (or regenerate) the synthetic data set of config `C` at `C.dataset_path` if needed.
 
-    Generation goes to a temporary folder that is renamed at the end, so an interrupted run or
-    several processes starting at once never leave a half-written data set behind.
+    Generation goes to a temporary folder that replaces the old one at the end, so an interrupted
+    run or several processes starting at once never leave a half-written data set behind.
     """
-    if all(os.path.isfile(os.path.join(C.dataset_path, f"{s}.txt")) for s in ("train", "test")):
+    problem = stale_settings(C)
+    if not problem:
         return
-    if os.path.exists(C.dataset_path):
-        raise UserError(f"{C.dataset_path} exists but lacks train.txt/test.txt; delete it to regenerate "
-                        "the synthetic data")
     print(f"Generating the synthetic data set in {C.dataset_path} ({C.num_train_imgs} train / "
-          f"{C.num_eval_imgs} test images of {C.image_height}x{C.image_width}) ...", flush=True)
-    tmp = f"{C.dataset_path}.tmp-{os.getpid()}"
+          f"{C.num_eval_imgs} test images of {C.image_height}x{C.image_width}; {problem}) ...", flush=True)
+    tmp, old = f"{C.dataset_path}.tmp-{os.getpid()}", f"{C.dataset_path}.old-{os.getpid()}"
     try:
-        generate_dataset(tmp, C.num_train_imgs, C.num_eval_imgs, C.image_height, C.image_width, C.seed, C.class_names)
+        generate_dataset(tmp, **config_settings(C))
+        if os.path.exists(C.dataset_path):
+            os.rename(C.dataset_path, old)
         os.rename(tmp, C.dataset_path)
     except OSError:
         # The rename fails when another process finished first; its copy is complete, so use it.
-        if not os.path.isfile(os.path.join(C.dataset_path, "test.txt")):
+        if stale_settings(C):
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None):
     defaults = DATASETS["Synthetic"]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="generate what this config needs, where it looks (if not done yet)")
     parser.add_argument("--out", default="datasets/Synthetic", help="output folder (created)")
     parser.add_argument("--num-train", type=int, default=defaults["num_train_imgs"])
     parser.add_argument("--num-test", type=int, default=defaults["num_eval_imgs"])
@@ -543,9 +596,14 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=defaults["image_width"])
     parser.add_argument("--seed", type=int, default=SHARED["seed"])
     args = parser.parse_args(argv)
+    if args.config:
+        C = load_config(args.config)
+        ensure_synthetic_dataset(C)
+        print(f"synthetic data set for {args.config}: {C.dataset_path}")
+        return
     generate_dataset(args.out, args.num_train, args.num_test, args.height, args.width, args.seed)
     print(f"wrote {args.num_train} train + {args.num_test} test samples to {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

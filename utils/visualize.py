@@ -1,18 +1,20 @@
-"""Colourised predictions: palette, overlay and an RGB | depth | prediction panel.
+"""Colourised predictions: palette, overlay and an RGB | depth | prediction panel, with a legend.
 
 The palette is the official `utils/nyucmap.npy` (used upstream for NYUDepthv2 and SUNRGBD), which
 is the PASCAL VOC colour map: the bits of the class index are spread over the high bits of R, G and
 B. It is generated here instead of shipped. Class index k gets colour k (wall, index 0, is black),
-as upstream. All images here are RGB order, uint8.
+as upstream. All images here are RGB order, uint8. The overlay and the panel get a legend strip
+below them: a swatch and the name of every class in the prediction, most frequent first.
 """
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from utils.errors import UserError
 
 PANEL_GAP = 4  # white pixels between the panel's images
+IGNORE_INDEX = 255
 
 
 def nyu_palette(n=256):
@@ -50,19 +52,50 @@ def panel(rgb, depth, label):
     return np.concatenate([np.asarray(rgb, np.uint8), gap, depth, gap, colorize(label)], axis=1)
 
 
-def save_prediction(out_dir, name, rgb, depth, pred, alpha=0.5):
+def legend(label, class_names, width):
+    """A white (H, width, 3) strip: swatch and name of each class in `label`, most frequent first."""
+    label = np.asarray(label, np.int64)
+    ids, counts = np.unique(label[label != IGNORE_INDEX], return_counts=True)
+    font = ImageFont.load_default(size=12 if width < 400 else 16)
+    line = font.getbbox("Ag")[3] + 4
+    pad, swatch = 4, line - 6
+    entries, x, y = [], pad, pad
+    for index in ids[np.argsort(-counts, kind="stable")]:
+        name = class_names[index] if index < len(class_names) else f"class {index}"
+        entry_width = swatch + 4 + int(font.getlength(name)) + 10
+        if x > pad and x + entry_width > width:  # wrap to the next row
+            x, y = pad, y + line
+        entries.append((x, y, index, name))
+        x += entry_width
+    strip = Image.new("RGB", (width, y + line + pad), "white")
+    draw = ImageDraw.Draw(strip)
+    for x, y, index, name in entries:
+        # grey outline: wall (index 0) is black and other colours are pale
+        draw.rectangle([x, y + 3, x + swatch, y + 3 + swatch], fill=tuple(int(c) for c in PALETTE[index]),
+                       outline=(128, 128, 128))
+        draw.text((x + swatch + 4, y + 1), name, fill="black", font=font)
+    return np.asarray(strip)
+
+
+def with_legend(image, label, class_names):
+    """`image` with the legend of `label` below it."""
+    return np.concatenate([image, legend(label, class_names, image.shape[1])], axis=0)
+
+
+def save_prediction(out_dir, name, rgb, depth, pred, class_names=(), alpha=0.5):
     """Write `<name>.png` (palette PNG of the class indices), `<name>_overlay.png` and `<name>_panel.png`.
 
     `rgb` is the RGB image (uint8 HxWx3, RGB order), `depth` the uint8 depth map and `pred` the
-    HxW class indices. Returns the written paths; raises `UserError` if `out_dir` can't be written.
+    HxW class indices; the legends name class k `class_names[k]` ("class k" beyond the list).
+    Returns the written paths; raises `UserError` if `out_dir` can't be written.
     """
     base = os.path.join(out_dir, name)
     label = Image.fromarray(np.asarray(pred, np.uint8))
     label.putpalette(PALETTE.tobytes())  # turns the grey image into a palette ("P") image
     outputs = {
         f"{base}.png": label,
-        f"{base}_overlay.png": Image.fromarray(overlay(rgb, pred, alpha)),
-        f"{base}_panel.png": Image.fromarray(panel(rgb, depth, pred)),
+        f"{base}_overlay.png": Image.fromarray(with_legend(overlay(rgb, pred, alpha), pred, class_names)),
+        f"{base}_panel.png": Image.fromarray(with_legend(panel(rgb, depth, pred), pred, class_names)),
     }
     try:
         os.makedirs(os.path.dirname(base) or ".", exist_ok=True)

@@ -7,6 +7,8 @@ here; `utils/train.py` derives its run folder from the config name.
 import numpy as np
 from easydict import EasyDict
 
+from models.registry import MODELS
+
 NYU_CLASSES = [
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
     "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
@@ -49,25 +51,16 @@ DATASETS = {
 # What a dataset must define: a name not in DATASETS must pass all of these to make_config.
 DATASET_KEYS = sorted(DATASETS["NYUDepthv2"])
 
-PRETRAINED = {
-    "DFormer-Tiny": "checkpoints/pretrained/DFormer_Tiny.pth.tar",
-    "DFormer-Small": "checkpoints/pretrained/DFormer_Small.pth.tar",
-    "DFormer-Base": "checkpoints/pretrained/DFormer_Base.pth.tar",
-    "DFormer-Large": "checkpoints/pretrained/DFormer_Large.pth.tar",
-    "DFormerv2_S": "checkpoints/pretrained/DFormerv2_Small_pretrained.pth",
-    "DFormerv2_B": "checkpoints/pretrained/DFormerv2_Base_pretrained.pth",
-    "DFormerv2_L": "checkpoints/pretrained/DFormerv2_Large_pretrained.pth",
-}
-
 SHARED = dict(
     seed=12345, root_dir="datasets", background=255,
     rgb_folder="RGB", rgb_format=".jpg", x_folder="Depth", x_format=".png", gt_format=".png",
     gt_transform=True, x_is_single_channel=True,
     norm_mean=np.array([0.485, 0.456, 0.406]), norm_std=np.array([0.229, 0.224, 0.225]),
-    decoder="ham", decoder_embed_dim=512, optimizer="AdamW", lr_power=0.9, momentum=0.9,
-    weight_decay=0.01, train_scale_array=[0.5, 0.75, 1, 1.25, 1.5, 1.75], warm_up_epoch=10,
-    fix_bias=True, bn_eps=1e-3, bn_momentum=0.1, drop_path_rate=0.1, aux_rate=0.0,
-    eval_iter=25, eval_stride_rate=2 / 3, eval_flip=True, checkpoint_step=25,
+    decoder="ham", decoder_embed_dim=512,
+    optimizer="AdamW", momentum=0.9,  # "SGDM" (upstream's other choice) uses the momentum
+    lr_power=0.9, weight_decay=0.01, train_scale_array=[0.5, 0.75, 1, 1.25, 1.5, 1.75], warm_up_epoch=10,
+    bn_eps=1e-3, bn_momentum=0.1, drop_path_rate=0.1, aux_rate=0.0,
+    eval_stride_rate=2 / 3, eval_flip=True,
     val_mode="msf",  # training-time validation protocol (upstream: multi-scale + flip)
 )
 
@@ -82,7 +75,8 @@ def make_config(dataset, backbone, **values):
         raise KeyError(f"dataset {dataset!r} is not in DATASETS, so make_config needs {missing}")
     C = EasyDict(SHARED)
     C.update(DATASETS.get(dataset, {}))
-    C.update(dataset_name=dataset, backbone=backbone, pretrained_model=PRETRAINED.get(backbone))
+    C.update(dataset_name=dataset, backbone=backbone, 
+             pretrained_model=MODELS[backbone].pretrained_path if backbone in MODELS else None)
     C.update(values)
     C.dataset_path = C.get("dataset_path", f"{C.root_dir}/{dataset}")
     C.num_classes = len(C.class_names)

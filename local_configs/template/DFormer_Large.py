@@ -17,7 +17,7 @@ from local_configs._base_ import make_config
 
 C = make_config(
     "MyDataset",  # yours: the folder name under datasets/
-    "DFormer-Large",  # backbone; another one needs its own pretrained weights (see PRETRAINED)
+    "DFormer-Large",  # backbone; another one needs its own pretrained weights (models/registry.py)
     class_names=["class_1", "class_2"],  # yours: label k (1..K) in the PNGs is class_names[k - 1]
     num_train_imgs=100,  # yours: lines in train.txt
     num_eval_imgs=50,  # yours: lines in test.txt

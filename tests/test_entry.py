@@ -1,0 +1,42 @@
+"""What every command prints: only our own messages, Jittor's warnings, and its info lines on request."""
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+WARNINGS = """
+import utils, jittor, jittor_utils
+jittor_utils.LOG.w("python-side warning")
+jittor_utils.cc.log("x.cc:1", "w", 0, "c++-side warning")
+"""
+
+
+def run(args, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("log_silent", "log_v", "log_vprefix")}
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**environ, **env})
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_missing_checkpoint_prints_one_line():
+    code, out, err = run(["utils/eval.py", "--config", "local_configs.NYUDepthv2.DFormer_Tiny",
+                          "--checkpoint", "checkpoints/trained/NYUv2_DFormer_Tiny.pth"])
+    assert code == 2 and out == ""
+    assert err == ("error: checkpoint not found: checkpoints/trained/NYUv2_DFormer_Tiny.pth; "
+                   "download the official file (see checkpoints/README.md)\n")
+    code, _, err = run(["utils/eval.py", "--config", "local_configs.SUNRGBD.DFormerv2_B", "--checkpoint", "x.pth"])
+    assert code == 2 and err == ("error: checkpoint not found: x.pth; this config's official file is "
+                                 "checkpoints/trained/DFormerv2_Base_SUNRGBD.pth (see checkpoints/README.md)\n")
+    code, _, err = run(["utils/infer.py", "--config", "local_configs.Synthetic.DFormer_Tiny", "--checkpoint", "x.pkl",
+                        "--split", "test", "--output-dir", "output/never"])
+    assert code == 2 and err == ("error: checkpoint not found: x.pkl; train one first: "
+                                 "bash train.sh --config local_configs.Synthetic.DFormer_Tiny\n")
+
+
+def test_jittor_info_lines_hidden_warnings_kept_user_variables_respected():
+    code, out, err = run(["-c", WARNINGS])
+    assert code == 0 and "[i " not in out + err
+    assert "python-side warning" in err and "c++-side warning" in err
+    code, out, err = run(["-c", WARNINGS], log_v="0")  # the user's own setting: Jittor's usual output
+    assert code == 0 and "[i " in err and "python-side warning" in err
