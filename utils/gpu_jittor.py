@@ -12,16 +12,13 @@ import sys
 import time
 import traceback
 
+from models import registry
 from utils.entry import load_config
 from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Official model name -> config module under local_configs/NYUDepthv2.
-MODELS = {
-    "DFormer-Tiny": "DFormer_Tiny", "DFormer-Small": "DFormer_Small", "DFormer-Base": "DFormer_Base",
-    "DFormer-Large": "DFormer_Large", "DFormerv2-Small": "DFormerv2_S", "DFormerv2-Base": "DFormerv2_B",
-    "DFormerv2-Large": "DFormerv2_L",
-}
+MODELS = {spec.name: spec.config for spec in registry.MODELS.values()}
 CHECK_SEED, TRAIN_SEED = 7, 11
 TRAIN_STEPS = 3
 ARGMAX_AGREEMENT = 0.99
