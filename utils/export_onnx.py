@@ -436,8 +436,9 @@ def jittor_bases(raw_bases, batch):
     return np.tile(raw_bases, (batch, 1, 1))
 
 
-def export_model(model, height=480, width=640, dynamic=False, opset=DEFAULT_OPSET, nmf_seed=12345):
-    """The ONNX ModelProto of the Jittor segmentor `model` (switched to evaluation mode)."""
+def export_model(model, height=480, width=640, dynamic=False, opset=DEFAULT_OPSET, nmf_seed=12345, batch=1):
+    """The ONNX ModelProto of the Jittor segmentor `model` (switched to evaluation mode): inputs
+    (batch, 3, height, width), or free axes with `dynamic`."""
     import onnx
 
     _register_all()
@@ -449,7 +450,7 @@ def export_model(model, height=480, width=640, dynamic=False, opset=DEFAULT_OPSE
     graph.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"], name="logits"))
     num_classes = model.decode_head.conv_seg.out_channels if hasattr(model.decode_head, "conv_seg") \
         else model.decode_head.linear_pred.out_channels
-    batch, h, w = ("batch", "height", "width") if dynamic else (1, height, width)
+    batch, h, w = ("batch", "height", "width") if dynamic else (batch, height, width)
     doc = (f"{getattr(model, 'backbone_name', type(model).__name__)} segmentor exported from Jittor: "
            f"rgb, depth (B, 3, H, W) normalised as for model(rgb, depth) -> logits (B, K, H, W); "
            f"BatchNorm after convolutions folded; NMF raw bases fixed (seed {nmf_seed}).")
