@@ -183,7 +183,7 @@ class GraphBuilder:
 
     def linear(self, x, weight, bias, name):
         """x @ weight^T + bias over the last axis; weight (out, in) as in the state_dict."""
-        y = self.matmul(x, self.initializer(f"{name}.weight", np.asarray(weight).T))
+        y = self.matmul(x, self.initializer(f"{name}.weight.T", np.asarray(weight).T))
         return y if bias is None else self.add(y, self.initializer(f"{name}.bias", bias))
 
     def conv(self, x, weight, bias, name, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):

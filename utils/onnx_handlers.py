@@ -50,7 +50,7 @@ class Exporter:
             cls = type(module)
             raise ExportError(f"cannot export module {self.name(module) or 'model'} ({cls.__module__}."
                               f"{cls.__qualname__}): no ONNX handler for this module type "
-                              "(add one to HANDLERS in utils/export_onnx.py)")
+                              "(add one to HANDLERS in utils/onnx_handlers.py)")
         outer, self.g.scope = self.g.scope, self.name(module)
         try:
             return handler(self, module, *inputs, **options)
