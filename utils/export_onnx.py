@@ -109,6 +109,7 @@ def main(args):
     require_onnx()
     if args.height < 32 or args.width < 32:
         raise ExportError("--height and --width must be at least 32 (the encoders downsample 32x)")
+    GraphBuilder(args.opset)  # an unusable opset fails before the weights are loaded
     C = load_config(args.config)
     seed = C.seed if args.nmf_seed is None else args.nmf_seed
     model = load_model(C, args.checkpoint)
