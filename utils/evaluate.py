@@ -56,7 +56,8 @@ class _SeededForward:
 
     def __init__(self, model, rng):
         self.model, self.rng = model, rng
-        self.nmf = getattr(getattr(model.decode_head, "hamburger", None), "ham", None)
+        head = getattr(model, "decode_head", None)  # None for an ONNX model: its bases are fixed
+        self.nmf = getattr(getattr(head, "hamburger", None), "ham", None)
 
     def __call__(self, rgb, depth):
         if self.nmf is not None:

@@ -3,6 +3,11 @@
     python utils/infer.py --config CFG --checkpoint CKPT --split test --output-dir OUT
     python utils/infer.py --config CFG --checkpoint CKPT --input-dir DIR --output-dir OUT
     python utils/infer.py --config CFG --checkpoint CKPT --rgb a.jpg --depth a.png --output-dir OUT
+    python utils/infer.py --config CFG --backend onnx --onnx model.onnx --input-dir DIR --output-dir OUT
+
+With `--backend onnx --onnx model.onnx` (a file of `utils/export_onnx.py`, no checkpoint needed)
+the forward runs in ONNX Runtime; reading, normalisation, the evaluation protocol and the output
+files are the same code as for the Jittor model.
 
 A folder holds `RGB/` and `Depth/` with files of the same name (no labels or list files). Depth is
 8-bit grey in the official convention (0 near .. 255 far) or a 16-bit PNG of raw depth (e.g.
@@ -23,7 +28,11 @@ from utils.entry import check_checkpoint, load_config, load_model, main_guard  #
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
-    parser.add_argument("--checkpoint", required=True, help="official .pth or a checkpoint of utils/train.py")
+    parser.add_argument("--checkpoint", help="official .pth or a checkpoint of utils/train.py (Jittor backend)")
+    parser.add_argument("--backend", choices=["jittor", "onnx"], default="jittor",
+                        help="run the model in Jittor, or an exported --onnx file in ONNX Runtime")
+    parser.add_argument("--onnx", help="ONNX file of utils/export_onnx.py (with --backend onnx)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per CPU core)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--rgb", help="one RGB image (with --depth)")
     source.add_argument("--input-dir", help="folder with RGB/ and Depth/ of matching file names")
@@ -59,6 +68,12 @@ def main(args):
 
     if args.rgb and not args.depth:
         raise UserError("--rgb needs --depth (the depth map of that image)")
+    if args.backend == "jittor" and not args.checkpoint:
+        raise UserError("--checkpoint is needed (or --backend onnx --onnx FILE)")
+    if args.onnx and args.backend != "onnx":
+        raise UserError("--onnx FILE runs with --backend onnx")
+    if args.backend == "onnx" and not args.onnx:
+        raise UserError("--backend onnx needs --onnx FILE (written by utils/export_onnx.py)")
     C = load_config(args.config, args.dataset_dir)
     check_checkpoint(C, args.checkpoint)
     check_writable(args.output_dir)
@@ -72,7 +87,12 @@ def main(args):
     else:
         dataset = InferenceDataset(C, list_inference_pairs(args.rgb or args.input_dir, args.depth))
         raw_images = None
-    model = load_model(C, args.checkpoint)
+    if args.backend == "onnx":
+        from utils.onnx_backend import OnnxSegmentor
+
+        model = OnnxSegmentor(args.onnx, C.num_classes, args.threads)
+    else:
+        model = load_model(C, args.checkpoint)
 
     def save(batch, pred):
         for i, name in enumerate(batch["fn"]):

@@ -5,6 +5,7 @@ lazy execution.
     python utils/latency.py --config local_configs.NYUDepthv2.DFormerv2_S --batch-sizes 1 8 \
         --height 480 --width 640 --warmup 10 --iters 30 --json latency.json
     python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny --train   # batch 8
+    python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny --onnx    # + ONNX Runtime
 
 Why the care: Jittor only runs a graph when a result is needed, so in `for ...: _ = model(x)` the
 overwritten outputs are never computed and the loop times graph building (11x too fast when we
@@ -12,6 +13,10 @@ measured it). Here every iteration syncs its output, `jt.sync_all(True)` bracket
 and warm-up iterations absorb kernel compilation. Inputs follow upstream `utils/latency.py`:
 uniform random rgb (B, 3, H, W) and depth (B, 3, H, W) (depth is 3 channels, as the data loader
 gives it), but unlike upstream the model is in eval mode (upstream never calls `model.eval()`).
+
+With `--onnx` the same model is exported to ONNX (`utils/export_onnx.py`, fixed input size) and
+ONNX Runtime is timed next to Jittor on the same inputs, the two forwards alternating in every
+iteration so that a noisy, shared machine slows both alike.
 
 Importable pieces: `measure_latency`, `measure_training`, `summarize`, `device_info`,
 `protocol_sizes` and `projected_protocol_time` (what evaluation prints as its cost estimate).
@@ -135,6 +140,35 @@ def measure_latency(model, batch_size=1, height=480, width=640, warmup=10, iters
     return {"times_s": times, "loop_s": loop_s}
 
 
+def measure_side_by_side(model, session, batch_size=1, height=480, width=640, warmup=10, iters=30,
+                         progress=False):
+    """Per-iteration forward times (seconds) of the Jittor `model` and of an ONNX Runtime `session`
+    of it, on the same inputs, alternating: {"jittor": [...], "onnxruntime": [...]}."""
+    import jittor as jt
+
+    model.eval()
+    rgb, depth = random_inputs(batch_size, height, width)
+    feeds = {"rgb": rgb.numpy(), "depth": depth.numpy()}
+    device_sync = bool(jt.flags.use_cuda)
+    runners = {"jittor": lambda: model(rgb, depth).sync(device_sync),
+               "onnxruntime": lambda: session.run(["logits"], feeds)}
+    times = {name: [] for name in runners}
+    with jt.no_grad():
+        for _ in range(warmup):
+            for run in runners.values():
+                run()
+        steps = range(iters)
+        if progress:
+            from tqdm import tqdm
+            steps = tqdm(steps, desc=f"batch {batch_size}, Jittor and ONNX Runtime", unit="it", leave=False)
+        for _ in steps:
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def summarize(times_s, batch_size):
     """median / min / p90 in ms and images/s at the median."""
     ordered = sorted(times_s)
@@ -249,6 +283,9 @@ def parse_args(argv=None):
                         help="also measure training images/s (forward+backward+AdamW) and peak memory")
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--train-iters", type=int, default=5)
+    parser.add_argument("--onnx", action="store_true",
+                        help="also time the model exported to ONNX in ONNX Runtime, alternating with Jittor")
+    parser.add_argument("--onnx-threads", type=int, help="ONNX Runtime threads (default: one per CPU core)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.add_argument("--json", help="write the results to this JSON file")
     return parser.parse_args(argv)
@@ -270,6 +307,12 @@ def main(argv=None):
           + (f" | CUDA {info.get('cuda')} | cuDNN {info.get('cudnn')}" if info["mode"] == "GPU" else
              f" | oneDNN {'on' if info.get('onednn') else 'off'}")
           + f" | {args.precision}, eval mode, {args.height}x{args.width}, warm-up {args.warmup}, {args.iters} timed")
+    if args.onnx:
+        if args.precision != "fp32":
+            raise SystemExit("--onnx times fp32 models only")
+        for batch_size in args.batch_sizes:
+            report["latency"].append(time_onnx_next_to_jittor(model, batch_size, args))
+        return finish(report, args)
     for batch_size in args.batch_sizes:
         run = measure_latency(model, batch_size, args.height, args.width, args.warmup, args.iters,
                               args.precision, progress=not args.no_progress)
@@ -294,6 +337,33 @@ def main(argv=None):
         print(f"  train batch {args.train_batch_size}: {train['images_per_s']:.2f} images/s "
               f"(median step {train['median_ms']:.0f} ms) | peak memory {memory['bytes'] / 2**30:.2f} GiB "
               f"[{memory['what']}]")
+    return finish(report, args)
+
+
+def time_onnx_next_to_jittor(model, batch_size, args):
+    """Export `model` at this batch and size, time both alternately, print and return the numbers."""
+    from utils.export_onnx import export_model
+    from utils.onnx_backend import create_session, require_onnx
+
+    require_onnx()
+    import onnxruntime
+
+    proto = export_model(model, args.height, args.width, batch=batch_size)
+    session = create_session(proto.SerializeToString(), args.onnx_threads)
+    threads = args.onnx_threads or os.cpu_count()
+    times = measure_side_by_side(model, session, batch_size, args.height, args.width, args.warmup, args.iters,
+                                 progress=not args.no_progress)
+    stats = {"batch_size": batch_size, "onnxruntime_version": onnxruntime.__version__, "onnx_threads": threads}
+    for name, label in (("jittor", "Jittor"), ("onnxruntime", f"ONNX Runtime ({threads} threads)")):
+        stats[name] = summarize(times[name], batch_size)
+        print(f"  batch {batch_size:>3} {label:>26}: median {stats[name]['median_ms']:9.1f} ms | "
+              f"min {stats[name]['min_ms']:9.1f} ms | p90 {stats[name]['p90_ms']:9.1f} ms")
+    stats["speedup"] = stats["jittor"]["median_ms"] / stats["onnxruntime"]["median_ms"]
+    print(f"  batch {batch_size:>3}: ONNX Runtime is {stats['speedup']:.2f}x Jittor (median, alternating runs)")
+    return stats
+
+
+def finish(report, args):
     if args.json:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=2)
