@@ -2,7 +2,7 @@
 
 The fixtures in `fixtures/parity_logits.npz` were produced by running the official code
 (VCIP-RGBD/DFormer @814799b, torch 2.14 CPU) outside this repository, with the stand-in weights
-and inputs of `synthetic_weights.py` and those raw NMF bases injected; they hold the decode-head
+and inputs of `utils/synthetic_weights.py` and those raw NMF bases injected; they hold the decode-head
 output (stride 8) in full and 2048 sampled logits of the full-resolution output per case.
 """
 import importlib
