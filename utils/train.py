@@ -73,7 +73,7 @@ def init_weights(model, C, args, log):
     if not os.path.isfile(pretrained):
         raise UserError(f"pretrained backbone not found: {pretrained}\nPut the official ImageNet file there "
                         "(see checkpoints/README.md), pass --pretrained FILE, or --no-pretrained.")
-    load_checkpoint(model, pretrained)
+    load_checkpoint(model, pretrained, backbone_only=True)
     log(f"backbone initialised from {pretrained}")
 
 
