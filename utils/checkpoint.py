@@ -83,7 +83,7 @@ class _StorageType:
 
 
 class _Storage:
-    """A torch storage: its raw elements, or (while a legacy file's header is read) just its size."""
+    """A torch storage: its type and raw elements (None while a legacy file's object is first read)."""
 
     def __init__(self, kind, data=None):
         self.kind, self.data = kind, data
@@ -105,7 +105,7 @@ def _rebuild_tensor(storage, offset, size, stride, *_):
                                                strides=[s * data.itemsize for s in stride])
         array = view.copy()  # C order; a 0-dim tensor stays a 0-dim array
     if storage.kind.name == "BFloat16Storage":  # bfloat16 = the high half of a float32
-        array = (array.astype(np.uint32) << 16).view(np.float32)
+        array = np.asarray(array.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return array
 
 
