@@ -97,7 +97,7 @@ def test_batchnorm_saved_by_torch_loads():
     np.testing.assert_array_equal(loaded["running_var"], np.ones(4, np.float32))
 
 
-@pytest.mark.parametrize("name", ["dtypes.pth", "dtypes_legacy.pth"])
+@pytest.mark.parametrize("name", ["dtypes.pth", "dtypes_legacy.pth", "dtypes_legacy_protocol4.pth"])
 def test_every_dtype_and_view(name):
     """float32/16/64, bfloat16, int64/32/16/8, uint8, bool, 0-dim, empty, slices, strides, broadcast."""
     obj = read_checkpoint(fixture(name))
@@ -139,8 +139,10 @@ def test_official_trained_layout(family, name):
 
 
 def test_shared_and_strided_storages():
-    """All tensors views of one storage (offsets, transposed, broadcast), counters 0-dim."""
+    """All tensors views of one storage (offsets, transposed, broadcast), counters 0-dim, keys
+    under the `module.` prefix of a DDP-wrapped model."""
     model = small_segmentor("dformer")
+    assert all(k.startswith("module.") for k in read_checkpoint(fixture("shared_storage.pth"))["model"])
     load_checkpoint(model, fixture("shared_storage.pth"))
     assert_all_saved(model)
 

@@ -43,9 +43,10 @@ PRETRAINED_LEFTOVERS = TRAINED_LEFTOVERS + [
     # the last block of DFormer's stage 3 keeps its depth branch in pretraining; the segmentation
     # model drops it (maintainer, VCIP-RGBD/DFormer issue #36)
     r"backbone\.stages\.3\.\d+\.(attn\.proj_e|layer_scale_1_e|layer_scale_2_e|mlp_e2)(\..*)?",
-    # DFormerv2's ImageNet classifier, RMT-style: proj = Linear(dims[3], 1024), norm =
-    # BatchNorm(1024), head = Linear(1024, 1000) (VisRetNet in qhfan/RMT; also what code that
-    # loads the released HuggingFace files skips)
+    # DFormerv2's ImageNet classifier (its pretraining code is unreleased), as in RMT, the code it
+    # builds on (VisRetNet in qhfan/RMT): proj = Linear(dims[3], 1024), norm = BatchNorm(1024),
+    # head = Linear(1024, 1000); Lorenzo-Mazza/VersatIL, which loads the released HuggingFace
+    # files, skips the same keys and leaves the missing extra_norms (below) at identity
     r"backbone\.(proj|head)\.(weight|bias)",
     r"backbone\.norm\.(weight|bias|running_mean|running_var)",
 ]
@@ -246,8 +247,12 @@ def _read_torch_legacy(file):
 
 
 def _is_legacy_torch(head):
-    return head[:2] == b"\x80\x02" and head[2:4] == b"\x8a\x0a" and \
-        int.from_bytes(head[4:14], "little") == _LEGACY_MAGIC
+    """Whether the pickle starts with the magic number (PROTO, an optional FRAME, LONG1)."""
+    if head[:1] != b"\x80":
+        return False
+    start = 11 if head[2:3] == b"\x95" else 2
+    return head[start:start + 2] == b"\x8a\x0a" and \
+        int.from_bytes(head[start + 2:start + 12], "little") == _LEGACY_MAGIC
 
 
 def _is_safetensors(head, size):
@@ -265,7 +270,7 @@ def read_checkpoint(path):
     if size == 0:
         raise UserError(f"{path}: an empty file (0 bytes), not a checkpoint. Download or copy it again.")
     with open(path, "rb") as file:
-        head = file.read(16)
+        head = file.read(32)
     if _is_safetensors(head, size):
         raise UserError(f"{path}: a safetensors file; this loader reads PyTorch checkpoints "
                         "(torch.save, .pth/.pth.tar) and the .pkl files this repository writes")
