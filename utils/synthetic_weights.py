@@ -28,7 +28,8 @@ def synthetic_tensor(key, shape):
         return 0.2 + 0.8 * uniform
     if len(shape) >= 2:
         fan_in = int(np.prod(shape[1:]))
-        return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
+        # a float32 divisor: numpy 1 and 2 (NEP 50) then give the same bits
+        return rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in))
     if name == "weight":  # norm scales
         return 1.0 + 0.4 * (uniform - 0.5)
     return 0.2 * (uniform - 0.5)  # biases

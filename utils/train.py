@@ -74,7 +74,7 @@ def init_weights(model, C, args, log):
     if not os.path.isfile(pretrained):
         raise UserError(f"pretrained backbone not found: {pretrained}\nPut the official ImageNet file there "
                         "(see checkpoints/README.md), pass --pretrained FILE, or --no-pretrained.")
-    load_checkpoint(model, pretrained)
+    load_checkpoint(model, pretrained, backbone_only=True)
     log(f"backbone initialised from {pretrained}")
 
 
@@ -122,6 +122,10 @@ def train(args):
     start_epoch, best_miou = 1, -1.0
     if args.continue_fpath:
         state = load_checkpoint(model, args.continue_fpath)
+        if not isinstance(state.get("optimizer"), dict) or "n_step" not in state["optimizer"]:
+            # e.g. an official .pth: its torch optimizer state does not map onto Jittor's AdamW
+            raise UserError(f"{args.continue_fpath} is not a checkpoint of utils/train.py (no optimizer "
+                            "state to resume); to start from its weights, pass it as --pretrained")
         restore_optimizer(optimizer, state["optimizer"])
         start_epoch, best_miou = state["epoch"] + 1, state.get("best_miou", -1.0)
         log(f"resumed from {args.continue_fpath} at epoch {start_epoch}")
