@@ -75,7 +75,8 @@ def main(args):
     if args.backend == "onnx" and not args.onnx:
         raise UserError("--backend onnx needs --onnx FILE (written by utils/export_onnx.py)")
     C = load_config(args.config, args.dataset_dir)
-    check_checkpoint(C, args.checkpoint)
+    if args.backend == "jittor":
+        check_checkpoint(C, args.checkpoint)
     check_writable(args.output_dir)
     if args.split:
         dataset = RGBXDataset(C, args.split)
