@@ -34,3 +34,45 @@ def test_two_ranks_share_batches_and_stay_in_sync(tmp_path):
     np.testing.assert_array_equal(ranks[0]["weight_head"], ranks[1]["weight_head"])
     np.testing.assert_array_equal(ranks[0]["hist"], ranks[1]["hist"])  # confusion matrices summed over ranks
     assert np.sum(ranks[0]["hist"]) == ranks[0]["labelled_pixels"]  # every test image counted once
+
+
+def test_one_and_two_processes_and_accumulation_take_the_same_steps(tmp_path):
+    """Same global batch of 4: 1 process vs 2 (mpirun), and 1 vs 2 accumulation steps.
+
+    Every process starts from process 0's weights, BatchNorm statistics are synchronised and the
+    loss is normalised by the labelled pixels of the whole step, so 3 training steps agree to
+    float32 noise; with BatchNorm in eval mode, accumulated gradients equal full-batch ones.
+    """
+    assert shutil.which("mpirun"), "OpenMPI is needed (tests/run.sh installs it)"
+    config = tmp_path / "tiny_config.py"
+    config.write_text(TINY_CONFIG.format(data=str(tmp_path / "data")).replace("batch_size=2", "batch_size=4"))
+    worker = [sys.executable, os.path.join(ROOT, "tests", "steps_worker.py"), str(config), str(tmp_path)]
+    root_flag = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    for command in (worker, ["mpirun", "-np", "2", *root_flag, "--oversubscribe", *worker]):
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, two = np.load(tmp_path / "1.npz"), np.load(tmp_path / "2.npz")
+
+    def update(run):
+        keys = sorted(k[len("train/final/"):] for k in run.files if k.startswith("train/final/"))
+        return np.concatenate([(run[f"train/final/{k}"] - run[f"train/initial/{k}"]).ravel() for k in keys])
+
+    for key in (k for k in one.files if k.startswith("train/initial/")):
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)  # process 0's weights everywhere
+    np.testing.assert_allclose(two["train/losses"], one["train/losses"], rtol=1e-5)
+    error = np.linalg.norm(update(two) - update(one)) / np.linalg.norm(update(one))
+    print(f"update after 3 steps, 2 processes vs 1: rel. error {error:.2e}")
+    assert error < 1e-3
+    for key in (k for k in one.files if "running_" in k and k.startswith("train/final/")):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+    def grads(run, accum):
+        return np.concatenate([run[k].ravel() for k in sorted(run.files, key=lambda k: int(k.rsplit("/", 1)[1]))
+                               if k.startswith(f"accum{accum}/")])
+
+    reference = grads(one, 1)
+    for run, accum in ((one, 2), (two, 1), (two, 2)):
+        error = np.linalg.norm(grads(run, accum) - reference) / np.linalg.norm(reference)
+        print(f"BN eval, gradient with {accum} accumulation step(s) on {run is two and 2 or 1} process(es): "
+              f"rel. error vs 1 process full batch {error:.2e}")
+        assert error < 1e-5
