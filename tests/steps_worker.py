@@ -1,7 +1,8 @@
 """Run by test_mpi.py, as `python tests/steps_worker.py CONFIG OUT` or under `mpirun -np 2`.
 
-Builds the model as utils/train.py does (seeded per process, then process 0's weights everywhere)
-and takes optimiser steps with utils/train.py's `train_step` on the same global batches, with
+Builds the model as utils/train.py does (seeded per process, then process 0's weights everywhere;
+process 0 first replaces its seeded weights with the stand-in weights of synthetic_weights.py, so
+that runs with 1 and 2 processes start alike, and the others receive them by broadcast) and takes optimiser steps with utils/train.py's `train_step` on the same global batches, with
 NMF bases fixed per image (drawn from its name) and drop path and dropout off, so that any number
 of processes and accumulation steps computes the same maths. Process 0 writes OUT/<world>.npz:
 - train/*: 3 steps, BatchNorm in training mode (statistics synchronised over the processes):
@@ -21,7 +22,11 @@ import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.dataset import RGBXDataset  # noqa: E402
-from utils.train import build_training, load_training_config, micro_batch_groups, seed_epoch, train_step  # noqa: E402
+from utils.train import (broadcast_from_rank0, build_training, load_training_config,  # noqa: E402
+                         micro_batch_groups, seed_epoch, train_step)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from synthetic_weights import synthetic_state_dict  # noqa: E402
 
 
 def bases_by_name(nmf, queue):
@@ -42,6 +47,9 @@ def run(config, accum_steps, steps, bn_train):
     C = load_training_config(args)
     C.drop_path_rate = 0.0
     model, optimizer, _, _, _ = build_training(C, args, C.seed, lambda message: None)
+    if jt.rank == 0:  # the same start with any number of processes; the others get it by broadcast
+        model.load_parameters(synthetic_state_dict([(k, v.shape) for k, v in model.state_dict().items()]))
+    broadcast_from_rank0(model)
     initial = {k: v.numpy() for k, v in model.state_dict().items()}
     model.decode_head.dropout.p = 0.0
     model.train()
@@ -74,8 +82,7 @@ def main():
     for accum in (1, 2):
         _, _, _, grads = run(config, accum, 1, bn_train=False)
         out.update({f"accum{accum}/grad/{i}": g for i, g in enumerate(grads)})
-    if jt.rank == 0:
-        np.savez(os.path.join(out_dir, f"{jt.world_size}.npz"), **out)
+    np.savez(os.path.join(out_dir, f"{jt.world_size}_rank{jt.rank}.npz"), **out)
 
 
 if __name__ == "__main__":

@@ -51,14 +51,16 @@ def test_one_and_two_processes_and_accumulation_take_the_same_steps(tmp_path):
     for command in (worker, ["mpirun", "-np", "2", *root_flag, "--oversubscribe", *worker]):
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    one, two = np.load(tmp_path / "1.npz"), np.load(tmp_path / "2.npz")
+    one, two, two_rank1 = (np.load(tmp_path / f"{name}.npz") for name in ("1_rank0", "2_rank0", "2_rank1"))
 
     def update(run):
         keys = sorted(k[len("train/final/"):] for k in run.files if k.startswith("train/final/"))
         return np.concatenate([(run[f"train/final/{k}"] - run[f"train/initial/{k}"]).ravel() for k in keys])
 
+    for key in (k for k in one.files if k.startswith("train/")):  # process 0's weights everywhere
+        np.testing.assert_array_equal(two[key], two_rank1[key], err_msg=key)
     for key in (k for k in one.files if k.startswith("train/initial/")):
-        np.testing.assert_array_equal(one[key], two[key], err_msg=key)  # process 0's weights everywhere
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
     np.testing.assert_allclose(two["train/losses"], one["train/losses"], rtol=1e-5)
     error = np.linalg.norm(update(two) - update(one)) / np.linalg.norm(update(one))
     print(f"update after 3 steps, 2 processes vs 1: rel. error {error:.2e}")
