@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
-from make_official_fixtures import (GRAD_SAMPLES, HEAD_GRADS, NAMED_GRADS, PROTOCOL_MODEL, PROTOCOL_SHAPE,
+from make_official_fixtures import (GRAD_SAMPLES, HEAD_GRADS, NAMED_GRADS, PROTOCOL_MODEL, PROTOCOL_SEED, PROTOCOL_SHAPE,
                                     TRAIN_STEPS, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS, sample_index, training_batch)
-from synthetic_weights import synthetic_state_dict
+from synthetic_weights import synthetic_inputs, synthetic_state_dict
 
 UPDATE_ERROR_CEILING = 0.01  # and never above the official fp32 run's own error
 
@@ -119,7 +119,8 @@ def test_evaluation_protocols_match_official(mode, tmp_path):
     model.eval()
     forward = _SeededForward(model, np.random.default_rng(int(ref["bases_seed"])))
     with jt.no_grad():
-        probabilities = predict(forward, jt.array(ref["rgb"]), jt.array(ref["depth"]), C, mode,
+        rgb, depth, _ = synthetic_inputs(*PROTOCOL_SHAPE, PROTOCOL_SEED)
+        probabilities = predict(forward, jt.array(rgb), jt.array(depth), C, mode,
                                 [float(s) for s in ref["scales"]], True).numpy()
     assert probabilities.shape[0] == PROTOCOL_SHAPE[0]
     error = np.abs(probabilities.reshape(-1)[ref[f"{mode}/probability_index"]] - ref[f"{mode}/probability_values"]).max()

@@ -95,18 +95,16 @@ def train_step(model, optimizer, micro_batches, C):
     from utils.loss import cross_entropy
 
     normaliser = labelled_pixels(micro_batches, C) / jt.world_size
-    loss_value = 0.0
+    losses = []
     for batch in micro_batches:
         logits = model(batch["data"], batch["modal_x"])
         loss = cross_entropy(logits, batch["label"], C.background, normaliser=normaliser)
         optimizer.backward(loss)
-        if jt.in_mpi:
-            loss = loss.mpi_all_reduce("mean")
-        loss_value += float(loss.item())
+        losses.append(loss.mpi_all_reduce("mean") if jt.in_mpi else loss)
         if len(micro_batches) > 1:
             jt.sync_all()  # run this backward now: one micro-batch's activations in memory at a time
     optimizer.step()
-    return loss_value
+    return sum(float(loss.item()) for loss in losses)
 
 
 def broadcast_from_rank0(model):
