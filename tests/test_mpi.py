@@ -49,7 +49,7 @@ def test_one_and_two_processes_and_accumulation_take_the_same_steps(tmp_path):
     worker = [sys.executable, os.path.join(ROOT, "tests", "steps_worker.py"), str(config), str(tmp_path)]
     root_flag = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     for command in (worker, ["mpirun", "-np", "2", *root_flag, "--oversubscribe", *worker]):
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     one, two, two_rank1 = (np.load(tmp_path / f"{name}.npz") for name in ("1_rank0", "2_rank0", "2_rank1"))
 
