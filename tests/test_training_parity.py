@@ -104,9 +104,13 @@ def test_three_training_steps_match_official(name, training_reference, tmp_path)
     # The goal (issue 9) is ours <= official; measured today: 3.5% vs 2.4% (README, Parity)
     assert ours <= UPDATE_ERROR_RATIO * official
 
-    for key in (k for k in ref if k.startswith("fp64/stat/")):
-        stat = key[len("fp64/stat/"):]
-        np.testing.assert_allclose(final[stat].numpy(), ref[key], rtol=1e-4, atol=1e-6, err_msg=stat)
+    stats = [k[len("fp64/stat/"):] for k in ref if k.startswith("fp64/stat/")]
+    ours = relative_error(np.concatenate([final[k].numpy() for k in stats]),
+                          np.concatenate([ref[f"fp64/stat/{k}"] for k in stats]))
+    official = relative_error(np.concatenate([ref[f"fp32/stat/{k}"] for k in stats]),
+                              np.concatenate([ref[f"fp64/stat/{k}"] for k in stats]))
+    print(f"  BatchNorm running statistics: rel. error vs float64 {ours:.2e} (official fp32 {official:.2e})")
+    assert ours < max(10 * official, 1e-6)
 
 
 @pytest.mark.parametrize("mode", ["msf", "sliding"])
