@@ -17,6 +17,8 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from .batchnorm import BatchNorm2d
+
 _MKL_OPS = getattr(jt, "mkl_ops", None)  # Jittor's oneDNN ops; None when built with use_mkl=0
 
 
@@ -83,7 +85,7 @@ class ConvModule(nn.Module):
     def __init__(self, in_channels, out_channels, norm=True, act=True, bn_eps=1e-5):
         super().__init__()
         self.conv = PointwiseConv2d(in_channels, out_channels, bias=not norm)
-        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps) if norm else None
+        self.bn = BatchNorm2d(out_channels, eps=bn_eps) if norm else None
         self.activate = nn.ReLU() if act else None
 
     def execute(self, x):

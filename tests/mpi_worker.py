@@ -32,7 +32,7 @@ seed_epoch(C.seed, 1, train_set)
 names = []
 for step, batch in enumerate(train_set):
     names.append(list(batch["fn"]))
-    train_step(model, optimizer, batch, C)
+    train_step(model, optimizer, [batch], C)
     if step == 2:
         break
 weights = np.concatenate([v.numpy().ravel() for v in model.state_dict().values()])

@@ -1,7 +1,7 @@
 """End to end on a tiny synthetic data set: train, resume, evaluate, infer, and bad input.
 
-One module-scoped training run (DFormer-Tiny, 48x64 images, 2 epochs of 5 iterations) feeds
-the tests; the command-line tests run the real scripts in subprocesses.
+One module-scoped training run (DFormer-Tiny, 48x64 images, 2 epochs of 5 iterations, each
+step accumulating 2 micro-batches of 1 image) feeds the tests; the command-line tests run the real scripts in subprocesses.
 """
 import json
 import os
@@ -23,7 +23,7 @@ from local_configs._base_ import make_config
 C = make_config("Synthetic", "DFormer-Tiny", pretrained_model=None, dataset_path={data!r},
                 num_train_imgs=8, num_eval_imgs=4, image_height=48, image_width=64, batch_size=2,
                 nepochs=2, num_workers=0, checkpoint_start_epoch=0, warm_up_epoch=1,
-                eval_crop_size=[48, 64])
+                eval_crop_size=[48, 64], accum_steps=2)
 """
 
 
@@ -66,7 +66,7 @@ def test_training_writes_checkpoints_and_logs(trained):
     assert state["epoch"] == 2 and state["miou"] is not None
     assert (trained / "best.pkl").exists()
     log = (trained / "train.log").read_text()
-    assert "effective batch 2 = 1 process(es) x 2" in log
+    assert "effective batch 2 = 1 process(es) x 1 x 2 accumulation steps" in log
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(trained / "tb"))
 
 
@@ -88,7 +88,7 @@ def test_resume_matches_uninterrupted_run(tiny, trained, monkeypatch):
         train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress"]))
     monkeypatch.setattr(utils.checkpoint, "save_checkpoint", save)
     train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress",
-                      "--continue_fpath", str(run_dir / "last.pkl")]))
+                      "--continue_fpath", str(run_dir / "last.pkl")]))  # upstream's name for --resume
     resumed, uninterrupted = read_state(run_dir / "last.pkl"), read_state(trained / "last.pkl")
     assert resumed["epoch"] == 2
     for key, value in uninterrupted["model"].items():

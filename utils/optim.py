@@ -24,11 +24,31 @@ def group_weight(model):
     return decay, no_decay
 
 
+class AdamW(jt.optim.AdamW):
+    """Jittor's AdamW (the same update as `torch.optim.AdamW`) counting optimiser steps.
+
+    Why: Jittor counts `backward()` calls in `n_step`, which sets Adam's bias correction, so
+    accumulating gradients over N micro-batches (`backward` N times, then `step()`) would advance
+    it N times per update. Here `n_step` is the number of `step()` calls, as in PyTorch.
+    """
+
+    def backward(self, loss, retain_graph=False):
+        n_step = self.n_step
+        super().backward(loss, retain_graph)
+        self.n_step = n_step
+
+    def step(self, loss=None, retain_graph=False):
+        if loss is not None:
+            self.backward(loss, retain_graph)
+        self.n_step += 1
+        super().step()
+
+
 def build_optimizer(model, C):
     decay, no_decay = group_weight(model)
     groups = [dict(params=decay, lr=C.lr), dict(params=no_decay, lr=C.lr, weight_decay=0.0)]
     if C.optimizer == "AdamW":
-        return jt.optim.AdamW(groups, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
+        return AdamW(groups, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
     if C.optimizer == "SGDM":
         return jt.optim.SGD(groups, lr=C.lr, momentum=C.momentum, weight_decay=C.weight_decay)
     raise ValueError(f"C.optimizer must be 'AdamW' or 'SGDM' (upstream's two), not {C.optimizer!r}")

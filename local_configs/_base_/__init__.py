@@ -60,6 +60,7 @@ SHARED = dict(
     optimizer="AdamW", momentum=0.9,  # "SGDM" (upstream's other choice) uses the momentum
     lr_power=0.9, weight_decay=0.01, train_scale_array=[0.5, 0.75, 1, 1.25, 1.5, 1.75], warm_up_epoch=10,
     bn_eps=1e-3, bn_momentum=0.1, drop_path_rate=0.1, aux_rate=0.0,
+    accum_steps=1,  # micro-batches per optimiser step (gradient accumulation; not upstream)
     eval_stride_rate=2 / 3, eval_flip=True,
     val_mode="msf",  # training-time validation protocol (upstream: multi-scale + flip)
 )

@@ -6,6 +6,7 @@ names. Its BN gets eps `bn_eps` (1e-3), as upstream's `init_weight` sets for the
 import jittor as jt
 from jittor import nn
 
+from ..batchnorm import BatchNorm2d
 from ..layers import resize
 
 
@@ -33,7 +34,7 @@ class DecoderHead(nn.Module):
         self.linear_c2 = MLP(c2, embed_dim)
         self.linear_c1 = MLP(c1, embed_dim)
         self.linear_fuse = nn.Sequential(
-            nn.Conv2d(embed_dim * 4, embed_dim, 1), nn.BatchNorm2d(embed_dim, eps=bn_eps), nn.ReLU())
+            nn.Conv2d(embed_dim * 4, embed_dim, 1), BatchNorm2d(embed_dim, eps=bn_eps), nn.ReLU())
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
 

@@ -11,6 +11,7 @@ identical parameter names so official checkpoints load unchanged. Differences:
 import jittor as jt
 from jittor import nn
 
+from ..batchnorm import BatchNorm2d
 from ..layers import ChannelsLastConv2d, adaptive_avg_pool_nhwc, layer_norm, resize
 
 
@@ -142,16 +143,16 @@ def _stem(in_channels, dim):
     """Two stride-2 3x3 convs with BN, GELU between them: (B, in, H, W) -> (B, dim, H/4, W/4)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, dim // 2, 3, stride=2, padding=1),
-        nn.BatchNorm2d(dim // 2),
+        BatchNorm2d(dim // 2),
         nn.GELU(),
         nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),
-        nn.BatchNorm2d(dim),
+        BatchNorm2d(dim),
     )
 
 
 def _downsample(in_dim, out_dim):
     """BN then a stride-2 3x3 conv (upstream order: norm before conv, none after)."""
-    return nn.Sequential(nn.BatchNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1))
+    return nn.Sequential(BatchNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1))
 
 
 class DFormer(nn.Module):

@@ -1,0 +1,302 @@
+"""Generate the parity fixtures from the official PyTorch code (VCIP-RGBD/DFormer).
+
+    TORCH_PYTHON tests/make_official_fixtures.py --official PATH/TO/DFormer [--only parity,training,protocols]
+
+Runs under a Python with torch, mmcv-lite, mmengine and timm (not this repository's Jittor venv)
+and imports the official code from the checkout given (never copied here). Patched at run time:
+`NMF2D._build_bases` (it calls `.cuda()`) returns bases this script injects. Every model gets the
+deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixtures/:
+
+- parity_logits.npz (tests/test_parity.py): eval-mode decode-head output and 2048 sampled logits
+  of all 7 NYUDepthv2 models at 1x64x64, 1x96x128 and 2x72x100.
+- training_parity.npz (tests/test_training_parity.py): 3 AdamW steps of DFormer-Tiny and
+  DFormerv2-S on a 2x96x128 batch, official loop (loss as in `EncoderDecoder.forward`,
+  `group_weight`, `WarmUpPolyLR` set after each step), drop path 0, decode-head dropout off,
+  BatchNorm in training mode, the same NMF bases in every forward; run in float32 and in float64
+  (the ground truth). Saved: losses, step-1 gradients of named parameters, the update
+  (weights after 3 steps - initial weights) at sampled positions, the BatchNorm running statistics,
+  and the float32 run's errors against float64 over the full update vector.
+- protocol_parity.npz (tests/test_training_parity.py): the official `evaluate_msf` (scales 0.5-1.5
+  + flip) and its sliding-window variant on DFormer-Tiny, 1x96x128, with NMF bases drawn in forward
+  order from numpy's default_rng(seed), as utils/evaluate.py draws them: argmax map and
+  sampled summed probabilities.
+"""
+import argparse
+import contextlib
+import copy
+import importlib
+import importlib.util
+import io
+import os
+import sys
+import tempfile
+import types
+import zlib
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# By path: the official checkout's own `utils` package is the one importable here.
+_SPEC = importlib.util.spec_from_file_location(
+    "synthetic_weights", os.path.join(os.path.dirname(HERE), "utils", "synthetic_weights.py"))
+_SYNTHETIC = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_SYNTHETIC)
+synthetic_inputs, synthetic_state_dict = _SYNTHETIC.synthetic_inputs, _SYNTHETIC.synthetic_state_dict
+
+FIXTURES = os.path.join(HERE, "fixtures")
+PARITY_CASES = [(1, 64, 64, 1), (1, 96, 128, 2), (2, 72, 100, 3)]  # (batch, H, W, seed)
+PARITY_CONFIGS = {
+    "DFormer-Tiny": "DFormer_Tiny", "DFormer-Small": "DFormer_Small", "DFormer-Base": "DFormer_Base",
+    "DFormer-Large": "DFormer_Large", "DFormerv2-Small": "DFormerv2_S", "DFormerv2-Base": "DFormerv2_B",
+    "DFormerv2-Large": "DFormerv2_L",
+}
+LOGIT_SAMPLES = 2048
+
+TRAIN_MODELS = ["DFormer-Tiny", "DFormerv2-Small"]
+TRAIN_SHAPE, TRAIN_SEED, TRAIN_STEPS = (2, 96, 128), 7, 3
+TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS = 10, 2  # lr per step: base, 0 (warm-up from 0), base / 2
+NAMED_GRADS = {
+    "DFormer-Tiny": ["backbone.downsample_layers.0.0.weight", "backbone.stages.1.0.layer_scale_1",
+                     "backbone.stages.1.0.attn.norm.weight"],
+    "DFormerv2-Small": ["backbone.patch_embed.proj.0.weight", "backbone.layers.1.blocks.0.Geo.weight",
+                        "backbone.layers.1.blocks.0.layer_norm1.weight"],
+}
+HEAD_GRADS = ["decode_head.squeeze.conv.weight", "decode_head.hamburger.ham_out.conv.weight",
+              "decode_head.conv_seg.weight"]
+GRAD_SAMPLES, UPDATE_SAMPLES = 4096, 65536
+
+PROTOCOL_MODEL, PROTOCOL_SHAPE, PROTOCOL_SEED = "DFormer-Tiny", (1, 96, 128), 11
+PROTOCOL_SCALES, PROTOCOL_CROP, PROBABILITY_SAMPLES = [0.5, 0.75, 1.0, 1.25, 1.5], (64, 64), 4096
+PROTOCOL_BASES_SEED = 12345  # C.seed: utils/evaluate.py draws the bases from default_rng(C.seed)
+
+
+def sample_index(size, count, key):
+    """Sorted positions, the same in this script and the tests: all if there are few."""
+    if size <= count:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(zlib.crc32(key.encode())).choice(size, count, replace=False))
+
+
+class Official:
+    """The official code, imported from a checkout, with the NMF bases under our control."""
+
+    def __init__(self, official_dir):
+        import torch
+        import torch.nn.functional as F
+
+        self.torch = torch
+        sys.path.insert(0, os.path.abspath(official_dir))
+        self.workdir = tempfile.mkdtemp()  # importing an official config creates folders in the cwd
+        os.chdir(self.workdir)
+        import models.decoders.ham_head as ham
+
+        self.bases = None  # a callable (B*S, D, R) -> raw bases (numpy), set by each section
+
+        def build_bases(module, B, S, D, R, cuda=False):
+            raw = torch.from_numpy(np.asarray(self.bases((B * S, D, R)))).to(self.dtype)
+            return F.normalize(raw, dim=1)
+
+        ham.NMF2D._build_bases = build_bases
+        self.dtype = torch.float32
+
+    def config(self, name, **overrides):
+        C = importlib.import_module(f"local_configs.NYUDepthv2.{PARITY_CONFIGS[name]}").C
+        C = copy.deepcopy(C)
+        C.pretrained_model = None
+        C.update(overrides)
+        return C
+
+    def model(self, name, **overrides):
+        """The official EncoderDecoder with the stand-in weights (float32, eval mode)."""
+        torch = self.torch
+        from models.builder import EncoderDecoder
+
+        C = self.config(name, **overrides)
+        with contextlib.redirect_stdout(io.StringIO()):  # the constructors print their settings
+            model = EncoderDecoder(cfg=C, norm_layer=torch.nn.BatchNorm2d, syncbn=False)
+        entries = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+        weights = {k: torch.from_numpy(v) for k, v in synthetic_state_dict(entries).items()}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+        return model.eval(), C
+
+
+def make_parity(official):
+    torch = official.torch
+    out = {}
+    for name in PARITY_CONFIGS:
+        model, _ = official.model(name)
+        for batch, height, width, seed in PARITY_CASES:
+            rgb, depth, raw_bases = synthetic_inputs(batch, height, width, seed)
+            official.bases = lambda shape, raw=raw_bases: raw
+            with torch.no_grad():
+                features = model.backbone(torch.from_numpy(rgb), torch.from_numpy(depth))
+                features = features[0] if len(features) == 2 else features
+                head = model.decode_head(features).numpy()
+                logits = model(torch.from_numpy(rgb), torch.from_numpy(depth)).numpy().reshape(-1)
+            tag = f"{name}/{batch}x{height}x{width}"
+            index = sample_index(logits.size, LOGIT_SAMPLES, tag)
+            out.update({f"{tag}/head": head, f"{tag}/logit_index": index, f"{tag}/logit_values": logits[index]})
+            print(f"parity {tag}: head {head.shape}")
+    return out
+
+
+def training_batch():
+    """rgb, depth (B,3,H,W), labels (B,H,W) int64 with ~30% ignored (255), raw bases per step."""
+    batch, height, width = TRAIN_SHAPE
+    rgb, depth, _ = synthetic_inputs(batch, height, width, TRAIN_SEED)
+    rng = np.random.default_rng(TRAIN_SEED)
+    label = rng.integers(0, 40, (batch, height, width))
+    label[:, : height // 4] = 255  # an unlabelled band, plus scattered unlabelled pixels
+    label[rng.random(label.shape) < 0.1] = 255
+    bases = rng.random((TRAIN_STEPS, batch, 512, 64), dtype=np.float32)
+    return rgb, depth, label, bases
+
+
+def run_official_loop(official, model, C, dtype):
+    """Upstream's training loop for TRAIN_STEPS steps; returns what the fixture records."""
+    torch = official.torch
+    from utils.init_func import group_weight
+    from utils.lr_policy import WarmUpPolyLR
+
+    official.dtype = dtype
+    model = model.to(dtype).train()
+    model.decode_head.dropout = None  # decode-head dropout off (BaseDecodeHead skips a None dropout)
+    params = group_weight([], model, torch.nn.BatchNorm2d, C.lr)
+    with contextlib.redirect_stdout(io.StringIO()):
+        optimizer = torch.optim.AdamW(params, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
+    schedule = WarmUpPolyLR(C.lr, C.lr_power, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS)
+    rgb, depth, label, bases = training_batch()
+    rgb, depth = torch.from_numpy(rgb).to(dtype), torch.from_numpy(depth).to(dtype)
+    label = torch.from_numpy(label)
+    names = [n for n, _ in model.named_parameters()]
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses, grads = [], {}
+    for step in range(TRAIN_STEPS):
+        official.bases = lambda shape, raw=bases[step]: raw
+        loss = model(rgb, depth, label)  # upstream: CE(reduction="none")[label != 255].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 0:
+            grads = {n: p.grad.detach().double().numpy().copy() for n, p in model.named_parameters()}
+        optimizer.step()
+        lr = schedule.get_lr(step)  # upstream sets the lr after the step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses.append(float(loss.detach()))
+        print(f"  {dtype} step {step + 1}: loss {losses[-1]:.8f}", flush=True)
+    update = np.concatenate([(p.detach() - initial[n]).double().numpy().ravel()
+                             for n, p in model.named_parameters()])
+    stats = {k: v.detach().double().numpy() for k, v in model.state_dict().items()
+             if k.endswith("running_mean") or k.endswith("running_var")}
+    return dict(names=names, losses=np.array(losses), grads=grads, update=update, stats=stats)
+
+
+def relative_error(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def make_training(official, models=TRAIN_MODELS):
+    torch = official.torch
+    out = {}
+    for name in models:
+        model, C = official.model(name, drop_path_rate=0.0)
+        runs = {}
+        for tag, dtype in (("fp64", torch.float64), ("fp32", torch.float32)):
+            runs[tag] = run_official_loop(official, copy.deepcopy(model), C, dtype)
+        fp32, fp64 = runs["fp32"], runs["fp64"]
+        sizes = np.array([fp64["grads"][n].size for n in fp64["names"]])
+        index = sample_index(int(sizes.sum()), UPDATE_SAMPLES, f"{name}/update")
+        out[f"{name}/param_names"] = np.array(fp64["names"])
+        out[f"{name}/param_sizes"] = sizes
+        out[f"{name}/update_index"] = index
+        out[f"{name}/lr"] = np.array([C.lr, C.weight_decay, C.lr_power])
+        for tag, run in runs.items():
+            out[f"{name}/{tag}/loss"] = run["losses"]
+            out[f"{name}/{tag}/update_sample"] = run["update"][index]
+            for key in NAMED_GRADS[name] + HEAD_GRADS:
+                grad = run["grads"][key].ravel()
+                out[f"{name}/{tag}/grad/{key}"] = grad[sample_index(grad.size, GRAD_SAMPLES, key)]
+            for key, value in run["stats"].items():
+                out[f"{name}/{tag}/stat/{key}"] = value
+        step1 = np.concatenate([fp32["grads"][n].ravel() for n in fp32["names"]])
+        step1_64 = np.concatenate([fp64["grads"][n].ravel() for n in fp64["names"]])
+        errors = dict(update_full=relative_error(fp32["update"], fp64["update"]),
+                      update_sample=relative_error(fp32["update"][index], fp64["update"][index]),
+                      grad_step1=relative_error(step1, step1_64),
+                      loss=float(np.max(np.abs(fp32["losses"] / fp64["losses"] - 1))))
+        out[f"{name}/fp32_errors"] = np.array([errors[k] for k in sorted(errors)])
+        out[f"{name}/fp32_error_names"] = np.array(sorted(errors))
+        print(f"training {name}: losses fp64 {fp64['losses']}, fp32 {fp32['losses']}; fp32 vs fp64 {errors}")
+    return out
+
+
+class OneBatch(list):
+    """A one-batch loader whose len() is 2: upstream's progress print takes `% int(len * 0.5)`."""
+
+    def __len__(self):
+        return 2
+
+
+def make_protocols(official):
+    """The official evaluate_msf (plain and sliding) on one image; bases drawn in forward order."""
+    torch = official.torch
+    import utils.val_mm as val_mm
+
+    model, C = official.model(PROTOCOL_MODEL)
+    C.eval_crop_size = list(PROTOCOL_CROP)
+    batch, height, width = PROTOCOL_SHAPE
+    rgb, depth, _ = synthetic_inputs(batch, height, width, PROTOCOL_SEED)
+    label = np.zeros((batch, height, width), np.int64)
+    minibatch = dict(data=torch.from_numpy(rgb), modal_x=torch.from_numpy(depth), label=torch.from_numpy(label),
+                     fn=["synthetic.png"])
+    engine = types.SimpleNamespace(distributed=False, local_rank=0)
+    out = dict(scales=np.array(PROTOCOL_SCALES), crop=np.array(PROTOCOL_CROP), bases_seed=np.array(PROTOCOL_BASES_SEED))
+    recorded = []
+
+    class Recorder:  # stands in for the official Metrics: keeps the summed probabilities
+        def __init__(self, *args):
+            pass
+
+        def update(self, pred, target):
+            recorded.append(pred.numpy())
+
+    val_mm.Metrics = Recorder
+    for mode, sliding in (("msf", False), ("sliding", True)):
+        rng = np.random.default_rng(PROTOCOL_BASES_SEED)
+        official.bases = lambda shape, rng=rng: rng.random(shape, dtype=np.float32)
+        with contextlib.redirect_stdout(io.StringIO()):
+            val_mm.evaluate_msf(model, OneBatch([minibatch]), C, "cpu", PROTOCOL_SCALES, True, engine, sliding=sliding)
+        probabilities = recorded.pop()
+        index = sample_index(probabilities.size, PROBABILITY_SAMPLES, mode)
+        out[f"{mode}/prediction"] = probabilities.argmax(1).astype(np.uint8)
+        out[f"{mode}/probability_index"] = index
+        out[f"{mode}/probability_values"] = probabilities.reshape(-1)[index]
+        print(f"protocol {mode}: probabilities {probabilities.shape}")
+    return out
+
+
+SECTIONS = {"parity": ("parity_logits.npz", make_parity), "training": ("training_parity.npz", make_training),
+            "protocols": ("protocol_parity.npz", make_protocols)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official", required=True, help="checkout of VCIP-RGBD/DFormer (814799b)")
+    parser.add_argument("--only", default="parity,training,protocols", help="comma list of sections")
+    parser.add_argument("--out", default=FIXTURES, help="output folder (default: tests/fixtures)")
+    parser.add_argument("--training-models", default=",".join(TRAIN_MODELS),
+                        help="models of the training section (default: both; a subset writes a partial file)")
+    args = parser.parse_args()
+    out_dir = os.path.abspath(args.out)
+    official = Official(args.official)
+    official.torch.manual_seed(0)
+    for section in args.only.split(","):
+        filename, make = SECTIONS[section]
+        arrays = make(official, args.training_models.split(",")) if section == "training" else make(official)
+        np.savez_compressed(os.path.join(out_dir, filename), **arrays)
+        print(f"wrote {os.path.join(out_dir, filename)}")
+
+
+if __name__ == "__main__":
+    main()
