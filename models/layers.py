@@ -17,6 +17,8 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from .cpu_kernels import masked_attention
+
 _MKL_OPS = getattr(jt, "mkl_ops", None)  # Jittor's oneDNN ops; None when built with use_mkl=0
 
 
@@ -260,73 +262,49 @@ def bmm(a, b, transpose_b=False):
     return jt.stack([product(a[i], b[i]) for i in range(a.shape[0])])
 
 
-_ATTENTION_SRC = """
-// softmax(q k^T + mask) v for each group g = (g0, g1, g2), one OpenMP thread per group.
-// in0..in2: q, k, v; in3: mask (G, L, L); in4: int32 layout; out0: output. Rows of q, k, v and
-// the output hold HEAD_DIM channels with stride 1 at g0*s0 + g1*s1 + g2*s2 + position*sp.
-#define HEAD_DIM @HEAD_DIM
-int64 cfg[20];
-for (int t = 0; t < 20; t++) cfg[t] = in4_p[t];
-const int64 G1 = cfg[1], G2 = cfg[2], L = cfg[3], G = cfg[0] * G1 * G2;
-#pragma omp parallel for schedule(static)
-for (int64 g = 0; g < G; g++) {
-    const int64 g0 = g / (G1 * G2), g1 = (g / G2) % G1, g2 = g % G2;
-    const float32 *qg = in0_p + g0 * cfg[4] + g1 * cfg[5] + g2 * cfg[6];
-    const float32 *kg = in1_p + g0 * cfg[8] + g1 * cfg[9] + g2 * cfg[10];
-    const float32 *vg = in2_p + g0 * cfg[12] + g1 * cfg[13] + g2 * cfg[14];
-    float32 *og = out0_p + g0 * cfg[16] + g1 * cfg[17] + g2 * cfg[18];
-    const float32 *mg = in3_p + g * L * L;
-    std::vector<float32> kt(HEAD_DIM * L), p(L);
-    for (int64 j = 0; j < L; j++)  // k transposed, so that the logits loop runs over contiguous j
-        for (int c = 0; c < HEAD_DIM; c++) kt[c * L + j] = kg[j * cfg[11] + c];
-    for (int64 i = 0; i < L; i++) {
-        const float32 *qi = qg + i * cfg[7];
-        for (int64 j = 0; j < L; j++) p[j] = mg[i * L + j];
-        for (int c = 0; c < HEAD_DIM; c++) {
-            const float32 qc = qi[c], *ktc = kt.data() + c * L;
-            for (int64 j = 0; j < L; j++) p[j] += qc * ktc[j];
-        }
-        float32 top = p[0], sum = 0;
-        for (int64 j = 1; j < L; j++) top = std::max(top, p[j]);
-        for (int64 j = 0; j < L; j++) { p[j] = std::exp(p[j] - top); sum += p[j]; }
-        float32 acc[HEAD_DIM] = {0};
-        for (int64 j = 0; j < L; j++) {
-            const float32 pj = p[j], *vj = vg + j * cfg[15];
-            for (int c = 0; c < HEAD_DIM; c++) acc[c] += pj * vj[c];
-        }
-        float32 *oi = og + i * cfg[19];
-        for (int c = 0; c < HEAD_DIM; c++) oi[c] = acc[c] / sum;
-    }
-}
-"""
+def _fused_kernels_apply(x):
+    """Whether the CPU kernels of `cpu_kernels.py` run for `x`: CPU and float32."""
+    return not jt.flags.use_cuda and x.dtype == "float32"
 
 
-def fused_attention_available(x):
-    """Whether `masked_attention` can run: CPU inference (it has no gradient) in float32."""
-    return not jt.flags.use_cuda and jt.flags.no_grad and x.dtype == "float32"
+def axial_attention(q, k, v, mask_w, mask_h):
+    """Attention along each row (over W), then along each column (over H), with additive masks.
 
-
-def masked_attention(q, k, v, mask, groups, views, out_shape, head_dim):
-    """softmax(q k^T + mask) v for many small attention problems, fused in one parallel CPU kernel.
-
-    Why: on the CPU Jittor runs batched products as single-threaded broadcast-multiply-sum loops
-    and the softmax as three more passes over the (groups, L, L) logits; this computes each
-    group's logits, softmax and product in one go, one OpenMP thread per group, and reads q, k, v
-    and writes the output through strides, so the head splits and axis swaps cost no copies.
-    Inference only (no gradient): see `fused_attention_available`.
-
-    Args:
-        q, k, v: tensors holding, for group g = (g0, g1, g2) and position p, `head_dim` contiguous
-            channels (k already scaled).
-        mask: additive mask, contiguous, (L, L) per group in group order, e.g. (G0, G1, G2, L, L).
-        groups: (G0, G1, G2).
-        views: element strides (s0, s1, s2, s_position) of q, k, v and the output, in that order.
-        out_shape: shape of the output tensor the output view writes into.
-        head_dim: channels per head (a compile-time constant of the kernel).
-    Returns: the output tensor (out_shape), every element written.
+    q, k: (B, n, H, W, d), k already scaled; v: (B, H, W, n*d); mask_w: (B, n, H, W, W);
+    mask_h: (B, n, W, H, H). Returns (B, H, W, n*d). The CPU takes the fused kernel, which reads
+    every layout through strides; the GPU the stock batched products.
     """
-    L = int(mask.shape[-1])
-    layout = np.array([*groups, L, *[s for view in views for s in view]], dtype=np.int32)
-    return jt.code(out_shape, "float32", [q, k, v, mask, jt.array(layout)],
-                   cpu_header="#include <vector>\n#include <cmath>\n#include <algorithm>",
-                   cpu_src=_ATTENTION_SRC.replace("@HEAD_DIM", str(int(head_dim))))
+    B, n, H, W, d = q.shape
+    C = n * d
+    if _fused_kernels_apply(q):
+        qk_rows = (n * H * W * d, H * W * d, W * d, d)  # groups (b, head, row), position = column
+        qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
+        v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
+        out_cols = (H * W * C, d, C, W * C)  # output (B, H, W, n*d) as groups (b, head, column)
+        rows = masked_attention(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
+        return masked_attention(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols],
+                                (B, H, W, C), d)
+    q_w, k_w = q.permute(0, 2, 1, 3, 4), k.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
+    v = v.reshape(B, H, W, n, d).permute(0, 1, 3, 2, 4)  # (B, H, n, W, d)
+    attn_w = nn.softmax(q_w @ k_w.permute(0, 1, 2, 4, 3) + mask_w.permute(0, 2, 1, 3, 4), dim=-1)
+    v = (attn_w @ v).permute(0, 3, 2, 1, 4)  # (B, W, n, H, d)
+    q_h, k_h = q.permute(0, 3, 1, 2, 4), k.permute(0, 3, 1, 2, 4)  # (B, W, n, H, d)
+    attn_h = nn.softmax(q_h @ k_h.permute(0, 1, 2, 4, 3) + mask_h.permute(0, 2, 1, 3, 4), dim=-1)
+    return (attn_h @ v).permute(0, 3, 1, 2, 4).reshape(B, H, W, C)
+
+
+def full_attention(q, k, v, mask):
+    """Attention over all H*W positions with an additive mask.
+
+    q, k: (B, n, H, W, d), k already scaled; v: (B, H, W, n*d); mask: (B, n, HW, HW).
+    Returns (B, H, W, n*d).
+    """
+    B, n, H, W, d = q.shape
+    C = n * d
+    if _fused_kernels_apply(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
+        qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
+        return masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
+    q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
+    v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
+    attn = nn.softmax(q @ k.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
+    return (attn @ v).permute(0, 2, 1, 3).reshape(B, H, W, C)
