@@ -17,20 +17,38 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from . import cpu_kernels
 from .cpu_kernels import masked_attention
 
-_MKL_OPS = getattr(jt, "mkl_ops", None)  # Jittor's oneDNN ops; None when built with use_mkl=0
 
 
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis with PyTorch's two-pass variance.
 
     Why not `jt.nn.LayerNorm`: it computes E[x^2] - E[x]^2, which loses digits on the large
-    residual-stream activations of deep stages and breaks 1e-4 parity.
+    residual-stream activations of deep stages and breaks 1e-4 parity. On the CPU one
+    multi-threaded kernel each way (`cpu_kernels.layer_norm`).
     """
+    if _fused_kernels_apply(x):
+        return cpu_kernels.layer_norm(x, weight, bias, eps)
     xc = x - x.mean(-1, keepdims=True)
     var = (xc * xc).mean(-1, keepdims=True)
     return xc / jt.sqrt(var + eps) * weight + bias
+
+
+def gelu(x):
+    """GELU (erf form); on the CPU one multi-threaded kernel each way."""
+    return cpu_kernels.gelu(x) if _fused_kernels_apply(x) else nn.gelu(x)
+
+
+class GELU(nn.Module):
+    def execute(self, x):
+        return gelu(x)
+
+
+def _fused_kernels_apply(x):
+    """Whether the CPU kernels of `cpu_kernels.py` run for `x`: CPU and float32."""
+    return not jt.flags.use_cuda and x.dtype == "float32"
 
 
 class LayerNorm(nn.LayerNorm):
@@ -137,90 +155,11 @@ class ChannelsLastConv2d(nn.Conv2d):
 
     def execute(self, x, residual_gelu=False):
         """conv(x), or with `residual_gelu` gelu(conv(x) + x) (DFormer's MLP position encoding and
-        activation, fused into the depthwise kernel where that runs)."""
-        if self._depthwise_kernel_applies(x):
-            return _depthwise_nhwc(x, self, residual_gelu)
-        if jt.flags.use_cuda or not jt.flags.no_grad or _MKL_OPS is None or x.dtype != "float32":
-            y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        else:
-            (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-            y = _MKL_OPS.mkl_conv(x, self.weight, sh, sw, ph, pw, dh, dw, self.groups,
-                                  xformat="acdb", wformat="oihw", yformat="acdb")
-            y = y if self.bias is None else y + self.bias
+        activation, fused into the depthwise kernel in inference)."""
+        if _fused_kernels_apply(x) and cpu_kernels.onednn_available():
+            return cpu_kernels.conv_nhwc(x, self, residual_gelu)
+        y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return nn.gelu(y + x) if residual_gelu else y
-
-    def _depthwise_kernel_applies(self, x):
-        return (not jt.flags.use_cuda and jt.flags.no_grad and x.dtype == "float32"
-                and tuple(self.kernel_size) == (3, 3) and self.groups == self.in_channels == self.out_channels
-                and tuple(self.stride) == (1, 1) and tuple(self.dilation) == (1, 1)
-                and _numel(x.shape) >= DEPTHWISE_KERNEL_MIN_ELEMENTS)
-
-
-_DEPTHWISE_SRC = """
-// Depthwise KHxKW conv, stride 1, zero padding PH/PW, of an NHWC tensor, bias included, then
-// the epilogue (nothing, or the residual and GELU of `ChannelsLastConv2d(x, residual_gelu=True)`).
-// in0: x (B, H, W, C); in1: weight (KH*KW, C); in2: bias (C); out0: (B, OH, OW, C).
-const int64 H = in0_shape1, W = in0_shape2, C = in0_shape3, OH = out0_shape1, OW = out0_shape2;
-#pragma omp parallel for collapse(2) schedule(static)
-for (int64 b = 0; b < in0_shape0; b++)
-for (int64 oh = 0; oh < OH; oh++)
-for (int64 ow = 0; ow < OW; ow++) {
-    float32 *o = out0_p + ((b * OH + oh) * OW + ow) * C;
-    for (int64 c = 0; c < C; c++) o[c] = in2_p[c];
-    for (int kh = 0; kh < @KH; kh++) {
-        const int64 ih = oh - @PH + kh;
-        if (ih < 0 || ih >= H) continue;
-        for (int kw = 0; kw < @KW; kw++) {
-            const int64 iw = ow - @PW + kw;
-            if (iw < 0 || iw >= W) continue;
-            const float32 *xi = in0_p + ((b * H + ih) * W + iw) * C, *wk = in1_p + (kh * @KW + kw) * C;
-            for (int64 c = 0; c < C; c++) o[c] += wk[c] * xi[c];
-        }
-    }
-    @EPILOGUE
-}
-"""
-# Optional epilogue: gelu(conv(x) + x), with Jittor's gelu formula (erf(v / sqrt 2) + 1) * v * 0.5.
-_RESIDUAL_GELU = """{
-        const float32 *xc = in0_p + ((b * H + oh) * W + ow) * C;
-        for (int64 c = 0; c < C; c++) {
-            const float32 v = o[c] + xc[c];
-            o[c] = (std::erf(v / 1.4142135623730951f) + 1) * v * 0.5f;
-        }
-    }"""
-
-
-# Measured on the 2-core CPU: the kernel is ~2x faster than oneDNN for 3x3 depthwise convs over
-# >= 2M elements (the wide MLP/FFN convs of the first stages, memory-bound); oneDNN wins on
-# smaller maps and on 5x5/7x7 kernels, where arithmetic dominates.
-DEPTHWISE_KERNEL_MIN_ELEMENTS = 2 ** 21
-
-
-def _numel(shape):
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
-
-
-def _depthwise_nhwc(x, conv, residual_gelu=False):
-    """Stride-1 depthwise `conv` of an NHWC tensor in one parallel CPU kernel (inference only).
-
-    Why not oneDNN here: it computes depthwise convolutions in a blocked layout, so each call
-    reorders the input and the output; wide 3x3 depthwise convolutions are memory-bound, and one
-    pass over the NHWC tensor (vectorised over channels, one OpenMP thread per output row) is
-    faster.
-    """
-    B, H, W, C = x.shape
-    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    weight = conv.weight.reshape(C, kh * kw).transpose(1, 0)  # (kh*kw, C): channels contiguous
-    bias = conv.bias if conv.bias is not None else jt.zeros((C,))
-    src = _DEPTHWISE_SRC
-    for name, value in (("@KH", kh), ("@KW", kw), ("@PH", ph), ("@PW", pw)):
-        src = src.replace(name, str(value))
-    src = src.replace("@EPILOGUE", _RESIDUAL_GELU if residual_gelu else "")
-    return jt.code((B, H + 2 * ph - kh + 1, W + 2 * pw - kw + 1, C), "float32", [x, weight, bias],
-                   cpu_header="#include <cmath>", cpu_src=src)
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -260,11 +199,6 @@ def bmm(a, b, transpose_b=False):
     if a.shape[0] == 1:
         return product(a.reshape(a.shape[1:]), b.reshape(b.shape[1:])).unsqueeze(0)
     return jt.stack([product(a[i], b[i]) for i in range(a.shape[0])])
-
-
-def _fused_kernels_apply(x):
-    """Whether the CPU kernels of `cpu_kernels.py` run for `x`: CPU and float32."""
-    return not jt.flags.use_cuda and x.dtype == "float32"
 
 
 def axial_attention(q, k, v, mask_w, mask_h):

@@ -12,7 +12,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from ..layers import ChannelsLastConv2d, LayerNorm, axial_attention, full_attention, resize
+from ..layers import GELU, ChannelsLastConv2d, LayerNorm, axial_attention, full_attention, gelu, resize
 
 
 class DWConv2d(nn.Module):
@@ -38,9 +38,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         half = embed_dim // 2
         self.proj = nn.Sequential(
-            *_conv_bn(in_chans, half, 2), nn.GELU(),
-            *_conv_bn(half, half, 1), nn.GELU(),
-            *_conv_bn(half, embed_dim, 2), nn.GELU(),
+            *_conv_bn(in_chans, half, 2), GELU(),
+            *_conv_bn(half, half, 1), GELU(),
+            *_conv_bn(half, embed_dim, 2), GELU(),
             *_conv_bn(embed_dim, embed_dim, 1),
         )
 
@@ -174,7 +174,7 @@ class FeedForwardNetwork(nn.Module):
         self.dwconv = DWConv2d(ffn_dim, 3, 1, 1)
 
     def execute(self, x):
-        x = nn.gelu(self.fc1(x))
+        x = gelu(self.fc1(x))
         return self.fc2(self.dwconv(x) + x)
 
 
