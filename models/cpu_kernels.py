@@ -415,8 +415,9 @@ class _LayerNorm(jt.Function):
         C = x.shape[-1]
         rows = x.reshape(-1, C)
         N = rows.shape[0]
+        src = _LN_FORWARD.replace("@EPS", repr(float(eps)) + "f")
         y, mean, rstd = jt.code([rows.shape, (N,), (N,)], ["float32"] * 3, [rows, weight, bias],
-                                cpu_header="#include <cmath>", cpu_src=_LN_FORWARD.replace("@EPS", repr(float(eps)) + "f"))
+                                cpu_header="#include <cmath>", cpu_src=src)
         self.saved = (rows, weight, mean, rstd, x.shape)
         return y.reshape(x.shape)
 

@@ -6,9 +6,9 @@ Each mirrors a PyTorch/mmcv behaviour that Jittor lacks or computes differently:
 
 The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-threaded and only
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
-2-D oneDNN products; `ChannelsLastConv2d` convolves NHWC tensors without transposes; and, for
-inference only (no gradient; training and the GPU take the stock path), two OpenMP kernels
-written with `jt.code`: a wide depthwise 3x3 conv and the masked attention of DFormerv2.
+2-D oneDNN products; on the CPU (float32, training and inference alike) `ChannelsLastConv2d`,
+`layer_norm`, `gelu`, `axial_attention` and `full_attention` run the multi-threaded kernels of
+`cpu_kernels.py`, each with its own backward pass. The GPU takes the stock Jittor ops.
 """
 import functools
 import math
@@ -18,8 +18,11 @@ import numpy as np
 from jittor import nn
 
 from . import cpu_kernels
-from .cpu_kernels import masked_attention
 
+
+def _fused_kernels_apply(x):
+    """Whether the CPU kernels of `cpu_kernels.py` run for `x`: CPU and float32."""
+    return not jt.flags.use_cuda and x.dtype == "float32"
 
 
 def layer_norm(x, weight, bias, eps):
@@ -44,11 +47,6 @@ def gelu(x):
 class GELU(nn.Module):
     def execute(self, x):
         return gelu(x)
-
-
-def _fused_kernels_apply(x):
-    """Whether the CPU kernels of `cpu_kernels.py` run for `x`: CPU and float32."""
-    return not jt.flags.use_cuda and x.dtype == "float32"
 
 
 class LayerNorm(nn.LayerNorm):
@@ -144,13 +142,10 @@ class ChannelsLastConv2d(nn.Conv2d):
     """`nn.Conv2d` (same parameters, state_dict entries and isinstance) on NHWC tensors, NHWC out.
 
     Why: Jittor's CPU convolution is oneDNN on NCHW tensors, so a channels-last block would pay
-    two transposes around every convolution. Without gradients (inference) this calls Jittor's
-    oneDNN op with NHWC ("acdb") input and output directly (a 3x3 depthwise conv over 256
-    channels at 120x160: ~20 ms instead of ~55 ms), or, for wide 3x3 depthwise convs, the
-    `_depthwise_nhwc` kernel. Neither has a gradient, so training, and the GPU (cuDNN / Jittor's
-    depthwise kernel), run the stock convolution on an NCHW view.
-    (Indexing the NHWC tensor in Jittor's reindex-conv pattern would keep gradients, but Jittor's
-    conv tuner mis-reads that pattern for some shapes and asks oneDNN for a dilated conv.)
+    two transposes around every convolution, and oneDNN's depthwise backward passes are slow. On
+    the CPU this is `cpu_kernels.conv_nhwc`: oneDNN with NHWC ("acdb") input and output, an OpenMP
+    kernel for wide 3x3 depthwise convs, and OpenMP kernels for depthwise gradients. The GPU
+    (cuDNN / Jittor's depthwise kernel) runs the stock convolution on an NCHW view.
     """
 
     def execute(self, x, residual_gelu=False):
@@ -215,9 +210,9 @@ def axial_attention(q, k, v, mask_w, mask_h):
         qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
         v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
         out_cols = (H * W * C, d, C, W * C)  # output (B, H, W, n*d) as groups (b, head, column)
-        rows = masked_attention(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
-        return masked_attention(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols],
-                                (B, H, W, C), d)
+        attend = cpu_kernels.masked_attention
+        rows = attend(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
+        return attend(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols], (B, H, W, C), d)
     q_w, k_w = q.permute(0, 2, 1, 3, 4), k.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
     v = v.reshape(B, H, W, n, d).permute(0, 1, 3, 2, 4)  # (B, H, n, W, d)
     attn_w = nn.softmax(q_w @ k_w.permute(0, 1, 2, 4, 3) + mask_w.permute(0, 2, 1, 3, 4), dim=-1)
@@ -237,7 +232,7 @@ def full_attention(q, k, v, mask):
     C = n * d
     if _fused_kernels_apply(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
         qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
-        return masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
+        return cpu_kernels.masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
     v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
     attn = nn.softmax(q @ k.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)

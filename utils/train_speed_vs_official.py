@@ -159,6 +159,13 @@ def compare(args, config, height, width):
     return row
 
 
+def baseline_cells(row):
+    if "baseline" not in row:
+        return ""
+    base = row["baseline"]
+    return f" | {base['median_ms']:.0f} ({base['min_ms']:.0f}) | {base['peak_rss_bytes'] / 2**30:.2f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official-dir", help="a checkout of the official VCIP-RGBD/DFormer repository")
@@ -199,9 +206,8 @@ def main():
             t, j = row["torch"], row["jittor"]
             print(f"| {config} | {args.batch}x{height}x{width} | {t['median_ms']:.0f} ({t['min_ms']:.0f}) | "
                   f"{j['median_ms']:.0f} ({j['min_ms']:.0f}) | {row['ratio']:.2f} | "
-                  f"{t['peak_rss_bytes'] / 2**30:.2f} / {j['peak_rss_bytes'] / 2**30:.2f}"
-                  + (f" | {row['baseline']['median_ms']:.0f} ({row['baseline']['min_ms']:.0f}) | "
-                     f"{row['baseline']['peak_rss_bytes'] / 2**30:.2f}" if args.baseline_root else "") + " |", flush=True)
+                  f"{t['peak_rss_bytes'] / 2**30:.2f} / {j['peak_rss_bytes'] / 2**30:.2f}" + baseline_cells(row) + " |",
+                  flush=True)
             if args.json:
                 with open(args.json, "a") as file:
                     file.write(json.dumps(row) + "\n")
