@@ -8,7 +8,8 @@ The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-th
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
 2-D oneDNN products; on the CPU (float32, training and inference alike) `ChannelsLastConv2d`,
 `layer_norm`, `gelu`, `axial_attention` and `full_attention` run the multi-threaded kernels of
-`cpu_kernels.py`, each with its own backward pass. The GPU takes the stock Jittor ops.
+`cpu_kernels.py` and `cpu_attention.py`, each with its own backward pass. The GPU takes the stock
+Jittor ops.
 """
 import functools
 import math
@@ -17,7 +18,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from . import cpu_kernels
+from . import cpu_attention, cpu_kernels
 
 
 def _fused_kernels_apply(x):
@@ -210,7 +211,7 @@ def axial_attention(q, k, v, mask_w, mask_h):
         qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
         v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
         out_cols = (H * W * C, d, C, W * C)  # output (B, H, W, n*d) as groups (b, head, column)
-        attend = cpu_kernels.masked_attention
+        attend = cpu_attention.masked_attention
         rows = attend(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
         return attend(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols], (B, H, W, C), d)
     q_w, k_w = q.permute(0, 2, 1, 3, 4), k.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
@@ -232,7 +233,7 @@ def full_attention(q, k, v, mask):
     C = n * d
     if _fused_kernels_apply(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
         qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
-        return cpu_kernels.masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
+        return cpu_attention.masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
     v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
     attn = nn.softmax(q @ k.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
