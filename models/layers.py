@@ -6,9 +6,10 @@ Each mirrors a PyTorch/mmcv behaviour that Jittor lacks or computes differently:
 
 The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-threaded and only
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
-2-D oneDNN products; `ChannelsLastConv2d` convolves NHWC tensors without transposes; and, for
-inference only (no gradient; training and the GPU take the stock path), two OpenMP kernels
-written with `jt.code`: a wide depthwise 3x3 conv and the masked attention of DFormerv2.
+2-D oneDNN products; on the CPU (float32, training and inference alike) `ChannelsLastConv2d`,
+`layer_norm`, `gelu`, `axial_attention` and `full_attention` run the multi-threaded kernels of
+`cpu_kernels.py` and `cpu_attention.py`, each with its own backward pass. The GPU takes the stock
+Jittor ops.
 """
 import functools
 import math
@@ -17,20 +18,37 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from . import cpu_attention, cpu_kernels
 from .batchnorm import BatchNorm2d
 
-_MKL_OPS = getattr(jt, "mkl_ops", None)  # Jittor's oneDNN ops; None when built with use_mkl=0
+
+def _fused_kernels_apply(x):
+    """Whether the CPU kernels of `cpu_kernels.py` run for `x`: CPU and float32."""
+    return not jt.flags.use_cuda and x.dtype == "float32"
 
 
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis with PyTorch's two-pass variance.
 
     Why not `jt.nn.LayerNorm`: it computes E[x^2] - E[x]^2, which loses digits on the large
-    residual-stream activations of deep stages and breaks 1e-4 parity.
+    residual-stream activations of deep stages and breaks 1e-4 parity. On the CPU one
+    multi-threaded kernel each way (`cpu_kernels.layer_norm`).
     """
+    if _fused_kernels_apply(x):
+        return cpu_kernels.layer_norm(x, weight, bias, eps)
     xc = x - x.mean(-1, keepdims=True)
     var = (xc * xc).mean(-1, keepdims=True)
     return xc / jt.sqrt(var + eps) * weight + bias
+
+
+def gelu(x):
+    """GELU (erf form); on the CPU one multi-threaded kernel each way."""
+    return cpu_kernels.gelu(x) if _fused_kernels_apply(x) else nn.gelu(x)
+
+
+class GELU(nn.Module):
+    def execute(self, x):
+        return gelu(x)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -126,101 +144,19 @@ class ChannelsLastConv2d(nn.Conv2d):
     """`nn.Conv2d` (same parameters, state_dict entries and isinstance) on NHWC tensors, NHWC out.
 
     Why: Jittor's CPU convolution is oneDNN on NCHW tensors, so a channels-last block would pay
-    two transposes around every convolution. Without gradients (inference) this calls Jittor's
-    oneDNN op with NHWC ("acdb") input and output directly (a 3x3 depthwise conv over 256
-    channels at 120x160: ~20 ms instead of ~55 ms), or, for wide 3x3 depthwise convs, the
-    `_depthwise_nhwc` kernel. Neither has a gradient, so training, and the GPU (cuDNN / Jittor's
-    depthwise kernel), run the stock convolution on an NCHW view.
-    (Indexing the NHWC tensor in Jittor's reindex-conv pattern would keep gradients, but Jittor's
-    conv tuner mis-reads that pattern for some shapes and asks oneDNN for a dilated conv.)
+    two transposes around every convolution, and oneDNN's depthwise backward passes are slow. On
+    the CPU this is `cpu_kernels.conv_nhwc`: oneDNN with NHWC ("acdb") input and output, an OpenMP
+    kernel for wide 3x3 depthwise convs, and OpenMP kernels for depthwise gradients. The GPU
+    (cuDNN / Jittor's depthwise kernel) runs the stock convolution on an NCHW view.
     """
 
     def execute(self, x, residual_gelu=False):
         """conv(x), or with `residual_gelu` gelu(conv(x) + x) (DFormer's MLP position encoding and
-        activation, fused into the depthwise kernel where that runs)."""
-        if self._depthwise_kernel_applies(x):
-            return _depthwise_nhwc(x, self, residual_gelu)
-        if jt.flags.use_cuda or not jt.flags.no_grad or _MKL_OPS is None or x.dtype != "float32":
-            y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        else:
-            (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-            y = _MKL_OPS.mkl_conv(x, self.weight, sh, sw, ph, pw, dh, dw, self.groups,
-                                  xformat="acdb", wformat="oihw", yformat="acdb")
-            y = y if self.bias is None else y + self.bias
+        activation, fused into the depthwise kernel in inference)."""
+        if _fused_kernels_apply(x) and cpu_kernels.onednn_available():
+            return cpu_kernels.conv_nhwc(x, self, residual_gelu)
+        y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return nn.gelu(y + x) if residual_gelu else y
-
-    def _depthwise_kernel_applies(self, x):
-        return (not jt.flags.use_cuda and jt.flags.no_grad and x.dtype == "float32"
-                and tuple(self.kernel_size) == (3, 3) and self.groups == self.in_channels == self.out_channels
-                and tuple(self.stride) == (1, 1) and tuple(self.dilation) == (1, 1)
-                and _numel(x.shape) >= DEPTHWISE_KERNEL_MIN_ELEMENTS)
-
-
-_DEPTHWISE_SRC = """
-// Depthwise KHxKW conv, stride 1, zero padding PH/PW, of an NHWC tensor, bias included, then
-// the epilogue (nothing, or the residual and GELU of `ChannelsLastConv2d(x, residual_gelu=True)`).
-// in0: x (B, H, W, C); in1: weight (KH*KW, C); in2: bias (C); out0: (B, OH, OW, C).
-const int64 H = in0_shape1, W = in0_shape2, C = in0_shape3, OH = out0_shape1, OW = out0_shape2;
-#pragma omp parallel for collapse(2) schedule(static)
-for (int64 b = 0; b < in0_shape0; b++)
-for (int64 oh = 0; oh < OH; oh++)
-for (int64 ow = 0; ow < OW; ow++) {
-    float32 *o = out0_p + ((b * OH + oh) * OW + ow) * C;
-    for (int64 c = 0; c < C; c++) o[c] = in2_p[c];
-    for (int kh = 0; kh < @KH; kh++) {
-        const int64 ih = oh - @PH + kh;
-        if (ih < 0 || ih >= H) continue;
-        for (int kw = 0; kw < @KW; kw++) {
-            const int64 iw = ow - @PW + kw;
-            if (iw < 0 || iw >= W) continue;
-            const float32 *xi = in0_p + ((b * H + ih) * W + iw) * C, *wk = in1_p + (kh * @KW + kw) * C;
-            for (int64 c = 0; c < C; c++) o[c] += wk[c] * xi[c];
-        }
-    }
-    @EPILOGUE
-}
-"""
-# Optional epilogue: gelu(conv(x) + x), with Jittor's gelu formula (erf(v / sqrt 2) + 1) * v * 0.5.
-_RESIDUAL_GELU = """{
-        const float32 *xc = in0_p + ((b * H + oh) * W + ow) * C;
-        for (int64 c = 0; c < C; c++) {
-            const float32 v = o[c] + xc[c];
-            o[c] = (std::erf(v / 1.4142135623730951f) + 1) * v * 0.5f;
-        }
-    }"""
-
-
-# Measured on the 2-core CPU: the kernel is ~2x faster than oneDNN for 3x3 depthwise convs over
-# >= 2M elements (the wide MLP/FFN convs of the first stages, memory-bound); oneDNN wins on
-# smaller maps and on 5x5/7x7 kernels, where arithmetic dominates.
-DEPTHWISE_KERNEL_MIN_ELEMENTS = 2 ** 21
-
-
-def _numel(shape):
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
-
-
-def _depthwise_nhwc(x, conv, residual_gelu=False):
-    """Stride-1 depthwise `conv` of an NHWC tensor in one parallel CPU kernel (inference only).
-
-    Why not oneDNN here: it computes depthwise convolutions in a blocked layout, so each call
-    reorders the input and the output; wide 3x3 depthwise convolutions are memory-bound, and one
-    pass over the NHWC tensor (vectorised over channels, one OpenMP thread per output row) is
-    faster.
-    """
-    B, H, W, C = x.shape
-    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    weight = conv.weight.reshape(C, kh * kw).transpose(1, 0)  # (kh*kw, C): channels contiguous
-    bias = conv.bias if conv.bias is not None else jt.zeros((C,))
-    src = _DEPTHWISE_SRC
-    for name, value in (("@KH", kh), ("@KW", kw), ("@PH", ph), ("@PW", pw)):
-        src = src.replace(name, str(value))
-    src = src.replace("@EPILOGUE", _RESIDUAL_GELU if residual_gelu else "")
-    return jt.code((B, H + 2 * ph - kh + 1, W + 2 * pw - kw + 1, C), "float32", [x, weight, bias],
-                   cpu_header="#include <cmath>", cpu_src=src)
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -262,73 +198,44 @@ def bmm(a, b, transpose_b=False):
     return jt.stack([product(a[i], b[i]) for i in range(a.shape[0])])
 
 
-_ATTENTION_SRC = """
-// softmax(q k^T + mask) v for each group g = (g0, g1, g2), one OpenMP thread per group.
-// in0..in2: q, k, v; in3: mask (G, L, L); in4: int32 layout; out0: output. Rows of q, k, v and
-// the output hold HEAD_DIM channels with stride 1 at g0*s0 + g1*s1 + g2*s2 + position*sp.
-#define HEAD_DIM @HEAD_DIM
-int64 cfg[20];
-for (int t = 0; t < 20; t++) cfg[t] = in4_p[t];
-const int64 G1 = cfg[1], G2 = cfg[2], L = cfg[3], G = cfg[0] * G1 * G2;
-#pragma omp parallel for schedule(static)
-for (int64 g = 0; g < G; g++) {
-    const int64 g0 = g / (G1 * G2), g1 = (g / G2) % G1, g2 = g % G2;
-    const float32 *qg = in0_p + g0 * cfg[4] + g1 * cfg[5] + g2 * cfg[6];
-    const float32 *kg = in1_p + g0 * cfg[8] + g1 * cfg[9] + g2 * cfg[10];
-    const float32 *vg = in2_p + g0 * cfg[12] + g1 * cfg[13] + g2 * cfg[14];
-    float32 *og = out0_p + g0 * cfg[16] + g1 * cfg[17] + g2 * cfg[18];
-    const float32 *mg = in3_p + g * L * L;
-    std::vector<float32> kt(HEAD_DIM * L), p(L);
-    for (int64 j = 0; j < L; j++)  // k transposed, so that the logits loop runs over contiguous j
-        for (int c = 0; c < HEAD_DIM; c++) kt[c * L + j] = kg[j * cfg[11] + c];
-    for (int64 i = 0; i < L; i++) {
-        const float32 *qi = qg + i * cfg[7];
-        for (int64 j = 0; j < L; j++) p[j] = mg[i * L + j];
-        for (int c = 0; c < HEAD_DIM; c++) {
-            const float32 qc = qi[c], *ktc = kt.data() + c * L;
-            for (int64 j = 0; j < L; j++) p[j] += qc * ktc[j];
-        }
-        float32 top = p[0], sum = 0;
-        for (int64 j = 1; j < L; j++) top = std::max(top, p[j]);
-        for (int64 j = 0; j < L; j++) { p[j] = std::exp(p[j] - top); sum += p[j]; }
-        float32 acc[HEAD_DIM] = {0};
-        for (int64 j = 0; j < L; j++) {
-            const float32 pj = p[j], *vj = vg + j * cfg[15];
-            for (int c = 0; c < HEAD_DIM; c++) acc[c] += pj * vj[c];
-        }
-        float32 *oi = og + i * cfg[19];
-        for (int c = 0; c < HEAD_DIM; c++) oi[c] = acc[c] / sum;
-    }
-}
-"""
+def axial_attention(q, k, v, mask_w, mask_h):
+    """Attention along each row (over W), then along each column (over H), with additive masks.
 
-
-def fused_attention_available(x):
-    """Whether `masked_attention` can run: CPU inference (it has no gradient) in float32."""
-    return not jt.flags.use_cuda and jt.flags.no_grad and x.dtype == "float32"
-
-
-def masked_attention(q, k, v, mask, groups, views, out_shape, head_dim):
-    """softmax(q k^T + mask) v for many small attention problems, fused in one parallel CPU kernel.
-
-    Why: on the CPU Jittor runs batched products as single-threaded broadcast-multiply-sum loops
-    and the softmax as three more passes over the (groups, L, L) logits; this computes each
-    group's logits, softmax and product in one go, one OpenMP thread per group, and reads q, k, v
-    and writes the output through strides, so the head splits and axis swaps cost no copies.
-    Inference only (no gradient): see `fused_attention_available`.
-
-    Args:
-        q, k, v: tensors holding, for group g = (g0, g1, g2) and position p, `head_dim` contiguous
-            channels (k already scaled).
-        mask: additive mask, contiguous, (L, L) per group in group order, e.g. (G0, G1, G2, L, L).
-        groups: (G0, G1, G2).
-        views: element strides (s0, s1, s2, s_position) of q, k, v and the output, in that order.
-        out_shape: shape of the output tensor the output view writes into.
-        head_dim: channels per head (a compile-time constant of the kernel).
-    Returns: the output tensor (out_shape), every element written.
+    q, k: (B, n, H, W, d), k already scaled; v: (B, H, W, n*d); mask_w: (B, n, H, W, W);
+    mask_h: (B, n, W, H, H). Returns (B, H, W, n*d). The CPU takes the fused kernel, which reads
+    every layout through strides; the GPU the stock batched products.
     """
-    L = int(mask.shape[-1])
-    layout = np.array([*groups, L, *[s for view in views for s in view]], dtype=np.int32)
-    return jt.code(out_shape, "float32", [q, k, v, mask, jt.array(layout)],
-                   cpu_header="#include <vector>\n#include <cmath>\n#include <algorithm>",
-                   cpu_src=_ATTENTION_SRC.replace("@HEAD_DIM", str(int(head_dim))))
+    B, n, H, W, d = q.shape
+    C = n * d
+    if _fused_kernels_apply(q):
+        qk_rows = (n * H * W * d, H * W * d, W * d, d)  # groups (b, head, row), position = column
+        qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
+        v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
+        out_cols = (H * W * C, d, C, W * C)  # output (B, H, W, n*d) as groups (b, head, column)
+        attend = cpu_attention.masked_attention
+        rows = attend(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
+        return attend(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols], (B, H, W, C), d)
+    q_w, k_w = q.permute(0, 2, 1, 3, 4), k.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
+    v = v.reshape(B, H, W, n, d).permute(0, 1, 3, 2, 4)  # (B, H, n, W, d)
+    attn_w = nn.softmax(q_w @ k_w.permute(0, 1, 2, 4, 3) + mask_w.permute(0, 2, 1, 3, 4), dim=-1)
+    v = (attn_w @ v).permute(0, 3, 2, 1, 4)  # (B, W, n, H, d)
+    q_h, k_h = q.permute(0, 3, 1, 2, 4), k.permute(0, 3, 1, 2, 4)  # (B, W, n, H, d)
+    attn_h = nn.softmax(q_h @ k_h.permute(0, 1, 2, 4, 3) + mask_h.permute(0, 2, 1, 3, 4), dim=-1)
+    return (attn_h @ v).permute(0, 3, 1, 2, 4).reshape(B, H, W, C)
+
+
+def full_attention(q, k, v, mask):
+    """Attention over all H*W positions with an additive mask.
+
+    q, k: (B, n, H, W, d), k already scaled; v: (B, H, W, n*d); mask: (B, n, HW, HW).
+    Returns (B, H, W, n*d).
+    """
+    B, n, H, W, d = q.shape
+    C = n * d
+    if _fused_kernels_apply(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
+        qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
+        return cpu_attention.masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
+    q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
+    v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
+    attn = nn.softmax(q @ k.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
+    return (attn @ v).permute(0, 2, 1, 3).reshape(B, H, W, C)

@@ -194,8 +194,11 @@ def peak_memory():
 
 
 def measure_training(model, num_classes, batch_size=8, height=480, width=640, warmup=2, iters=5,
-                     lr=6e-5, progress=False):
+                     lr=6e-5, progress=False, optimizer=None):
     """Images/s of forward + cross-entropy + backward + AdamW step on one fixed batch, and peak memory.
+
+    `optimizer`: the one to step (e.g. `utils.optim.build_optimizer`, the official parameter
+    groups); by default AdamW over all parameters.
 
     The step is synced (`jt.sync_all(True)`) each iteration: Jittor would otherwise defer the
     parameter updates. Run it in a fresh process for a per-model peak memory figure.
@@ -205,7 +208,7 @@ def measure_training(model, num_classes, batch_size=8, height=480, width=640, wa
     from utils.loss import cross_entropy
 
     model.train()
-    optimizer = jt.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    optimizer = optimizer or jt.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     rgb, depth = random_inputs(batch_size, height, width)
     label = jt.randint(0, num_classes, (batch_size, height, width))
 
@@ -330,8 +333,11 @@ def main(argv=None):
         if args.precision != "fp32":
             raise SystemExit("--train measures fp32 training only")
         jt.gc()
+        from utils.optim import build_optimizer
+
         train = measure_training(model, config.num_classes, args.train_batch_size, args.height, args.width,
-                                 iters=args.train_iters, progress=not args.no_progress)
+                                 iters=args.train_iters, progress=not args.no_progress,
+                                 optimizer=build_optimizer(model, config))
         train["batch_size"] = args.train_batch_size
         report["train"] = train
         memory = train["peak_memory"]

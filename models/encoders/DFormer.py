@@ -12,7 +12,7 @@ import jittor as jt
 from jittor import nn
 
 from ..batchnorm import BatchNorm2d
-from ..layers import ChannelsLastConv2d, adaptive_avg_pool_nhwc, layer_norm, resize
+from ..layers import GELU, ChannelsLastConv2d, adaptive_avg_pool_nhwc, layer_norm, resize
 
 
 class LayerNorm(nn.Module):
@@ -78,7 +78,7 @@ class attention(nn.Module):
         if window != 0:
             self.short_cut_linear = nn.Linear(dim // 2 * 3, dim // 2)
             self.kv = nn.Linear(dim, dim)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.norm = LayerNorm(dim)
         self.norm_e = LayerNorm(dim // 2)
 
@@ -144,7 +144,7 @@ def _stem(in_channels, dim):
     return nn.Sequential(
         nn.Conv2d(in_channels, dim // 2, 3, stride=2, padding=1),
         BatchNorm2d(dim // 2),
-        nn.GELU(),
+        GELU(),
         nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),
         BatchNorm2d(dim),
     )

@@ -13,7 +13,7 @@ import numpy as np
 from jittor import nn
 
 from ..batchnorm import BatchNorm2d
-from ..layers import ChannelsLastConv2d, LayerNorm, fused_attention_available, masked_attention, resize
+from ..layers import GELU, ChannelsLastConv2d, LayerNorm, axial_attention, full_attention, gelu, resize
 
 
 class DWConv2d(nn.Module):
@@ -39,9 +39,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         half = embed_dim // 2
         self.proj = nn.Sequential(
-            *_conv_bn(in_chans, half, 2), nn.GELU(),
-            *_conv_bn(half, half, 1), nn.GELU(),
-            *_conv_bn(half, embed_dim, 2), nn.GELU(),
+            *_conv_bn(in_chans, half, 2), GELU(),
+            *_conv_bn(half, half, 1), GELU(),
+            *_conv_bn(half, embed_dim, 2), GELU(),
             *_conv_bn(embed_dim, embed_dim, 1),
         )
 
@@ -151,50 +151,18 @@ class Decomposed_GSA(_GSA):
     """Axial geometry self-attention: along each row (W) first, then each column (H)."""
 
     def execute(self, x, rel_pos):
-        B, H, W, C = x.shape
         (sin, cos), (mask_h, mask_w) = rel_pos
-        qr, kr, v, lepe = self.rotated_qkv(x, sin, cos)
-        n, d = self.num_heads, self.key_dim
-        if fused_attention_available(x):
-            # same maths in the fused CPU kernel, reading every layout through strides:
-            # qr, kr (B, n, H, W, d); v and the output (B, H, W, n*d); rows (W) then columns (H)
-            qkv_rows = (n * H * W * d, H * W * d, W * d, d)  # groups (b, head, row), position column
-            qkv_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position row
-            v_rows = (H * W * C, d, W * C, C)
-            out_cols = (H * W * C, d, C, W * C)
-            v = masked_attention(qr, kr, v, mask_w, (B, n, H), [qkv_rows, qkv_rows, v_rows, qkv_rows],
-                                 (B, n, H, W, d), d)
-            out = masked_attention(qr, kr, v, mask_h, (B, n, W), [qkv_cols, qkv_cols, qkv_cols, out_cols],
-                                   (B, H, W, C), d)
-            return self.out_proj(out + lepe)
-        qr_w, kr_w = qr.permute(0, 2, 1, 3, 4), kr.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
-        v = v.reshape(B, H, W, n, d).permute(0, 1, 3, 2, 4)  # (B, H, n, W, d)
-        attn_w = nn.softmax(qr_w @ kr_w.permute(0, 1, 2, 4, 3) + mask_w.permute(0, 2, 1, 3, 4), dim=-1)
-        v = attn_w @ v  # (B, H, n, W, d)
-        qr_h, kr_h = qr.permute(0, 3, 1, 2, 4), kr.permute(0, 3, 1, 2, 4)  # (B, W, n, H, d)
-        v = v.permute(0, 3, 2, 1, 4)  # (B, W, n, H, d)
-        attn_h = nn.softmax(qr_h @ kr_h.permute(0, 1, 2, 4, 3) + mask_h.permute(0, 2, 1, 3, 4), dim=-1)
-        out = (attn_h @ v).permute(0, 3, 1, 2, 4).reshape(B, H, W, C)  # (B, H, W, n*d)
-        return self.out_proj(out + lepe)
+        qr, kr, v, lepe = self.rotated_qkv(x, sin, cos)  # qr, kr (B, n, H, W, d); v, lepe (B, H, W, C)
+        return self.out_proj(axial_attention(qr, kr, v, mask_w, mask_h) + lepe)
 
 
 class Full_GSA(_GSA):
     """Geometry self-attention over all H*W positions (last stage)."""
 
     def execute(self, x, rel_pos):
-        B, H, W, C = x.shape
         (sin, cos), mask = rel_pos
         qr, kr, v, lepe = self.rotated_qkv(x, sin, cos)
-        n, d = self.num_heads, self.key_dim
-        if fused_attention_available(x):  # fused CPU kernel: qr, kr (B, n, HW, d); v, out (B, HW, n*d)
-            qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
-            out = masked_attention(qr, kr, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
-            return self.out_proj(out + lepe)
-        qr, kr = qr.reshape(B, n, H * W, d), kr.reshape(B, n, H * W, d)
-        v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
-        attn = nn.softmax(qr @ kr.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
-        out = (attn @ v).permute(0, 2, 1, 3).reshape(B, H, W, C)
-        return self.out_proj(out + lepe)
+        return self.out_proj(full_attention(qr, kr, v, mask) + lepe)
 
 
 class FeedForwardNetwork(nn.Module):
@@ -207,7 +175,7 @@ class FeedForwardNetwork(nn.Module):
         self.dwconv = DWConv2d(ffn_dim, 3, 1, 1)
 
     def execute(self, x):
-        x = nn.gelu(self.fc1(x))
+        x = gelu(self.fc1(x))
         return self.fc2(self.dwconv(x) + x)
 
 

@@ -1,0 +1,133 @@
+"""The CPU kernels of `models/cpu_kernels.py` against Jittor's stock ops: values and gradients.
+
+On the CPU the models run these kernels in training and inference alike; the stock ops (what
+the GPU runs) are forced here by switching `layers._fused_kernels_apply` off.
+"""
+import importlib
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def stock_path(monkeypatch):
+    """A context in which `models.layers` takes the stock Jittor ops."""
+    import contextlib
+
+    from models import layers
+
+    @contextlib.contextmanager
+    def stock():
+        with monkeypatch.context() as patch:
+            patch.setattr(layers, "_fused_kernels_apply", lambda x: False)
+            yield
+
+    return stock
+
+
+def values_and_grads(fn, inputs, params=()):
+    """fn(*inputs) and the gradients of sum(fn * fixed weights) w.r.t. inputs and params, as numpy."""
+    import jittor as jt
+
+    out = fn(*inputs)
+    weights = jt.array(np.random.default_rng(1).standard_normal(out.shape).astype(np.float32))
+    grads = jt.grad((out * weights).sum(), list(inputs) + list(params))
+    return [out.numpy()] + [g.numpy() for g in grads]
+
+
+def assert_close(fast, stock, rel=1e-5):
+    for a, b in zip(fast, stock):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= rel * max(np.abs(b).max(), 1.0), np.abs(a - b).max()
+
+
+def randn(*shapes, seed=0):
+    import jittor as jt
+
+    rng = np.random.default_rng(seed)
+    return [jt.array(rng.standard_normal(shape).astype(np.float32)) for shape in shapes]
+
+
+# (B, H, W, C, k): the first is wide enough for the OpenMP depthwise forward kernel, the others use
+# oneDNN forward; all take the depthwise backward kernels
+@pytest.mark.parametrize("shape", [(1, 64, 64, 512, 3), (2, 20, 24, 32, 7), (2, 9, 11, 16, 5)])
+@pytest.mark.parametrize("residual_gelu", [False, True])
+def test_depthwise_conv(shape, residual_gelu, stock_path):
+    import jittor as jt
+
+    from models.layers import ChannelsLastConv2d
+
+    B, H, W, C, k = shape
+    conv = ChannelsLastConv2d(C, C, k, padding=k // 2, groups=C)
+    (x,) = randn((B, H, W, C))
+    fn = lambda x: conv(x, residual_gelu=residual_gelu)  # noqa: E731
+    fast = values_and_grads(fn, [x], [conv.weight, conv.bias])
+    with jt.no_grad():
+        inference = fn(x).numpy()
+    with stock_path():
+        stock = values_and_grads(fn, [x], [conv.weight, conv.bias])
+    assert_close(fast, stock)
+    assert_close([inference], stock[:1])
+
+
+def test_strided_conv(stock_path):
+    from models.layers import ChannelsLastConv2d
+
+    conv = ChannelsLastConv2d(16, 24, 3, stride=2, padding=1)
+    (x,) = randn((2, 9, 12, 16))
+    fast = values_and_grads(conv, [x], [conv.weight, conv.bias])
+    with stock_path():
+        stock = values_and_grads(conv, [x], [conv.weight, conv.bias])
+    assert_close(fast, stock)
+
+
+def test_axial_and_full_attention(stock_path):
+    from models.layers import axial_attention, full_attention
+
+    B, n, H, W, d = 2, 3, 5, 7, 8
+    qkv = [(B, n, H, W, d), (B, n, H, W, d), (B, H, W, n * d)]
+    for fn, shapes in [(axial_attention, qkv + [(B, n, H, W, W), (B, n, W, H, H)]),
+                       (full_attention, qkv + [(B, n, H * W, H * W)])]:
+        inputs = randn(*shapes)
+        fast = values_and_grads(fn, inputs)  # also the masks' gradients (a separate kernel)
+        with stock_path():
+            stock = values_and_grads(fn, inputs)
+        assert_close(fast, stock)
+
+
+def test_layer_norm_and_gelu(stock_path):
+    from models import layers
+
+    norm = layers.LayerNorm(48, eps=1e-6)
+    norm.weight.assign(randn((48,), seed=2)[0])
+    norm.bias.assign(randn((48,), seed=3)[0])
+    cases = [(norm, [(2, 5, 7, 48)], [norm.weight, norm.bias]), (layers.gelu, [(3, 1000)], [])]
+    for fn, shapes, params in cases:
+        inputs = [x * 3 for x in randn(*shapes)]
+        fast = values_and_grads(fn, inputs, params)
+        with stock_path():
+            stock = values_and_grads(fn, inputs, params)
+        assert_close(fast, stock)
+
+
+@pytest.mark.parametrize("config", ["DFormer_Tiny", "DFormerv2_S"])
+def test_model_matches_stock_ops(config, stock_path):
+    """Whole model, eval mode (fixed BN and NMF bases): logits and every parameter gradient."""
+    import jittor as jt
+
+    from models import build_model
+
+    model = build_model(importlib.import_module(f"local_configs.NYUDepthv2.{config}").C)
+    model.eval()
+    model.decode_head.hamburger.ham.fixed_raw_bases = np.random.default_rng(0).random((1, 512, 64), np.float32)
+    rgb, depth = randn((1, 3, 64, 96), (1, 3, 64, 96))
+    params = [p for p in model.parameters() if not p.is_stop_grad()]
+    fast = values_and_grads(lambda r, d: model(r, d), [rgb, depth], params)
+    with jt.no_grad():
+        inference = model(rgb, depth).numpy()
+    with stock_path():
+        stock = values_and_grads(lambda r, d: model(r, d), [rgb, depth], params)
+    assert np.abs(inference - stock[0]).max() < 1e-4
+    assert np.abs(fast[0] - stock[0]).max() < 1e-4
+    scale = max(np.abs(g).max() for g in stock[1:])
+    assert max(np.abs(a - b).max() for a, b in zip(fast[1:], stock[1:])) <= 1e-5 * scale

@@ -1,0 +1,217 @@
+"""Training speed and peak memory of this Jittor model next to the official PyTorch model, measured
+side by side: one process per side, one training step at a time, alternating, so both see the
+same machine load.
+
+    python utils/train_speed_vs_official.py --official-dir ../DFormer --torch-python ../torchvenv/bin/python \
+        --configs DFormer_Tiny DFormerv2_S --sizes 120x160 240x320 --torch-threads 2
+
+A step is forward, cross-entropy over labelled pixels, backward and an AdamW update over the
+official parameter groups, on one fixed random batch (B, 3, H, W) rgb and depth, as
+`utils/latency.py --train` does. The official code is imported from `--official-dir` by the
+PyTorch worker only (it is never copied here); its NMF bases are drawn on the CPU instead of
+upstream's `.cuda()`. Peak memory is each worker process's peak RSS. Jittor uses its default
+threads (all cores), PyTorch `--torch-threads`.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))  # utils/ itself must not shadow top-level names
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+
+def jittor_worker(root, config, batch, height, width):
+    """A `step()` closure for the model of the repository checkout `root` (run under the Jittor Python)."""
+    sys.path.insert(0, root)
+    os.chdir(root)
+    from utils.entry import load_config  # sets Jittor's defaults before importing it
+
+    import jittor as jt
+    from models import build_model
+    from utils.latency import random_inputs
+    from utils.optim import build_optimizer
+
+    C = load_config(f"local_configs.NYUDepthv2.{config}")
+    model = build_model(C)
+    model.train()
+    optimizer = build_optimizer(model, C)
+    rgb, depth = random_inputs(batch, height, width)
+    label = jt.randint(0, C.num_classes, (batch, height, width))
+
+    def step():
+        optimizer.step(jt.nn.cross_entropy_loss(model(rgb, depth), label, ignore_index=255))
+        jt.sync_all(True)
+
+    return step
+
+
+def torch_worker(official_dir, cfg, batch, height, width, threads):
+    """A `step()` closure for the official model (run under a Python with torch)."""
+    sys.path.insert(0, official_dir)
+    import torch
+    import torch.nn.functional as F
+    import models.decoders.ham_head as ham
+    from models.builder import EncoderDecoder
+    from utils.init_func import group_weight
+
+    torch.set_num_threads(threads)
+    ham.NMF2D._build_bases = lambda self, B, S, D, R, cuda=False: F.normalize(torch.rand((B * S, D, R)), dim=1)
+
+    class AttrDict(dict):
+        __getattr__ = dict.__getitem__
+
+    criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=255)
+    with open(os.devnull, "w") as devnull:  # the official constructors print their settings
+        stdout, sys.stdout = sys.stdout, devnull
+        try:
+            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=torch.nn.BatchNorm2d, syncbn=False)
+            params = group_weight([], model, torch.nn.BatchNorm2d, cfg["lr"])
+        finally:
+            sys.stdout = stdout
+    model.train()
+    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
+    torch.manual_seed(0)
+    rgb, depth = torch.rand(batch, 3, height, width), torch.rand(batch, 3, height, width)
+    label = torch.randint(0, cfg["num_classes"], (batch, height, width))
+
+    def step():
+        loss = model(rgb, depth, label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def serve(step):
+    """Worker loop: 'step' -> one timed step (seconds on stdout); 'quit' -> peak RSS (bytes)."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            start = time.perf_counter()
+            step()
+            print(time.perf_counter() - start, flush=True)
+        else:
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, flush=True)
+            return
+
+
+def official_cfg(config):
+    from utils.entry import load_config
+
+    C = load_config(f"local_configs.NYUDepthv2.{config}")
+    keys = ("backbone", "decoder", "decoder_embed_dim", "num_classes", "drop_path_rate", "bn_eps",
+            "bn_momentum", "aux_rate", "lr", "weight_decay")
+    return dict({key: C[key] for key in keys}, pretrained_model=None, background=255)
+
+
+class Worker:
+    def __init__(self, command):
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self._expect("ready")
+
+    def _expect(self, word):
+        for line in self.process.stdout:
+            if line.strip() == word:
+                return
+        raise RuntimeError(f"worker {self.process.args[:3]} exited (code {self.process.wait()})")
+
+    def ask(self, command):
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.process.args[:3]} exited (code {self.process.wait()})")
+        return float(line)
+
+    def close(self):
+        peak = self.ask("quit")
+        self.process.wait()
+        return peak
+
+
+def compare(args, config, height, width):
+    me = [sys.executable, os.path.abspath(__file__), "--batch", str(args.batch), "--size", f"{height}x{width}"]
+    workers = {"jittor": Worker(me + ["--worker", "jittor", "--config", config, "--root", ROOT])}
+    if args.baseline_root:
+        workers["baseline"] = Worker(me + ["--worker", "jittor", "--config", config, "--root", args.baseline_root])
+    workers["torch"] = Worker([args.torch_python] + me[1:] + ["--worker", "torch", "--official-dir", args.official_dir,
+                                                   "--torch-threads", str(args.torch_threads),
+                                                   "--cfg", json.dumps(official_cfg(config))])
+    times = {name: [] for name in workers}
+    for round_ in range(args.warmup + args.rounds):  # alternate, swapping who goes first
+        for name, worker in list(workers.items())[::1 if round_ % 2 else -1]:
+            seconds = worker.ask("step")
+            if round_ >= args.warmup:
+                times[name].append(seconds)
+    row = {"config": config, "batch": args.batch, "height": height, "width": width}
+    for name, worker in workers.items():
+        row[name] = {"median_ms": 1e3 * statistics.median(times[name]), "min_ms": 1e3 * min(times[name]),
+                     "peak_rss_bytes": worker.close(), "times_s": times[name]}
+    row["ratio"] = row["jittor"]["median_ms"] / row["torch"]["median_ms"]
+    return row
+
+
+def baseline_cells(row):
+    if "baseline" not in row:
+        return ""
+    base = row["baseline"]
+    return f" | {base['median_ms']:.0f} ({base['min_ms']:.0f}) | {base['peak_rss_bytes'] / 2**30:.2f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official-dir", help="a checkout of the official VCIP-RGBD/DFormer repository")
+    parser.add_argument("--torch-python", help="a Python interpreter with torch, mmcv-lite, mmengine, timm")
+    parser.add_argument("--configs", nargs="+", default=["DFormer_Tiny", "DFormerv2_S", "DFormer_Large"],
+                        help="NYUDepthv2 config names")
+    parser.add_argument("--sizes", nargs="+", default=["120x160"], help="HxW")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--baseline-root", help="another checkout of this repository, timed in the same rounds")
+    parser.add_argument("--json", help="append each result row to this JSON-lines file")
+    parser.add_argument("--worker", choices=["jittor", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--cfg", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        height, width = map(int, args.size.split("x"))
+        if args.worker == "jittor":
+            serve(jittor_worker(args.root, args.config, args.batch, height, width))
+        else:
+            serve(torch_worker(args.official_dir, json.loads(args.cfg), args.batch, height, width, args.torch_threads))
+        return
+    if not (args.official_dir and args.torch_python):
+        parser.error("--official-dir and --torch-python are required")
+    sys.path.insert(0, ROOT)
+    baseline = " | baseline ms (min) | baseline peak RSS GiB" if args.baseline_root else ""
+    print(f"| model | batch x H x W | PyTorch ms (min) | Jittor ms (min) | Jittor / PyTorch | "
+          f"peak RSS GiB PyTorch / Jittor{baseline} |")
+    print("|---" * (8 if args.baseline_root else 6) + "|")
+    for size in args.sizes:
+        height, width = map(int, size.split("x"))
+        for config in args.configs:
+            row = compare(args, config, height, width)
+            t, j = row["torch"], row["jittor"]
+            print(f"| {config} | {args.batch}x{height}x{width} | {t['median_ms']:.0f} ({t['min_ms']:.0f}) | "
+                  f"{j['median_ms']:.0f} ({j['min_ms']:.0f}) | {row['ratio']:.2f} | "
+                  f"{t['peak_rss_bytes'] / 2**30:.2f} / {j['peak_rss_bytes'] / 2**30:.2f}" + baseline_cells(row) + " |",
+                  flush=True)
+            if args.json:
+                with open(args.json, "a") as file:
+                    file.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
