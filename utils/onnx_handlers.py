@@ -16,7 +16,8 @@ from models.decoders.ham_head import NMF2D, Hamburger, LightHamHead
 from models.encoders import DFormer as v1
 from models.encoders import DFormerv2 as v2
 from models.encoders.DFormer import LayerNorm as DFormerLayerNorm
-from models.layers import ChannelsLastConv2d, ConvModule, LayerNorm, PointwiseConv2d
+from models.batchnorm import BatchNorm2d
+from models.layers import GELU, ChannelsLastConv2d, ConvModule, LayerNorm, PointwiseConv2d
 
 from .onnx_graph import ExportError
 
@@ -90,7 +91,7 @@ def relu(ex, m, x):
     return ex.g.relu(x)
 
 
-@handles(nn.GELU)
+@handles(nn.GELU, GELU)
 def gelu(ex, m, x):
     return ex.g.gelu(x)
 
@@ -116,7 +117,7 @@ def channels_last_conv2d(ex, m, x, residual_gelu=False):
     return ex.g.gelu(ex.g.add(y, x)) if residual_gelu else y
 
 
-@handles(nn.BatchNorm2d)
+@handles(nn.BatchNorm2d, BatchNorm2d)
 def batch_norm(ex, m, x):  # only where no convolution precedes it (else folded)
     return ex.g.op("BatchNormalization", x, ex.param(m, "weight"), ex.param(m, "bias"),
                    ex.param(m, "running_mean"), ex.param(m, "running_var"), epsilon=m.eps)
@@ -128,7 +129,7 @@ def sequential(ex, m, x):
     i = 0
     while i < len(layers):
         if (type(layers[i]) is nn.Conv2d and i + 1 < len(layers)
-                and type(layers[i + 1]) is nn.BatchNorm2d):
+                and type(layers[i + 1]) in (nn.BatchNorm2d, BatchNorm2d)):
             x = ex.conv_bn(x, layers[i], layers[i + 1])
             i += 2
         else:
