@@ -92,13 +92,15 @@ def training_losses(model, C, shape):
     model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
     optimizer = build_optimizer(model, C)
     losses = []
-    for _ in range(TRAIN_STEPS):
-        # Same DropPath/dropout draws every step: the loss then moves only through the updates.
-        jt.set_global_seed(TRAIN_SEED)
-        losses.append(float(train_step(model, optimizer, data, C).item()))
-    jt.sync_all(True)
-    model.decode_head.hamburger.ham.fixed_raw_bases = None
-    model.eval()
+    try:
+        for _ in range(TRAIN_STEPS):
+            # Same DropPath/dropout draws every step: the loss then moves only through the updates.
+            jt.set_global_seed(TRAIN_SEED)
+            losses.append(float(train_step(model, optimizer, [data], C)))  # one micro-batch per step
+        jt.sync_all(True)
+    finally:
+        model.decode_head.hamburger.ham.fixed_raw_bases = None
+        model.eval()
     return losses
 
 
