@@ -11,15 +11,19 @@ from conftest import ROOT
 from test_pipeline import TINY_CONFIG
 
 
+def generate_data(config):
+    """The synthetic set of `config`, generated as train.sh does (building a dataset writes nothing)."""
+    subprocess.run([sys.executable, "-m", "utils.synthetic", "--config", str(config)], check=True, cwd=ROOT,
+                   capture_output=True)
+
+
 def test_two_ranks_share_batches_and_stay_in_sync(tmp_path):
     assert shutil.which("mpirun"), "OpenMPI is needed (tests/run.sh installs it)"
     config = tmp_path / "tiny_config.py"
     # 5 test images: Jittor's split of the uneven last eval batch gives both ranks the same image
     config.write_text(TINY_CONFIG.format(data=str(tmp_path / "data")).replace("batch_size=2", "batch_size=4")
                       .replace("num_eval_imgs=4", "num_eval_imgs=5"))
-    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); from utils.entry import "
-                    f"load_config; from utils.synthetic import ensure_synthetic_dataset; "
-                    f"ensure_synthetic_dataset(load_config({str(config)!r}))"], check=True, cwd=ROOT)
+    generate_data(config)
     root_flag = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     done = subprocess.run(["mpirun", "-np", "2", *root_flag, "--oversubscribe", sys.executable,
                            os.path.join(ROOT, "tests", "mpi_worker.py"), str(config), str(tmp_path)],
@@ -46,6 +50,7 @@ def test_one_and_two_processes_and_accumulation_take_the_same_steps(tmp_path):
     assert shutil.which("mpirun"), "OpenMPI is needed (tests/run.sh installs it)"
     config = tmp_path / "tiny_config.py"
     config.write_text(TINY_CONFIG.format(data=str(tmp_path / "data")).replace("batch_size=2", "batch_size=4"))
+    generate_data(config)
     worker = [sys.executable, os.path.join(ROOT, "tests", "steps_worker.py"), str(config), str(tmp_path)]
     root_flag = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     for command in (worker, ["mpirun", "-np", "2", *root_flag, "--oversubscribe", *worker]):
