@@ -225,7 +225,7 @@ def training_losses(model, C, shape):
     for _ in range(TRAIN_STEPS):
         # Same DropPath/dropout draws every step: the loss then moves only through the updates.
         jt.set_global_seed(TRAIN_SEED)
-        losses.append(float(train_step(model, optimizer, data, C).item()))
+        losses.append(train_step(model, optimizer, [data], C))
     jt.sync_all(True)
     model.decode_head.hamburger.ham.fixed_raw_bases = None
     model.eval()
