@@ -7,14 +7,13 @@ user's path: export a checkpoint, then infer with both backends and compare the 
 """
 import importlib
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import OFFICIAL_KEYS, ROOT
+from conftest import OFFICIAL_KEYS
+from test_pipeline import run_script
 
 # requirements.txt installs onnx/onnxruntime on Python >= 3.11 only (their newest releases)
 pytest.importorskip("onnxruntime", reason="onnxruntime is installed on Python >= 3.11")
@@ -108,12 +107,6 @@ def test_unsupported_module_and_old_opset_are_named(tiny):
         tiny.decode_head.dropout = original
     with pytest.raises(ExportError, match=r"opset 11 .*Resize"):
         export_model(tiny, 64, 64, opset=11)
-
-
-def run_script(script, *args):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "utils", script), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-    return done.returncode, done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")

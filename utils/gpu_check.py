@@ -53,6 +53,7 @@ from utils.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_SEED, MODELS, OFFICIAL_TOL
                               START, TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights,
                               config_module, config_of, cpu_reference_main, environment_or_refuse, eval_logits,
                               import_jittor, log, median_ms, training_losses)
+from models.registry import find_model  # noqa: E402
 from utils.gpu_official import official_cfg, run_official  # noqa: E402
 from utils.gpu_report import Report, dims  # noqa: E402
 
@@ -94,18 +95,13 @@ class Settings:
 
 
 def resolve_models(text):
-    """Official names for "all" or a comma list of official names or config names (DFormerv2-S too)."""
+    """Official names for "all" or a comma list of models in any spelling (DFormerv2-S, DFormerv2_S, ...)."""
     if text == "all":
         return list(MODELS)
-    aliases = {}
-    for name, module in MODELS.items():
-        for alias in (name, module, module.replace("_", "-")):
-            aliases[alias.lower()] = name
-    names = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if item.lower() not in aliases:
-            raise ValueError(f"unknown model {item!r}; choose from {', '.join(MODELS)} (or 'all')")
-        names.append(aliases[item.lower()])
+    try:
+        names = [find_model(item).name for item in filter(None, (part.strip() for part in text.split(",")))]
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
     return list(dict.fromkeys(names))
 
 
