@@ -100,7 +100,10 @@ class Official:
         self.dtype = torch.float32
 
     def config(self, name, **overrides):
-        C = importlib.import_module(f"local_configs.NYUDepthv2.{PARITY_CONFIGS[name]}").C
+        # Every official config fills the one `C` of its dataset base module, so the last config
+        # imported wins: re-run the base, then this config, for a fresh `C`.
+        importlib.reload(importlib.import_module("local_configs._base_.datasets.NYUDepthv2"))
+        C = importlib.reload(importlib.import_module(f"local_configs.NYUDepthv2.{PARITY_CONFIGS[name]}")).C
         C = copy.deepcopy(C)
         C.pretrained_model = None
         C.update(overrides)
