@@ -27,6 +27,7 @@ model even at 480x640 on a CPU). Batch size 1, rgb (1, 3, H, W) and depth (1, 3,
 """
 import argparse
 import json
+import math
 
 from models.registry import MODELS
 from utils.entry import load_config, main_guard
@@ -35,10 +36,7 @@ POOL_WINDOW = 7  # DFormer v1's adaptive-pool output size
 
 
 def _numel(shape):
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+    return math.prod(int(s) for s in shape)
 
 
 def _shape(v):

@@ -1,4 +1,4 @@
-"""Tests of utils/jittor_doctor.py on a scratch copy of the installed Jittor sources.
+"""Tests of utils/jittor_doctor.py and utils/jittor_patches.py on a scratch copy of the installed Jittor sources.
 
 The patches target CUDA 13 / cuDNN 9, which this CPU-only CI cannot run. What is checked here:
 every fix applies to the pinned Jittor 1.3.11.0 text, is idempotent and reverts byte for byte;
@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from utils import jittor_doctor as doctor
+from utils import jittor_patches as patches
 from utils.jittor_env import gpu_present
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,12 +82,12 @@ def fake_gpu_env(jittor_dir, tmp_path, cuda, cudnn):
 
 def test_every_fix_applies_to_the_pinned_sources(jittor_copy):
     assert doctor.read_jittor_version(jittor_copy) == "1.3.11.0"
-    assert {doctor.fix_state(fix, jittor_copy) for fix in doctor.FIXES} == {doctor.NOT_APPLIED}
-    changed = doctor.apply_fixes(doctor.FIXES, jittor_copy)
+    assert {patches.fix_state(fix, jittor_copy) for fix in patches.FIXES} == {patches.NOT_APPLIED}
+    changed = patches.apply_fixes(patches.FIXES, jittor_copy)
     assert sorted(changed) == sorted(EXPECTED_NEW)
-    assert {doctor.fix_state(fix, jittor_copy) for fix in doctor.FIXES} == {doctor.APPLIED}
+    assert {patches.fix_state(fix, jittor_copy) for fix in patches.FIXES} == {patches.APPLIED}
     for rel, snippets in EXPECTED_NEW.items():
-        text = doctor.read_text(os.path.join(jittor_copy, rel))
+        text = patches.read_text(os.path.join(jittor_copy, rel))
         assert all(snippet in text for snippet in snippets), rel
         assert not any(api in text for api in REMOVED_API.get(rel, [])), rel
 
@@ -114,8 +115,8 @@ def test_unknown_source_fails_before_writing_anything(jittor_copy):
     with open(softmax, "a") as f:
         f.write("\n# Reduce(v1, cub::Max()) seen twice: the anchor is no longer unique\n")
     before = tree_hashes(jittor_copy)
-    with pytest.raises(doctor.PatchError, match="cuda13-softmax-max"):
-        doctor.apply_fixes(doctor.FIXES, jittor_copy)
+    with pytest.raises(patches.PatchError, match="cuda13-softmax-max"):
+        patches.apply_fixes(patches.FIXES, jittor_copy)
     assert tree_hashes(jittor_copy) == before
 
 
@@ -129,13 +130,13 @@ def rendered_cuda_headers(path):
             return render(node.left) + render(node.right)
         parts = node.values if isinstance(node, ast.JoinedStr) else [node]
         return "".join(part.value for part in parts if isinstance(part, ast.Constant))
-    tree = ast.parse(doctor.read_text(path))
+    tree = ast.parse(patches.read_text(path))
     return [render(keyword.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
             for keyword in node.keywords if keyword.arg == "cuda_header"]
 
 
 def test_patched_python_still_compiles_and_renders(jittor_copy, tmp_path):
-    doctor.apply_fixes(doctor.FIXES, jittor_copy)
+    patches.apply_fixes(patches.FIXES, jittor_copy)
     for rel in ("compiler.py", "compile_extern.py", "other/code_softmax.py", "depthwise_conv.py"):
         py_compile.compile(os.path.join(jittor_copy, rel), cfile=str(tmp_path / "out.pyc"), doraise=True)
     # The softmax functor sits inside an f-string: its braces must come out single in the CUDA code.
@@ -147,7 +148,7 @@ def test_report_runs_in_cpu_mode_without_importing_jittor():
     result = run_doctor()
     assert result.returncode == 0, result.stderr
     assert "Jittor doctor report" in result.stdout and "1.3.11.0" in result.stdout
-    for fix in doctor.FIXES:
+    for fix in patches.FIXES:
         assert fix.name in result.stdout
     if not gpu_present():
         assert "CPU mode: " in result.stdout and "nvidia-smi" in result.stdout
@@ -168,7 +169,7 @@ def test_check_environment_asks_for_the_fix_on_cuda13_cudnn9(jittor_copy, tmp_pa
     message = doctor.check_environment(env)
     assert message and doctor.FIX_COMMAND in message and "--fix" in message
     assert "cuda13-cxx17" in message and "cudnn9-legacy-rnn" in message
-    doctor.apply_fixes([fix for fix in doctor.FIXES if fix.applies(env)], jittor_copy)
+    patches.apply_fixes([fix for fix in patches.FIXES if fix.applies(env)], jittor_copy)
     assert doctor.check_environment(env) is None
 
 
@@ -176,10 +177,10 @@ def test_only_the_fixes_the_versions_need_apply(jittor_copy, tmp_path):
     cuda12_cudnn8 = fake_gpu_env(jittor_copy, tmp_path, cuda=(12, 4), cudnn=(8, 9, 7))
     assert doctor.check_environment(cuda12_cudnn8) is None
     cuda12_cudnn9 = fake_gpu_env(jittor_copy, tmp_path, cuda=(12, 8), cudnn=(9, 8, 0))
-    assert {fix.name for fix in doctor.FIXES if fix.applies(cuda12_cudnn9)} == \
+    assert {fix.name for fix in patches.FIXES if fix.applies(cuda12_cudnn9)} == \
         {"cudnn9-header-search", "cudnn9-library-names", "cudnn9-legacy-rnn"}
     assert not any(fix.applies(doctor.Environment(cuda_version=(13, 0), cudnn_version=(9, 1, 0)))
-                   for fix in doctor.FIXES), "CPU mode (no nvcc) needs no fix"
+                   for fix in patches.FIXES), "CPU mode (no nvcc) needs no fix"
 
 
 def syntax_errors(source, jittor_dir, *includes, defines=()):
@@ -194,7 +195,7 @@ def syntax_errors(source, jittor_dir, *includes, defines=()):
 
 def header_define(path, name):
     """The integer value of `#define name N` in a header, or None."""
-    match = os.path.isfile(path) and re.search(rf"#define {name}\s+(\d+)", doctor.read_text(path))
+    match = os.path.isfile(path) and re.search(rf"#define {name}\s+(\d+)", patches.read_text(path))
     return int(match.group(1)) if match else None
 
 
@@ -217,7 +218,7 @@ def test_patched_helper_cuda_compiles_with_cuda13(jittor_copy, tmp_path):
     probe = tmp_path / "probe.cc"
     probe.write_text('#include <cuda_runtime.h>\n#include "helper_cuda.h"\n')
     assert any("computeMode" in e for e in syntax_errors(str(probe), jittor_copy, CUDA_INCLUDE))
-    doctor.apply_fixes(doctor.FIXES, jittor_copy)
+    patches.apply_fixes(patches.FIXES, jittor_copy)
     assert syntax_errors(str(probe), jittor_copy, CUDA_INCLUDE) == []
 
 
@@ -228,13 +229,13 @@ def test_patched_cudnn_module_compiles_with_cudnn9(jittor_copy, tmp_path):
                ("src/cudnn_rnn_descriptor.cc", "ops/cudnn_rnn_op.cc", "ops/cudnn_conv_op.cc")]
     includes = (CUDA_INCLUDE, cudnn9_include_dir())
     assert any("cudnnSetRNNDescriptor_v6" in e for e in syntax_errors(sources[0], jittor_copy, *includes))
-    doctor.apply_fixes(doctor.FIXES, jittor_copy)
+    patches.apply_fixes(patches.FIXES, jittor_copy)
     for source in sources:
         assert syntax_errors(source, jittor_copy, *includes) == [], source
     # The conv ops' JIT half, compiled when a convolution first runs, as Jittor instantiates it.
     jit_defines = ["-DJIT", "-DJIT_cuda", "-DTx=float32", "-DTy=float32", "-DTw=float32"]
     for op in ("cudnn_conv_op.cc", "cudnn_conv_backward_x_op.cc", "cudnn_conv_backward_w_op.cc"):
-        text = doctor.read_text(os.path.join(jittor_copy, "extern/cuda/cudnn/ops", op))
+        text = patches.read_text(os.path.join(jittor_copy, "extern/cuda/cudnn/ops", op))
         jit_source = tmp_path / op
         jit_source.write_text(text.replace("@XFORMAT", "abcd").replace("@YFORMAT", "abcd")
                               .replace("@WFORMAT", "oihw"))
@@ -277,7 +278,7 @@ void arg_reduce_and_sort(float* x, cub::KeyValuePair<int, float>* out, int* offs
                     reason="slow (about 20 s): set JITTOR_DOCTOR_NVCC=1 on a machine with CUDA 13's nvcc")
 def test_patched_kernels_compile_with_nvcc13(jittor_copy, tmp_path):
     """Device-compiles the patched CUDA snippets (sm_90) the way Jittor's JIT would, minus the GPU."""
-    doctor.apply_fixes(doctor.FIXES, jittor_copy)
+    patches.apply_fixes(patches.FIXES, jittor_copy)
     (tmp_path / "softmax.cuh").write_text(
         rendered_cuda_headers(os.path.join(jittor_copy, "other", "code_softmax.py"))[0])
     depthwise_headers = rendered_cuda_headers(os.path.join(jittor_copy, "depthwise_conv.py"))

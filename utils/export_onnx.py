@@ -9,9 +9,10 @@ The file has inputs `rgb` and `depth`, float32 (B, 3, H, W), normalised exactly 
 `--height`/`--width`; with it, batch, height and width are free.
 
 Why not tracing: Jittor has no ONNX export and its lazy graphs cannot be traced into one, so each
-module type has a handler in `utils/onnx_handlers.py` (`HANDLERS`, the one registry) that writes
-the same computation with `GraphBuilder` (`utils/onnx_graph.py`). A module without a handler
-stops the export with an error naming it. Differences from the Jittor forward, all exact up to rounding:
+module type has a handler (`HANDLERS` in `utils/onnx_layers.py`, the one registry; the model's
+handlers in `utils/onnx_handlers.py`) that writes the same computation with `GraphBuilder`
+(`utils/onnx_graph.py`). A module without a handler stops the export with an error naming it.
+Differences from the Jittor forward, all exact up to rounding:
 - a BatchNorm right after a convolution is folded into that convolution's weight and bias (a
   BatchNorm before a padded convolution, as in DFormer's downsampling, is kept: folding it would
   change the zero padding);

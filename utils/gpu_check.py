@@ -37,11 +37,8 @@ How to prepare and run it on a lent GPU machine (carried wheels, no network): RE
 "GPUs".
 """
 import argparse
-import contextlib
-import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,10 +46,10 @@ import traceback
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_SEED, MODELS, OFFICIAL_TOLERANCE, ROOT,  # noqa: E402
-                              START, TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights,
-                              config_module, config_of, cpu_reference_main, environment_or_refuse, eval_logits,
-                              import_jittor, log, median_ms, training_losses)
+from utils.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_SEED, MODELS, OFFICIAL_TOLERANCE, START,  # noqa: E402
+                              TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights, config_module,
+                              cpu_reference_main, environment_or_refuse, eval_logits, import_jittor, log,
+                              median_ms, official_train_size, step, train_speed_jittor, training_losses)
 from models.registry import find_model  # noqa: E402
 from utils.gpu_official import official_cfg, run_official  # noqa: E402
 from utils.gpu_report import Report, dims  # noqa: E402
@@ -103,20 +100,6 @@ def resolve_models(text):
     except KeyError as error:
         raise ValueError(error.args[0]) from None
     return list(dict.fromkeys(names))
-
-
-# ------------------------------------------------------------------------------------ Jittor side
-
-# -------------------------------------------------------------------- CPU reference (subprocess)
-
-@contextlib.contextmanager
-def step(messages, what):
-    """Run one step; an exception is appended to `messages` (errors or notes) and printed, not raised."""
-    try:
-        yield
-    except Exception as error:  # noqa: BLE001  (the other steps and models still run)
-        messages.append(f"{what}: {type(error).__name__}: {error}")
-        log(f"  {what} FAILED: {traceback.format_exc().strip()}")
 
 
 # ------------------------------------------------------------------------------------- pipeline
@@ -295,45 +278,6 @@ def check_models(names, cpu_reference, settings, report):
         collect_references(pending, cpu_reference, settings, report, wait=False)
     collect_references(pending, cpu_reference, settings, report, wait=True)
     return runs
-
-
-def official_train_size(name):
-    """(batch, height, width) of the official training recipe of `name` (its NYUDepthv2 config)."""
-    C = config_of(name)
-    return C.batch_size, C.image_height, C.image_width
-
-
-def train_speed_jittor(runs, settings, report, folder):
-    """Training images/s and peak GPU memory at the official batch and crop, one fresh process per model."""
-    for run in runs:
-        entry = report.model(run.name)
-        if settings.time_left() <= 0:
-            entry["notes"].append("training speed: skipped, time budget used up")
-            continue
-        batch, height, width = official_train_size(run.name)
-        path = os.path.join(folder, f"train_{MODELS[run.name]}.json")
-        command = [sys.executable, os.path.join(ROOT, "utils", "latency.py"), "--config",
-                   config_module(run.name), "--batch-sizes", "1", "--warmup", "1",
-                   "--iters", "1", "--height", str(height), "--width", str(width), "--train",
-                   "--train-batch-size", str(batch), "--train-iters", "3", "--no-progress", "--json", path]
-        with step(entry["notes"], "training speed"):
-            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            try:
-                limit = settings.time_left()
-                output, _ = process.communicate(timeout=None if math.isinf(limit) else max(limit, 30) + 60)
-            except subprocess.TimeoutExpired:
-                process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
-                output, _ = process.communicate()
-            if process.returncode != 0:
-                raise RuntimeError(f"exit {process.returncode}: " + " | ".join(output.strip().splitlines()[-3:]))
-            with open(path) as file:
-                train = json.load(file)["train"]
-            entry["train_speed"] = {"batch": batch, "height": height, "width": width,
-                                    "jittor_images_per_s": train["images_per_s"],
-                                    "jittor_peak_gib": train["peak_memory"]["bytes"] / 2**30}
-            log(f"{run.name} Jittor training {batch}x{height}x{width}: {train['images_per_s']:.2f} images/s, "
-                f"peak {entry['train_speed']['jittor_peak_gib']:.1f} GiB")
-        report.save()
 
 
 def run_pipeline(args, settings, names, report, folder):

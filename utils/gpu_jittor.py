@@ -3,6 +3,7 @@
 Everything that imports Jittor does so inside the function: the doctor check must run first, and
 the CPU reference process (`cpu_reference_main`) must start Jittor in CPU mode with its own cache.
 """
+import contextlib
 import importlib.util
 import json
 import math
@@ -29,6 +30,16 @@ START = time.time()
 def log(message):
     """Progress line with the elapsed time, flushed: a killed run still shows how far it got."""
     print(f"[{time.time() - START:6.1f}s] {message}", flush=True)
+
+
+@contextlib.contextmanager
+def step(messages, what):
+    """Run one step; an exception is appended to `messages` (errors or notes) and printed, not raised."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001  (the other steps and models still run)
+        messages.append(f"{what}: {type(error).__name__}: {error}")
+        log(f"  {what} FAILED: {traceback.format_exc().strip()}")
 
 
 def config_module(name):
@@ -138,6 +149,45 @@ def median_ms(model, batch, settings, precision):
     height, width = settings.latency_size
     run = measure_latency(model, batch, height, width, settings.warmup, settings.iters, precision)
     return summarize(run["times_s"], batch)["median_ms"]
+
+
+def official_train_size(name):
+    """(batch, height, width) of the official training recipe of `name` (its NYUDepthv2 config)."""
+    C = config_of(name)
+    return C.batch_size, C.image_height, C.image_width
+
+
+def train_speed_jittor(runs, settings, report, folder):
+    """Training images/s and peak GPU memory at the official batch and crop, one fresh process per model."""
+    for run in runs:
+        entry = report.model(run.name)
+        if settings.time_left() <= 0:
+            entry["notes"].append("training speed: skipped, time budget used up")
+            continue
+        batch, height, width = official_train_size(run.name)
+        path = os.path.join(folder, f"train_{MODELS[run.name]}.json")
+        command = [sys.executable, os.path.join(ROOT, "utils", "latency.py"), "--config",
+                   config_module(run.name), "--batch-sizes", "1", "--warmup", "1",
+                   "--iters", "1", "--height", str(height), "--width", str(width), "--train",
+                   "--train-batch-size", str(batch), "--train-iters", "3", "--no-progress", "--json", path]
+        with step(entry["notes"], "training speed"):
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                limit = settings.time_left()
+                output, _ = process.communicate(timeout=None if math.isinf(limit) else max(limit, 30) + 60)
+            except subprocess.TimeoutExpired:
+                process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
+                output, _ = process.communicate()
+            if process.returncode != 0:
+                raise RuntimeError(f"exit {process.returncode}: " + " | ".join(output.strip().splitlines()[-3:]))
+            with open(path) as file:
+                train = json.load(file)["train"]
+            entry["train_speed"] = {"batch": batch, "height": height, "width": width,
+                                    "jittor_images_per_s": train["images_per_s"],
+                                    "jittor_peak_gib": train["peak_memory"]["bytes"] / 2**30}
+            log(f"{run.name} Jittor training {batch}x{height}x{width}: {train['images_per_s']:.2f} images/s, "
+                f"peak {entry['train_speed']['jittor_peak_gib']:.1f} GiB")
+        report.save()
 
 
 def reference_paths(folder, name):

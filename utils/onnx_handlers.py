@@ -1,35 +1,23 @@
-"""The ONNX handlers of the DFormer / DFormerv2 modules: one function per module type, one registry.
+"""The ONNX handlers of the DFormer / DFormerv2 / decode-head modules, and the `Exporter` that runs them.
 
 `Exporter(model, graph)(module, *inputs)` runs the handler registered for `type(module)` (exact
 type: a subclass with other behaviour must get its own) with the graph scope set to the module's
 state_dict prefix, so initializers carry the parameter names (`backbone.stages.0.0.attn.q.weight.T`
 ...). Each handler writes the arithmetic of that module's `execute` with `GraphBuilder`; where the
 Jittor module calls a CPU fast path (`models/layers.py`), the handler writes the plain maths that
-the fast path computes. A module type without a handler raises `ExportError` naming it.
+the fast path computes. A module type without a handler raises `ExportError` naming it. The
+registry (`HANDLERS`, `handles`) and the handlers of generic layers are in `utils/onnx_layers.py`.
 """
 import numpy as np
-from jittor import nn
 
 from models.builder import EncoderDecoder
 from models.decoders import MLPDecoder
 from models.decoders.ham_head import NMF2D, Hamburger, LightHamHead
 from models.encoders import DFormer as v1
 from models.encoders import DFormerv2 as v2
-from models.encoders.DFormer import LayerNorm as DFormerLayerNorm
-from models.batchnorm import BatchNorm2d
-from models.layers import GELU, ChannelsLastConv2d, ConvModule, LayerNorm, PointwiseConv2d
 
 from .onnx_graph import ExportError
-
-HANDLERS = {}  # module class -> handler(exporter, module, *inputs) -> output name(s)
-
-
-def handles(*classes):
-    def register(handler):
-        for cls in classes:
-            HANDLERS[cls] = handler
-        return handler
-    return register
+from .onnx_layers import HANDLERS, handles
 
 
 class Exporter:
@@ -51,7 +39,7 @@ class Exporter:
             cls = type(module)
             raise ExportError(f"cannot export module {self.name(module) or 'model'} ({cls.__module__}."
                               f"{cls.__qualname__}): no ONNX handler for this module type "
-                              "(add one to HANDLERS in utils/onnx_handlers.py)")
+                              "(register one with `handles`, see utils/onnx_layers.py)")
         outer, self.g.scope = self.g.scope, self.name(module)
         try:
             return handler(self, module, *inputs, **options)
@@ -78,70 +66,6 @@ def nmf_raw_bases(nmf, seed):
     """The fixed raw NMF bases (S, D, R) of the exported graph: uniform [0, 1) float32, as
     `torch.rand`, from `numpy.random.default_rng(seed)`."""
     return np.random.default_rng(seed).random((nmf.S, nmf.D, nmf.R), dtype=np.float32)
-
-
-# ================================================================ generic layers
-@handles(nn.Identity, nn.DropPath, nn.Dropout, nn.Dropout2d)
-def identity(ex, m, x):  # evaluation mode
-    return x
-
-
-@handles(nn.ReLU)
-def relu(ex, m, x):
-    return ex.g.relu(x)
-
-
-@handles(nn.GELU, GELU)
-def gelu(ex, m, x):
-    return ex.g.gelu(x)
-
-
-@handles(nn.Linear)
-def linear(ex, m, x):
-    return ex.g.linear(x, m.weight.numpy(), None if m.bias is None else m.bias.numpy(), ex.name(m))
-
-
-@handles(LayerNorm, DFormerLayerNorm)
-def layer_norm(ex, m, x):
-    return ex.g.layer_norm(x, ex.param(m, "weight"), ex.param(m, "bias"), m.eps)
-
-
-@handles(nn.Conv2d, PointwiseConv2d)
-def conv2d(ex, m, x):
-    return ex.conv_bn(x, m)
-
-
-@handles(ChannelsLastConv2d)
-def channels_last_conv2d(ex, m, x, residual_gelu=False):
-    y = ex.g.nchw_to_nhwc(ex.conv_bn(ex.g.nhwc_to_nchw(x), m))
-    return ex.g.gelu(ex.g.add(y, x)) if residual_gelu else y
-
-
-@handles(nn.BatchNorm2d, BatchNorm2d)
-def batch_norm(ex, m, x):  # only where no convolution precedes it (else folded)
-    return ex.g.op("BatchNormalization", x, ex.param(m, "weight"), ex.param(m, "bias"),
-                   ex.param(m, "running_mean"), ex.param(m, "running_var"), epsilon=m.eps)
-
-
-@handles(nn.Sequential)
-def sequential(ex, m, x):
-    layers = list(m)
-    i = 0
-    while i < len(layers):
-        if (type(layers[i]) is nn.Conv2d and i + 1 < len(layers)
-                and type(layers[i + 1]) in (nn.BatchNorm2d, BatchNorm2d)):
-            x = ex.conv_bn(x, layers[i], layers[i + 1])
-            i += 2
-        else:
-            x = ex(layers[i], x)
-            i += 1
-    return x
-
-
-@handles(ConvModule)
-def conv_module(ex, m, x):
-    x = ex.conv_bn(x, m.conv, m.bn)
-    return x if m.activate is None else ex(m.activate, x)
 
 
 # ================================================================ DFormer
