@@ -38,3 +38,11 @@ class BatchNorm2d(nn.BatchNorm):
         unbiased = (var * (count / max(count - 1, 1))).float32()
         self.running_var.update(self.running_var + (unbiased - self.running_var) * self.momentum)
         return centred * scale.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+
+
+class SyncBatchNorm(BatchNorm2d):
+    """Where upstream builds `nn.SyncBatchNorm` (DFormerv2's stem and downsampling): the same layer
+    and numerics, but its own type, because upstream's type decides what trains: `group_weight`
+    collects the parameters of `nn.BatchNorm2d` modules, which `nn.SyncBatchNorm` is not, so
+    upstream never optimises these weights and biases (`utils/optim.py` skips this class too).
+    """

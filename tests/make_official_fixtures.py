@@ -10,7 +10,8 @@ deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixt
 - parity_logits.npz (tests/test_parity.py): eval-mode decode-head output and 2048 sampled logits
   of all 7 NYUDepthv2 models at 1x64x64, 1x96x128 and 2x72x100.
 - training_parity.npz (tests/test_training_parity.py): 3 AdamW steps of DFormer-Tiny and
-  DFormerv2-S on a 2x96x128 batch, official loop (loss as in `EncoderDecoder.forward`,
+  DFormerv2-S on a 2x96x128 batch (per model, the one of 16 seeded batches whose float64 run
+  stays farthest from the ReLU kinks, see `relu_margin`), official loop (loss as in `EncoderDecoder.forward`,
   `group_weight`, `WarmUpPolyLR` set after each step), drop path 0, decode-head dropout off,
   BatchNorm in training mode, the same NMF bases in every forward; run in float32 and in float64
   (the ground truth). Saved: losses, step-1 gradients of named parameters, the update
@@ -53,7 +54,8 @@ PARITY_CONFIGS = {
 LOGIT_SAMPLES = 2048
 
 TRAIN_MODELS = ["DFormer-Tiny", "DFormerv2-Small"]
-TRAIN_SHAPE, TRAIN_SEED, TRAIN_STEPS = (2, 96, 128), 7, 3
+TRAIN_SHAPE, TRAIN_STEPS = (2, 96, 128), 3
+TRAIN_SEED_CANDIDATES = range(16)  # the batch: the candidate whose float64 run is farthest from a ReLU kink
 TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS = 10, 2  # lr per step: base, 0 (warm-up from 0), base / 2
 NAMED_GRADS = {
     "DFormer-Tiny": ["backbone.downsample_layers.0.0.weight", "backbone.stages.1.0.layer_scale_1",
@@ -144,11 +146,11 @@ def make_parity(official):
     return out
 
 
-def training_batch():
+def training_batch(seed):
     """rgb, depth (B,3,H,W), labels (B,H,W) int64 with ~30% ignored (255), raw bases per step."""
     batch, height, width = TRAIN_SHAPE
-    rgb, depth, _ = synthetic_inputs(batch, height, width, TRAIN_SEED)
-    rng = np.random.default_rng(TRAIN_SEED)
+    rgb, depth, _ = synthetic_inputs(batch, height, width, seed)
+    rng = np.random.default_rng(seed)
     label = rng.integers(0, 40, (batch, height, width))
     label[:, : height // 4] = 255  # an unlabelled band, plus scattered unlabelled pixels
     label[rng.random(label.shape) < 0.1] = 255
@@ -156,7 +158,7 @@ def training_batch():
     return rgb, depth, label, bases
 
 
-def run_official_loop(official, model, C, dtype):
+def run_official_loop(official, model, C, dtype, seed):
     """Upstream's training loop for TRAIN_STEPS steps; returns what the fixture records."""
     torch = official.torch
     from utils.init_func import group_weight
@@ -169,7 +171,7 @@ def run_official_loop(official, model, C, dtype):
     with contextlib.redirect_stdout(io.StringIO()):
         optimizer = torch.optim.AdamW(params, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
     schedule = WarmUpPolyLR(C.lr, C.lr_power, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS)
-    rgb, depth, label, bases = training_batch()
+    rgb, depth, label, bases = training_batch(seed)
     rgb, depth = torch.from_numpy(rgb).to(dtype), torch.from_numpy(depth).to(dtype)
     label = torch.from_numpy(label)
     names = [n for n, _ in model.named_parameters()]
@@ -199,14 +201,44 @@ def relative_error(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
+def relu_margin(official, model, C, seed):
+    """Smallest |ReLU input| / RMS of that input over the float64 run of `seed`'s batch.
+
+    Why: a ReLU input within float32 rounding of zero (a few 1e-7 relative) lands on either side
+    of the kink by chance, in any float32 code, and one such flip moves every backbone gradient by
+    ~1e-3 and the update vector by percents (measured: the official float32 run itself gives
+    0.1% or 5% on the same batch depending on its thread count). A batch far from every kink
+    makes the comparison measure rounding, not luck; the choice looks at the float64 run only.
+    """
+    F = official.torch.nn.functional
+    relu, smallest = F.relu, [np.inf]
+
+    def recording_relu(x, inplace=False):
+        smallest[0] = min(smallest[0], float(x.detach().abs().min() / x.detach().square().mean().sqrt()))
+        return relu(x, inplace=inplace)
+
+    F.relu = recording_relu
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_official_loop(official, model, C, official.torch.float64, seed)
+    finally:
+        F.relu = relu
+    return smallest[0]
+
+
 def make_training(official, models=TRAIN_MODELS):
     torch = official.torch
     out = {}
     for name in models:
         model, C = official.model(name, drop_path_rate=0.0)
+        margins = {seed: relu_margin(official, copy.deepcopy(model), C, seed) for seed in TRAIN_SEED_CANDIDATES}
+        seed = max(margins, key=margins.get)
+        print(f"training {name}: batch seed {seed}, ReLU margin {margins[seed]:.1e} "
+              f"(candidates {min(margins.values()):.1e} to {margins[seed]:.1e})")
+        out[f"{name}/seed"] = np.array(seed)
         runs = {}
         for tag, dtype in (("fp64", torch.float64), ("fp32", torch.float32)):
-            runs[tag] = run_official_loop(official, copy.deepcopy(model), C, dtype)
+            runs[tag] = run_official_loop(official, copy.deepcopy(model), C, dtype, seed)
         fp32, fp64 = runs["fp32"], runs["fp64"]
         sizes = np.array([fp64["grads"][n].size for n in fp64["names"]])
         index = sample_index(int(sizes.sum()), UPDATE_SAMPLES, f"{name}/update")

@@ -65,6 +65,7 @@ def test_optimizer_key_is_honoured():
     from easydict import EasyDict
     from jittor import nn
 
+    from utils.errors import UserError
     from utils.optim import build_optimizer, optimizer_state, restore_optimizer
 
     def make(name):
@@ -85,6 +86,10 @@ def test_optimizer_key_is_honoured():
     resumed_model, resumed = make("SGDM")
     restore_optimizer(resumed, optimizer_state(optimizer))
     np.testing.assert_allclose(resumed.param_groups[0]["values"][0].numpy(), buf_w, rtol=1e-6)
+    other = build_optimizer(nn.Sequential(nn.Conv2d(2, 3, 1, bias=False)), EasyDict(optimizer="SGDM", lr=0.1,
+                                                                                  momentum=0.9, weight_decay=0.5))
+    with pytest.raises(UserError, match="does not fit"):
+        restore_optimizer(other, optimizer_state(optimizer))
     assert isinstance(make("AdamW")[1], jt.optim.AdamW)
     with pytest.raises(ValueError, match="SGDM"):
         make("Adam")

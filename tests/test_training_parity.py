@@ -39,7 +39,7 @@ def synthetic_model(name, tmp_path, **overrides):
     return model, C
 
 
-def run_three_steps(model, C):
+def run_three_steps(model, C, seed):
     """Official loop with our loss, optimiser and schedule; what the fixture records."""
     import jittor as jt
     from utils.loss import cross_entropy
@@ -49,7 +49,7 @@ def run_three_steps(model, C):
     model.train()
     optimizer = build_optimizer(model, C)
     schedule = WarmUpPolyLR(C.lr, C.lr_power, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS)
-    rgb, depth, label, bases = training_batch()
+    rgb, depth, label, bases = training_batch(seed)
     rgb, depth, label = jt.array(rgb), jt.array(depth), jt.array(label.astype(np.int32))
     params = model.state_dict()
     initial = {k: v.numpy().copy() for k, v in params.items()}
@@ -75,13 +75,13 @@ def training_reference():
     return np.load(os.path.join(FIXTURES, "training_parity.npz"))
 
 
-@pytest.mark.parametrize("name", ["DFormer-Tiny"])  # DFormerv2-S: see README
+@pytest.mark.parametrize("name", ["DFormer-Tiny", "DFormerv2-Small"])
 def test_three_training_steps_match_official(name, training_reference, tmp_path):
     ref = {k[len(name) + 1:]: training_reference[k] for k in training_reference.files if k.startswith(name + "/")}
     model, C = synthetic_model(name, tmp_path, drop_path_rate=0.0)
     lr, weight_decay, power = ref["lr"]
     assert (C.lr, C.weight_decay, C.lr_power) == (lr, weight_decay, power)
-    losses, grads, initial, final = run_three_steps(model, C)
+    losses, grads, initial, final = run_three_steps(model, C, int(ref["seed"]))
 
     loss_error = np.abs(np.array(losses) / ref["fp64/loss"] - 1)
     print(f"{name}: loss {losses}, rel. error vs float64 {loss_error} "
@@ -101,7 +101,8 @@ def test_three_training_steps_match_official(name, training_reference, tmp_path)
     ours = relative_error(update[ref["update_index"]], ref["fp64/update_sample"])
     official = relative_error(ref["fp32/update_sample"], ref["fp64/update_sample"])
     print(f"  update vector after {TRAIN_STEPS} steps: rel. error vs float64 {ours:.2e} (official fp32 {official:.2e})")
-    # The goal (issue 9) is ours <= official; measured today: 3.5% vs 2.4% (README, Parity)
+    # The goal (issue 9) is ours <= official; measured: DFormerv2-S 5.0e-4 vs 5.4e-4, DFormer-Tiny 2.3e-3
+    # vs 1.6e-3 (its forward carries ~20% more float32 noise, README, Parity)
     assert ours <= UPDATE_ERROR_RATIO * official
 
     stats = [k[len("fp64/stat/"):] for k in ref if k.startswith("fp64/stat/")]

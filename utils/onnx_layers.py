@@ -7,7 +7,7 @@ walks a model are in `utils/onnx_handlers.py`.
 """
 from jittor import nn
 
-from models.batchnorm import BatchNorm2d
+from models.batchnorm import BatchNorm2d, SyncBatchNorm
 from models.encoders.DFormer import LayerNorm as DFormerLayerNorm
 from models.layers import GELU, ChannelsLastConv2d, ConvModule, LayerNorm, PointwiseConv2d
 
@@ -60,7 +60,7 @@ def channels_last_conv2d(ex, m, x, residual_gelu=False):
     return ex.g.gelu(ex.g.add(y, x)) if residual_gelu else y
 
 
-@handles(nn.BatchNorm2d, BatchNorm2d)
+@handles(nn.BatchNorm2d, BatchNorm2d, SyncBatchNorm)
 def batch_norm(ex, m, x):  # only where no convolution precedes it (else folded)
     return ex.g.op("BatchNormalization", x, ex.param(m, "weight"), ex.param(m, "bias"),
                    ex.param(m, "running_mean"), ex.param(m, "running_var"), epsilon=m.eps)
@@ -72,7 +72,7 @@ def sequential(ex, m, x):
     i = 0
     while i < len(layers):
         if (type(layers[i]) is nn.Conv2d and i + 1 < len(layers)
-                and type(layers[i + 1]) in (nn.BatchNorm2d, BatchNorm2d)):
+                and type(layers[i + 1]) in (nn.BatchNorm2d, BatchNorm2d, SyncBatchNorm)):
             x = ex.conv_bn(x, layers[i], layers[i + 1])
             i += 2
         else:

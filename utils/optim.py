@@ -4,17 +4,24 @@
 over two groups built by module type, exactly as upstream's `group_weight`:
 Linear/Conv weights decay; their biases and every BatchNorm/`nn.LayerNorm` weight and bias do
 not. Parameters in neither group are never optimised: upstream this freezes DFormer's layer
-scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2` and `Geo.weight`.
+scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2`, `Geo.weight` and the weights
+and biases of its stem and downsampling BatchNorms (`nn.SyncBatchNorm` upstream, not an
+`nn.BatchNorm2d`; `SyncBatchNorm` here).
 """
 import jittor as jt
 import numpy as np
 from jittor import nn
+
+from models.batchnorm import SyncBatchNorm
+from utils.errors import UserError
 
 
 def group_weight(model):
     """(decay, no_decay) parameter lists following upstream's module-type rules."""
     decay, no_decay = [], []
     for module in model.modules():
+        if isinstance(module, SyncBatchNorm):
+            continue  # in neither group, as upstream's nn.SyncBatchNorm
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             decay.append(module.weight)
             if module.bias is not None:
@@ -83,6 +90,13 @@ def optimizer_state(optimizer):
 
 def restore_optimizer(optimizer, state):
     """Inverse of `optimizer_state` (groups must have been built from the same model)."""
+    saved_shapes = [[np.shape(v) for v in vs] for vs in state["v"]]
+    shapes = [[tuple(v.shape) for v in group["values"]] for group in optimizer.param_groups]
+    if saved_shapes != shapes:
+        raise UserError("the checkpoint's optimiser state does not fit this model's parameter groups "
+                        f"(saved sizes {[len(s) for s in saved_shapes]}, here {[len(s) for s in shapes]}); "
+                        "it was written for another model, or for DFormerv2 before upstream's frozen "
+                        "SyncBatchNorms were honoured; resuming would pair moments with the wrong parameters")
     optimizer.n_step = state["n_step"]
     set_lr(optimizer, state["lr"])
     for group, ms, vs in zip(optimizer.param_groups, state["m"], state["v"]):

@@ -12,7 +12,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from ..batchnorm import BatchNorm2d
+from ..batchnorm import SyncBatchNorm
 from ..layers import GELU, ChannelsLastConv2d, LayerNorm, axial_attention, full_attention, gelu, resize
 
 
@@ -28,7 +28,7 @@ class DWConv2d(nn.Module):
 
 
 def _conv_bn(in_dim, out_dim, stride):
-    return [nn.Conv2d(in_dim, out_dim, 3, stride, 1), BatchNorm2d(out_dim)]
+    return [nn.Conv2d(in_dim, out_dim, 3, stride, 1), SyncBatchNorm(out_dim)]
 
 
 class PatchEmbed(nn.Module):
@@ -55,7 +55,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim, out_dim):
         super().__init__()
         self.reduction = nn.Conv2d(dim, out_dim, 3, 2, 1)
-        self.norm = BatchNorm2d(out_dim)
+        self.norm = SyncBatchNorm(out_dim)
 
     def execute(self, x):
         return self.norm(self.reduction(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
