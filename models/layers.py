@@ -164,38 +164,38 @@ class PointwiseConv2d(nn.Conv2d):
 
     Why: Jittor's CPU convolution wraps oneDNN's in layout reorders; a 1x1 convolution is a plain
     GEMM, (out, in) @ (in, H*W), and runs about twice as fast as one (the whole decode head but
-    NMF is 1x1 convolutions). The GPU keeps cuDNN.
+    NMF is 1x1 convolutions). On the CPU `cpu_kernels.batched_matmul`, the GPU keeps cuDNN.
     """
 
     def __init__(self, in_channels, out_channels, bias=True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def execute(self, x):
-        if jt.flags.use_cuda:
+        if not _gemm_kernels_apply(x):
             return super().execute(x)
         B, C, H, W = x.shape
-        weight = self.weight.reshape(self.out_channels, C)
-        y = jt.stack([weight @ x[i].reshape(C, H * W) for i in range(B)]) if B > 1 else \
-            (weight @ x.reshape(C, H * W)).unsqueeze(0)  # (B, out, H*W)
+        weight = self.weight.reshape(1, self.out_channels, C)
+        y = cpu_kernels.batched_matmul(weight, x.reshape(B, C, H * W))  # (B, out, H*W)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1)
         return y.reshape(B, self.out_channels, H, W)
 
 
-def bmm(a, b, transpose_b=False):
-    """Batched product (B, n, m) @ (B, m, k) -> (B, n, k), or @ (B, k, m)^T with `transpose_b`.
+def _gemm_kernels_apply(x):
+    """Whether `cpu_kernels.batched_matmul` runs for `x`: CPU, float32, Jittor built with oneDNN."""
+    return _fused_kernels_apply(x) and cpu_kernels.onednn_available()
+
+
+def bmm(a, b, transpose_a=False, transpose_b=False):
+    """Batched product op_a(a) @ op_b(b), op = transpose when asked: (B, n, m) @ (B, m, k) -> (B, n, k).
 
     Why not `jt.bmm` on the CPU: Jittor runs any batched product as one single-threaded
-    broadcast-multiply-sum loop; only 2-D products become oneDNN sgemm (multi-threaded, with the
-    transposed operand read in place). The batch here is the image batch, so one 2-D product per
-    image is much faster. On the GPU `jt.bmm` is cuBLAS.
+    broadcast-multiply-sum loop; `cpu_kernels.batched_matmul` runs one multi-threaded oneDNN sgemm
+    per batch entry (transposed operands read in place), in one op. On the GPU `jt.bmm` is cuBLAS.
     """
-    if jt.flags.use_cuda:
-        return jt.bmm(a, b.transpose(0, 2, 1) if transpose_b else b)
-    product = nn.matmul_transpose if transpose_b else nn.matmul
-    if a.shape[0] == 1:
-        return product(a.reshape(a.shape[1:]), b.reshape(b.shape[1:])).unsqueeze(0)
-    return jt.stack([product(a[i], b[i]) for i in range(a.shape[0])])
+    if not _gemm_kernels_apply(a):
+        return jt.bmm(a.transpose(0, 2, 1) if transpose_a else a, b.transpose(0, 2, 1) if transpose_b else b)
+    return cpu_kernels.batched_matmul(a, b, transpose_a, transpose_b)
 
 
 def axial_attention(q, k, v, mask_w, mask_h):

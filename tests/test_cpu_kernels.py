@@ -81,6 +81,25 @@ def test_strided_conv(stock_path):
     assert_close(fast, stock)
 
 
+def test_pointwise_conv_and_bmm(stock_path):
+    """The batched oneDNN products: a 1x1 conv (shared weight, its gradient summed over the
+    batch) and `bmm` with every combination of transposed operands."""
+    from models.layers import PointwiseConv2d, bmm
+
+    conv = PointwiseConv2d(6, 5)
+    cases = [(conv, [(3, 6, 4, 5)], [conv.weight, conv.bias])]
+    for ta in (False, True):
+        for tb in (False, True):
+            fn = lambda a, b, ta=ta, tb=tb: bmm(a, b, transpose_a=ta, transpose_b=tb)  # noqa: E731
+            cases.append((fn, [(3, 7, 4) if ta else (3, 4, 7), (3, 9, 7) if tb else (3, 7, 9)], []))
+    for fn, shapes, params in cases:
+        inputs = randn(*shapes)
+        fast = values_and_grads(fn, inputs, params)
+        with stock_path():
+            stock = values_and_grads(fn, inputs, params)
+        assert_close(fast, stock)
+
+
 def test_axial_and_full_attention(stock_path):
     from models.layers import axial_attention, full_attention
 
