@@ -7,7 +7,7 @@ Each mirrors a PyTorch/mmcv behaviour that Jittor lacks or computes differently:
 The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-threaded and only
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
 2-D oneDNN products; on the CPU (float32, training and inference alike) `ChannelsLastConv2d`,
-`layer_norm`, `gelu`, `axial_attention` and `full_attention` run the multi-threaded kernels of
+`layer_norm`, `gelu`, `axial_attention`, `full_attention` and `pooled_attention` run the multi-threaded kernels of
 `cpu_kernels.py` and `cpu_attention.py`, each with its own backward pass. The GPU takes the stock
 Jittor ops.
 """
@@ -212,7 +212,7 @@ def axial_attention(q, k, v, mask_w, mask_h):
         qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
         v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
         out_cols = (H * W * C, d, C, W * C)  # output (B, H, W, n*d) as groups (b, head, column)
-        attend = cpu_attention.masked_attention
+        attend = cpu_attention.attention
         rows = attend(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
         return attend(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols], (B, H, W, C), d)
     q_w, k_w = q.permute(0, 2, 1, 3, 4), k.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
@@ -234,8 +234,26 @@ def full_attention(q, k, v, mask):
     C = n * d
     if _fused_kernels_apply(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
         qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
-        return cpu_attention.masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
+        return cpu_attention.attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
     v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
     attn = nn.softmax(q @ k.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
     return (attn @ v).permute(0, 2, 1, 3).reshape(B, H, W, C)
+
+
+def pooled_attention(q, kv):
+    """Attention of a few queries over all positions, per head, without a mask (DFormer's global
+    awareness: 49 pooled queries over H*W positions).
+
+    q: (B, Lq, n, d), already scaled; kv: (B, Lk, 2, n, d), keys then values. Returns (B, n, Lq, d).
+    The CPU takes the fused kernel, which reads the keys and values inside kv through strides.
+    """
+    B, Lq, n, d = q.shape
+    Lk = kv.shape[1]
+    if _fused_kernels_apply(q):  # one group per (b, head)
+        q_view, out_view = (Lq * n * d, d, 0, n * d), (n * Lq * d, Lq * d, 0, d)
+        k_view, v_view = (Lk * 2 * n * d, d, 0, 2 * n * d), (Lk * 2 * n * d, d, 0, 2 * n * d, n * d)
+        return cpu_attention.attention(q, kv, kv, None, (B, n, 1), [q_view, k_view, v_view, out_view], (B, n, Lq, d), d)
+    kv = kv.permute(2, 0, 3, 1, 4)  # (2, B, n, Lk, d)
+    attn = nn.softmax(q.permute(0, 2, 1, 3) @ kv[0].permute(0, 1, 3, 2), dim=-1)  # (B, n, Lq, Lk)
+    return attn @ kv[1]

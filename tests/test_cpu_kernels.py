@@ -100,13 +100,16 @@ def test_pointwise_conv_and_bmm(stock_path):
         assert_close(fast, stock)
 
 
-def test_axial_and_full_attention(stock_path):
-    from models.layers import axial_attention, full_attention
+def test_attention(stock_path):
+    """DFormerv2's masked axial and full attention, DFormer's pooled attention (Lq != Lk, no mask,
+    k and v in one tensor)."""
+    from models.layers import axial_attention, full_attention, pooled_attention
 
     B, n, H, W, d = 2, 3, 5, 7, 8
     qkv = [(B, n, H, W, d), (B, n, H, W, d), (B, H, W, n * d)]
     for fn, shapes in [(axial_attention, qkv + [(B, n, H, W, W), (B, n, W, H, H)]),
-                       (full_attention, qkv + [(B, n, H * W, H * W)])]:
+                       (full_attention, qkv + [(B, n, H * W, H * W)]),
+                       (pooled_attention, [(B, 4, n, d), (B, H * W, 2, n, d)])]:
         inputs = randn(*shapes)
         fast = values_and_grads(fn, inputs)  # also the masks' gradients (a separate kernel)
         with stock_path():
