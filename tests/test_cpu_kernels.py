@@ -132,6 +132,30 @@ def test_layer_norm_and_gelu(stock_path):
         assert_close(fast, stock)
 
 
+def test_cross_entropy_sum():
+    """The loss kernel against the stock ops: the float64 sum, the count, the logits' gradient;
+    labels include unlabelled (255) and out-of-range (7: counted, no loss) pixels."""
+    import jittor as jt
+
+    from utils.loss import cross_entropy_sum, stock_cross_entropy_sum
+
+    (logits,) = randn((2, 5, 7, 9))
+    logits = logits * 3
+    label = np.random.default_rng(4).integers(0, 5, (2, 7, 9))
+    label[0, :3] = 255
+    label[1, 2, 4] = 7
+    label = jt.array(label.astype(np.int32))
+    results = []
+    for fn in (cross_entropy_sum, stock_cross_entropy_sum):
+        total, count = fn(logits, label, 255)
+        (grad,) = jt.grad(total * 0.37, [logits])
+        results.append((total.item(), count.item(), grad.numpy()))
+    (total, count, grad), (stock_total, stock_count, stock_grad) = results
+    assert count == stock_count == 2 * 7 * 9 - 27
+    assert abs(total - stock_total) <= 1e-6 * abs(stock_total)
+    assert_close([grad], [stock_grad])
+
+
 @pytest.mark.parametrize("config", ["DFormer_Tiny", "DFormerv2_S"])
 def test_model_matches_stock_ops(config, stock_path):
     """Whole model, eval mode (fixed BN and NMF bases): logits and every parameter gradient."""
