@@ -1,11 +1,13 @@
-"""Multi-threaded CPU kernels with float64 sums: the training loss (OpenMP, `jt.code`).
+"""Multi-threaded CPU kernels with float64 sums: the training loss and train-mode BatchNorm
+(OpenMP, `jt.code`).
 
 Why: on the CPU Jittor's element-wise ops and reductions are single-threaded loops; the
-cross-entropy's log-softmax over every pixel is one of the larger ones (8x40x120x160 logits per
-step). Same numbers as the stock ops: the same float32 per-pixel arithmetic, summed in float64
-(in fixed blocks, so the result does not depend on the thread count); tested against the stock
-ops to ~1e-5, values and gradients. Each is a `jt.Function` with its own backward; CPU and float32
-only, `utils/loss.py` decides where it runs.
+cross-entropy's log-softmax over every pixel (8x40x120x160 logits per step) and BatchNorm's
+float64 statistics are among the larger ones. Same numbers as the stock ops: the same float32
+arithmetic per element, summed in float64 (the loss in fixed blocks, BatchNorm per channel in the
+stock order, so neither depends on the thread count); tested against the stock ops to ~1e-5,
+values and gradients. Each is a `jt.Function` with its own backward; CPU and float32 only,
+`utils/loss.py` and `models/batchnorm.py` decide where they run.
 """
 import jittor as jt
 
@@ -95,3 +97,97 @@ def cross_entropy_sum(logits, label, ignore_index):
     """(sum of the per-pixel cross-entropies over labelled pixels, number of labelled pixels),
     float64 scalars, for (B, K, H, W) float32 logits and (B, H, W) integer labels."""
     return _CrossEntropySum.apply(logits, label.detach(), int(ignore_index))
+
+
+# ----------------------------------------------------------------------------- train-mode BatchNorm
+
+# Per-channel float64 sums over (B, H, W) of an NCHW tensor, one OpenMP thread per channel, in
+# the order of Jittor's reduction. in0: x; in1: the float32 channel means; in2: dy.
+_CHANNEL_SUMS = """
+const int64 B = in0_shape0, C = in0_shape1, HW = in0_shape2 * in0_shape3;
+#pragma omp parallel for schedule(static)
+for (int64 c = 0; c < C; c++) {
+    float64 acc0 = 0, acc1 = 0;
+    for (int64 b = 0; b < B; b++) {
+        const float32 *x = in0_p + (b * C + c) * HW;
+        for (int64 p = 0; p < HW; p++) { @TERMS }
+    }
+    @STORE
+}
+"""
+_SUM_TERMS = {  # name: (terms, store)
+    "x": ("acc0 += x[p];", "out0_p[c] = acc0;"),
+    "centred_squares": ("const float64 d = x[p] - in1_p[c]; acc0 += d * d;", "out0_p[c] = acc0;"),
+    "dy_and_dy_centred": ("const float32 dy = in2_p[(b * C + c) * HW + p]; "
+                          "acc0 += dy; acc1 += (float64)dy * (x[p] - in1_p[c]);",
+                          "out0_p[c] = acc0; out1_p[c] = acc1;"),
+}
+# out0 = (x - mean) * scale + bias (float32, as the stock ops). in0: x; in1: mean; in2: scale; in3: bias.
+_BN_APPLY = """
+const int64 B = in0_shape0, C = in0_shape1, HW = in0_shape2 * in0_shape3;
+#pragma omp parallel for collapse(2) schedule(static)
+for (int64 b = 0; b < B; b++)
+for (int64 c = 0; c < C; c++) {
+    const float32 *x = in0_p + (b * C + c) * HW, m = in1_p[c], s = in2_p[c], t = in3_p[c];
+    float32 *y = out0_p + (b * C + c) * HW;
+    for (int64 p = 0; p < HW; p++) y[p] = (x[p] - m) * s + t;
+}
+"""
+# dx = scale * (dy - mean(dy) - (x - mean) * mean(dy (x - mean)) / (var + eps)).
+# in0: x; in1: mean; in2: scale; in3: mean(dy); in4: mean(dy (x - mean)) / (var + eps); in5: dy.
+_BN_BACKWARD_X = """
+const int64 B = in0_shape0, C = in0_shape1, HW = in0_shape2 * in0_shape3;
+#pragma omp parallel for collapse(2) schedule(static)
+for (int64 b = 0; b < B; b++)
+for (int64 c = 0; c < C; c++) {
+    const int64 o = (b * C + c) * HW;
+    const float32 *x = in0_p + o, *dy = in5_p + o, m = in1_p[c], s = in2_p[c], a = in3_p[c], k = in4_p[c];
+    float32 *dx = out0_p + o;
+    for (int64 p = 0; p < HW; p++) dx[p] = s * (dy[p] - a - (x[p] - m) * k);
+}
+"""
+
+
+def _channel_sums(kind, inputs):
+    terms, store = _SUM_TERMS[kind]
+    C = inputs[0].shape[1]
+    outputs = 2 if kind == "dy_and_dy_centred" else 1
+    sums = jt.code([(C,)] * outputs, ["float64"] * outputs, inputs,
+                   cpu_src=_CHANNEL_SUMS.replace("@TERMS", terms).replace("@STORE", store))
+    return sums if outputs > 1 else sums[0]
+
+
+def _all_processes_mean(v, sync):
+    return v.mpi_all_reduce("mean") if sync else v
+
+
+class _BatchNormTrain(jt.Function):
+    """Train-mode BatchNorm of an NCHW tensor; see `batch_norm_train`."""
+
+    def execute(self, x, weight, bias, eps, sync):
+        count = x.numel() // x.shape[1]
+        mean = _all_processes_mean(_channel_sums("x", [x]) / count, sync)  # (C,) float64
+        mean32 = mean.float32()
+        var = _all_processes_mean(_channel_sums("centred_squares", [x, mean32]) / count, sync)  # biased
+        scale = (weight / jt.sqrt(var + eps)).float32()
+        self.saved = (x, mean32, var, scale, eps, sync, count)
+        y = jt.code(x.shape, "float32", [x, mean32, scale, bias], cpu_src=_BN_APPLY)
+        return y, mean.detach(), var.detach()
+
+    def grad(self, dy, dmean, dvar):
+        x, mean32, var, scale, eps, sync, count = self.saved
+        sum_dy, sum_dy_centred = _channel_sums("dy_and_dy_centred", [x, mean32, dy])
+        rstd = 1 / jt.sqrt(var + eps)
+        dweight, dbias = (sum_dy_centred * rstd).float32(), sum_dy.float32()
+        mean_dy = _all_processes_mean(sum_dy / count, sync)
+        mean_dy_centred = _all_processes_mean(sum_dy_centred / count, sync)
+        k = (mean_dy_centred * rstd * rstd).float32()
+        dx = jt.code(x.shape, "float32", [x, mean32, scale, mean_dy.float32(), k, dy], cpu_src=_BN_BACKWARD_X)
+        return dx, dweight, dbias, None, None
+
+
+def batch_norm_train(x, weight, bias, eps, sync):
+    """Train-mode BatchNorm of a float32 NCHW tensor: (output, batch mean, biased batch variance),
+    the statistics float64 (C,), summed in two passes (mean, then centred squares), averaged over
+    the MPI processes with `sync`; output = (x - mean) * scale + bias in float32."""
+    return _BatchNormTrain.apply(x, weight, bias, float(eps), bool(sync))

@@ -156,6 +156,27 @@ def test_cross_entropy_sum():
     assert_close([grad], [stock_grad])
 
 
+def test_batch_norm_train():
+    """Train-mode BatchNorm's kernels against its stock ops: output, float64 statistics, gradients."""
+    from models import cpu_float64
+    from models.batchnorm import BatchNorm2d
+
+    bn = BatchNorm2d(6, eps=1e-3)
+    bn.weight.assign(randn((6,), seed=2)[0])
+    bn.bias.assign(randn((6,), seed=3)[0])
+    bn.train()
+    (x,) = randn((3, 6, 5, 7))
+    x = x * 2 + 5  # a mean that a one-pass variance would cancel
+    fast = values_and_grads(bn, [x], [bn.weight, bn.bias])
+    stock = values_and_grads(lambda x: bn.stock_forward(x, False)[0], [x], [bn.weight, bn.bias])
+    assert_close(fast, stock)
+    _, mean, var = cpu_float64.batch_norm_train(x, bn.weight, bn.bias, bn.eps, False)
+    _, stock_mean, stock_var = bn.stock_forward(x, False)
+    assert mean.dtype == var.dtype == "float64"
+    np.testing.assert_allclose(mean.numpy(), stock_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(var.numpy(), stock_var.numpy(), rtol=1e-12)
+
+
 @pytest.mark.parametrize("config", ["DFormer_Tiny", "DFormerv2_S"])
 def test_model_matches_stock_ops(config, stock_path):
     """Whole model, eval mode (fixed BN and NMF bases): logits and every parameter gradient."""
