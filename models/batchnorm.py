@@ -12,9 +12,12 @@ Same parameters and buffers (`weight`, `bias`, `running_mean`, `running_var`), s
   SyncBatchNorm): the mean of the per-process means, then the mean of the per-process centred
   variances about that global mean, so equal per-process batches give the full-batch values;
   n counts the pixels of all processes.
+On the CPU (float32) the same numbers come from multi-threaded kernels (`cpu_float64.py`).
 """
 import jittor as jt
 from jittor import nn
+
+from . import cpu_float64
 
 
 class BatchNorm2d(nn.BatchNorm):
@@ -23,21 +26,30 @@ class BatchNorm2d(nn.BatchNorm):
     def execute(self, x):
         if not self.is_train:
             return super().execute(x)
-        dims = [0, 2, 3]
-        count = x.numel() // x.shape[1]  # pixels per channel in this process
-        mean = x.float64().sum(dims) / count  # (C,)
-        if self.sync and jt.in_mpi:
-            mean = mean.mpi_all_reduce("mean")
-        centred = x - mean.float32().reshape(1, -1, 1, 1)
-        var = (centred.float64() * centred.float64()).sum(dims) / count  # biased, (C,)
-        if self.sync and jt.in_mpi:
-            var = var.mpi_all_reduce("mean")
-            count *= jt.world_size
-        scale = (self.weight / jt.sqrt(var + self.eps)).float32()
+        sync = self.sync and jt.in_mpi
+        if not jt.flags.use_cuda and x.dtype == "float32":  # multi-threaded kernels, same numbers
+            y, mean, var = cpu_float64.batch_norm_train(x, self.weight, self.bias, self.eps, sync)
+        else:
+            y, mean, var = self.stock_forward(x, sync)
+        count = x.numel() // x.shape[1] * (jt.world_size if sync else 1)  # pixels per channel
         self.running_mean.update(self.running_mean + (mean.float32() - self.running_mean) * self.momentum)
         unbiased = (var * (count / max(count - 1, 1))).float32()
         self.running_var.update(self.running_var + (unbiased - self.running_var) * self.momentum)
-        return centred * scale.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        return y
+
+    def stock_forward(self, x, sync):
+        """(output, batch mean, biased batch variance) with Jittor's own ops (the GPU's path)."""
+        dims = [0, 2, 3]
+        count = x.numel() // x.shape[1]  # pixels per channel in this process
+        mean = x.float64().sum(dims) / count  # (C,)
+        if sync:
+            mean = mean.mpi_all_reduce("mean")
+        centred = x - mean.float32().reshape(1, -1, 1, 1)
+        var = (centred.float64() * centred.float64()).sum(dims) / count  # biased, (C,)
+        if sync:
+            var = var.mpi_all_reduce("mean")
+        scale = (self.weight / jt.sqrt(var + self.eps)).float32()
+        return centred * scale.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1), mean, var
 
 
 class SyncBatchNorm(BatchNorm2d):

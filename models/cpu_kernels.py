@@ -172,6 +172,65 @@ def conv_nhwc(x, conv, residual_gelu=False):
     return _ConvNHWC.apply(x, conv.weight, conv.bias, conv, residual_gelu)
 
 
+# ----------------------------------------------------------------------------- batched matrix products
+
+# oneDNN's sgemm (row-major), declared here: Jittor's oneDNN ops load the library with RTLD_GLOBAL,
+# so the symbol resolves when this kernel is loaded (`onednn_available` must hold).
+_SGEMM_HEADER = """#include <algorithm>
+extern "C" int dnnl_sgemm(char transa, char transb, int64_t M, int64_t N, int64_t K, float alpha,
+    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);"""
+_BATCHED_SGEMM = """
+// out0[g] = op_a(in0[g]) @ op_b(in1[g]), op = transpose for 'T'; one multi-threaded oneDNN sgemm
+// per g. An operand with batch 1 is shared by every g; an output with batch 1 gets the sum over g.
+const char TA = '@TA', TB = '@TB';
+const int64 A1 = in0_shape1, A2 = in0_shape2, B1 = in1_shape1, B2 = in1_shape2;
+const int64 M = TA == 'N' ? A1 : A2, K = TA == 'N' ? A2 : A1, N = TB == 'N' ? B2 : B1;
+const int64 G = std::max(in0_shape0, in1_shape0);
+const int64 sa = in0_shape0 == 1 ? 0 : A1 * A2, sb = in1_shape0 == 1 ? 0 : B1 * B2;
+const int64 sc = out0_shape0 == 1 ? 0 : M * N;
+for (int64 g = 0; g < G; g++)
+    dnnl_sgemm(TA, TB, M, N, K, 1.f, in0_p + g * sa, A2, in1_p + g * sb, B2,
+               sc == 0 && g > 0 ? 1.f : 0.f, out0_p + g * sc, N);
+"""
+
+
+def _sgemm(a, b, trans_a, trans_b, sum_batch=False):
+    """op_a(a) @ op_b(b) for 3-D a, b (batch 1 = shared); with `sum_batch`, summed over the batch."""
+    M = a.shape[2] if trans_a else a.shape[1]
+    N = b.shape[1] if trans_b else b.shape[2]
+    batch = 1 if sum_batch else max(a.shape[0], b.shape[0])
+    src = _BATCHED_SGEMM.replace("@TA", "T" if trans_a else "N").replace("@TB", "T" if trans_b else "N")
+    return jt.code((batch, M, N), "float32", [a, b], cpu_header=_SGEMM_HEADER, cpu_src=src)
+
+
+class _BatchedMatmul(jt.Function):
+    """op_a(a) @ op_b(b) per batch entry; the backward products are batched the same way."""
+
+    def execute(self, a, b, trans_a, trans_b):
+        self.saved = (a, b, trans_a, trans_b)
+        return _sgemm(a, b, trans_a, trans_b)
+
+    def grad(self, dc):
+        a, b, ta, tb = self.saved
+        sum_a = a.shape[0] == 1 and dc.shape[0] > 1  # a shared operand gets the summed gradient
+        sum_b = b.shape[0] == 1 and dc.shape[0] > 1
+        da = _sgemm(b, dc, tb, True, sum_a) if ta else _sgemm(dc, b, False, not tb, sum_a)
+        db = _sgemm(dc, a, True, ta, sum_b) if tb else _sgemm(a, dc, not ta, False, sum_b)
+        return da, db, None, None
+
+
+def batched_matmul(a, b, trans_a=False, trans_b=False):
+    """op_a(a[i]) @ op_b(b[i]) for 3-D float32 a, b (a batch of 1 is shared), op = transpose when
+    asked, (batch, M, N) out: one oneDNN sgemm per entry, all in one op (and one op per gradient).
+
+    Why: Jittor's CPU batched product is a single-threaded broadcast-multiply-sum loop, and a
+    Python loop of 2-D products costs a getitem per entry and, in the backward pass, a zero-filled
+    full-size tensor and a setitem per entry. Transposed operands are read in place. Needs
+    oneDNN (`onednn_available`).
+    """
+    return _BatchedMatmul.apply(a, b, bool(trans_a), bool(trans_b))
+
+
 # ----------------------------------------------------------------------------- GELU
 
 _GELU_FORWARD = """

@@ -7,7 +7,7 @@ Each mirrors a PyTorch/mmcv behaviour that Jittor lacks or computes differently:
 The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-threaded and only
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
 2-D oneDNN products; on the CPU (float32, training and inference alike) `ChannelsLastConv2d`,
-`layer_norm`, `gelu`, `axial_attention` and `full_attention` run the multi-threaded kernels of
+`layer_norm`, `gelu`, `axial_attention`, `full_attention` and `pooled_attention` run the multi-threaded kernels of
 `cpu_kernels.py` and `cpu_attention.py`, each with its own backward pass. The GPU takes the stock
 Jittor ops.
 """
@@ -164,38 +164,38 @@ class PointwiseConv2d(nn.Conv2d):
 
     Why: Jittor's CPU convolution wraps oneDNN's in layout reorders; a 1x1 convolution is a plain
     GEMM, (out, in) @ (in, H*W), and runs about twice as fast as one (the whole decode head but
-    NMF is 1x1 convolutions). The GPU keeps cuDNN.
+    NMF is 1x1 convolutions). On the CPU `cpu_kernels.batched_matmul`, the GPU keeps cuDNN.
     """
 
     def __init__(self, in_channels, out_channels, bias=True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def execute(self, x):
-        if jt.flags.use_cuda:
+        if not _gemm_kernels_apply(x):
             return super().execute(x)
         B, C, H, W = x.shape
-        weight = self.weight.reshape(self.out_channels, C)
-        y = jt.stack([weight @ x[i].reshape(C, H * W) for i in range(B)]) if B > 1 else \
-            (weight @ x.reshape(C, H * W)).unsqueeze(0)  # (B, out, H*W)
+        weight = self.weight.reshape(1, self.out_channels, C)
+        y = cpu_kernels.batched_matmul(weight, x.reshape(B, C, H * W))  # (B, out, H*W)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1)
         return y.reshape(B, self.out_channels, H, W)
 
 
-def bmm(a, b, transpose_b=False):
-    """Batched product (B, n, m) @ (B, m, k) -> (B, n, k), or @ (B, k, m)^T with `transpose_b`.
+def _gemm_kernels_apply(x):
+    """Whether `cpu_kernels.batched_matmul` runs for `x`: CPU, float32, Jittor built with oneDNN."""
+    return _fused_kernels_apply(x) and cpu_kernels.onednn_available()
+
+
+def bmm(a, b, transpose_a=False, transpose_b=False):
+    """Batched product op_a(a) @ op_b(b), op = transpose when asked: (B, n, m) @ (B, m, k) -> (B, n, k).
 
     Why not `jt.bmm` on the CPU: Jittor runs any batched product as one single-threaded
-    broadcast-multiply-sum loop; only 2-D products become oneDNN sgemm (multi-threaded, with the
-    transposed operand read in place). The batch here is the image batch, so one 2-D product per
-    image is much faster. On the GPU `jt.bmm` is cuBLAS.
+    broadcast-multiply-sum loop; `cpu_kernels.batched_matmul` runs one multi-threaded oneDNN sgemm
+    per batch entry (transposed operands read in place), in one op. On the GPU `jt.bmm` is cuBLAS.
     """
-    if jt.flags.use_cuda:
-        return jt.bmm(a, b.transpose(0, 2, 1) if transpose_b else b)
-    product = nn.matmul_transpose if transpose_b else nn.matmul
-    if a.shape[0] == 1:
-        return product(a.reshape(a.shape[1:]), b.reshape(b.shape[1:])).unsqueeze(0)
-    return jt.stack([product(a[i], b[i]) for i in range(a.shape[0])])
+    if not _gemm_kernels_apply(a):
+        return jt.bmm(a.transpose(0, 2, 1) if transpose_a else a, b.transpose(0, 2, 1) if transpose_b else b)
+    return cpu_kernels.batched_matmul(a, b, transpose_a, transpose_b)
 
 
 def axial_attention(q, k, v, mask_w, mask_h):
@@ -212,7 +212,7 @@ def axial_attention(q, k, v, mask_w, mask_h):
         qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
         v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
         out_cols = (H * W * C, d, C, W * C)  # output (B, H, W, n*d) as groups (b, head, column)
-        attend = cpu_attention.masked_attention
+        attend = cpu_attention.attention
         rows = attend(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
         return attend(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols], (B, H, W, C), d)
     q_w, k_w = q.permute(0, 2, 1, 3, 4), k.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
@@ -234,8 +234,26 @@ def full_attention(q, k, v, mask):
     C = n * d
     if _fused_kernels_apply(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
         qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
-        return cpu_attention.masked_attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
+        return cpu_attention.attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
     v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
     attn = nn.softmax(q @ k.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
     return (attn @ v).permute(0, 2, 1, 3).reshape(B, H, W, C)
+
+
+def pooled_attention(q, kv):
+    """Attention of a few queries over all positions, per head, without a mask (DFormer's global
+    awareness: 49 pooled queries over H*W positions).
+
+    q: (B, Lq, n, d), already scaled; kv: (B, Lk, 2, n, d), keys then values. Returns (B, n, Lq, d).
+    The CPU takes the fused kernel, which reads the keys and values inside kv through strides.
+    """
+    B, Lq, n, d = q.shape
+    Lk = kv.shape[1]
+    if _fused_kernels_apply(q):  # one group per (b, head)
+        q_view, out_view = (Lq * n * d, d, 0, n * d), (n * Lq * d, Lq * d, 0, d)
+        k_view, v_view = (Lk * 2 * n * d, d, 0, 2 * n * d), (Lk * 2 * n * d, d, 0, 2 * n * d, n * d)
+        return cpu_attention.attention(q, kv, kv, None, (B, n, 1), [q_view, k_view, v_view, out_view], (B, n, Lq, d), d)
+    kv = kv.permute(2, 0, 3, 1, 4)  # (2, B, n, Lk, d)
+    attn = nn.softmax(q.permute(0, 2, 1, 3) @ kv[0].permute(0, 1, 3, 2), dim=-1)  # (B, n, Lq, Lk)
+    return attn @ kv[1]

@@ -81,13 +81,35 @@ def test_strided_conv(stock_path):
     assert_close(fast, stock)
 
 
-def test_axial_and_full_attention(stock_path):
-    from models.layers import axial_attention, full_attention
+def test_pointwise_conv_and_bmm(stock_path):
+    """The batched oneDNN products: a 1x1 conv (shared weight, its gradient summed over the
+    batch) and `bmm` with every combination of transposed operands."""
+    from models.layers import PointwiseConv2d, bmm
+
+    conv = PointwiseConv2d(6, 5)
+    cases = [(conv, [(3, 6, 4, 5)], [conv.weight, conv.bias])]
+    for ta in (False, True):
+        for tb in (False, True):
+            fn = lambda a, b, ta=ta, tb=tb: bmm(a, b, transpose_a=ta, transpose_b=tb)  # noqa: E731
+            cases.append((fn, [(3, 7, 4) if ta else (3, 4, 7), (3, 9, 7) if tb else (3, 7, 9)], []))
+    for fn, shapes, params in cases:
+        inputs = randn(*shapes)
+        fast = values_and_grads(fn, inputs, params)
+        with stock_path():
+            stock = values_and_grads(fn, inputs, params)
+        assert_close(fast, stock)
+
+
+def test_attention(stock_path):
+    """DFormerv2's masked axial and full attention, DFormer's pooled attention (Lq != Lk, no mask,
+    k and v in one tensor)."""
+    from models.layers import axial_attention, full_attention, pooled_attention
 
     B, n, H, W, d = 2, 3, 5, 7, 8
     qkv = [(B, n, H, W, d), (B, n, H, W, d), (B, H, W, n * d)]
     for fn, shapes in [(axial_attention, qkv + [(B, n, H, W, W), (B, n, W, H, H)]),
-                       (full_attention, qkv + [(B, n, H * W, H * W)])]:
+                       (full_attention, qkv + [(B, n, H * W, H * W)]),
+                       (pooled_attention, [(B, 4, n, d), (B, H * W, 2, n, d)])]:
         inputs = randn(*shapes)
         fast = values_and_grads(fn, inputs)  # also the masks' gradients (a separate kernel)
         with stock_path():
@@ -108,6 +130,51 @@ def test_layer_norm_and_gelu(stock_path):
         with stock_path():
             stock = values_and_grads(fn, inputs, params)
         assert_close(fast, stock)
+
+
+def test_cross_entropy_sum():
+    """The loss kernel against the stock ops: the float64 sum, the count, the logits' gradient;
+    labels include unlabelled (255) and out-of-range (7: counted, no loss) pixels."""
+    import jittor as jt
+
+    from utils.loss import cross_entropy_sum, stock_cross_entropy_sum
+
+    (logits,) = randn((2, 5, 7, 9))
+    logits = logits * 3
+    label = np.random.default_rng(4).integers(0, 5, (2, 7, 9))
+    label[0, :3] = 255
+    label[1, 2, 4] = 7
+    label = jt.array(label.astype(np.int32))
+    results = []
+    for fn in (cross_entropy_sum, stock_cross_entropy_sum):
+        total, count = fn(logits, label, 255)
+        (grad,) = jt.grad(total * 0.37, [logits])
+        results.append((total.item(), count.item(), grad.numpy()))
+    (total, count, grad), (stock_total, stock_count, stock_grad) = results
+    assert count == stock_count == 2 * 7 * 9 - 27
+    assert abs(total - stock_total) <= 1e-6 * abs(stock_total)
+    assert_close([grad], [stock_grad])
+
+
+def test_batch_norm_train():
+    """Train-mode BatchNorm's kernels against its stock ops: output, float64 statistics, gradients."""
+    from models import cpu_float64
+    from models.batchnorm import BatchNorm2d
+
+    bn = BatchNorm2d(6, eps=1e-3)
+    bn.weight.assign(randn((6,), seed=2)[0])
+    bn.bias.assign(randn((6,), seed=3)[0])
+    bn.train()
+    (x,) = randn((3, 6, 5, 7))
+    x = x * 2 + 5  # a mean that a one-pass variance would cancel
+    fast = values_and_grads(bn, [x], [bn.weight, bn.bias])
+    stock = values_and_grads(lambda x: bn.stock_forward(x, False)[0], [x], [bn.weight, bn.bias])
+    assert_close(fast, stock)
+    _, mean, var = cpu_float64.batch_norm_train(x, bn.weight, bn.bias, bn.eps, False)
+    _, stock_mean, stock_var = bn.stock_forward(x, False)
+    assert mean.dtype == var.dtype == "float64"
+    np.testing.assert_allclose(mean.numpy(), stock_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(var.numpy(), stock_var.numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("config", ["DFormer_Tiny", "DFormerv2_S"])

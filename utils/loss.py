@@ -4,9 +4,12 @@ Why not `jt.nn.cross_entropy_loss(..., reduction="mean")`: it divides a float32 
 per-pixel losses by a float32 mean of the label mask, and Jittor's float32 reductions are
 sequential sums, so the mean of a 2.5M-pixel mask of ones comes out as 1.015; the loss (and every
 gradient) of an official 8x480x640 batch is ~1.7% too small. Here the per-pixel losses are summed
-in float64 and divided by the exact integer count of labelled pixels.
+in float64 and divided by the exact integer count of labelled pixels. On the CPU (float32) one
+multi-threaded kernel each way computes the same sums (`models/cpu_float64.py`).
 """
 import jittor as jt
+
+from models import cpu_float64
 
 
 def cross_entropy_sum(logits, label, ignore_index):
@@ -14,6 +17,13 @@ def cross_entropy_sum(logits, label, ignore_index):
 
     logits: (B, K, H, W) float32; label: (B, H, W) integers, `ignore_index` = unlabelled.
     """
+    if not jt.flags.use_cuda and logits.dtype == "float32" and logits.ndim == 4:
+        return cpu_float64.cross_entropy_sum(logits, label, ignore_index)
+    return stock_cross_entropy_sum(logits, label, ignore_index)
+
+
+def stock_cross_entropy_sum(logits, label, ignore_index):
+    """`cross_entropy_sum` with Jittor's own ops (the GPU's path)."""
     per_pixel = jt.nn.cross_entropy_loss(logits, label, ignore_index=ignore_index, reduction="none")  # (B, H, W)
     labelled = (label != ignore_index).float64().sum()  # integer-valued, exact below 2^53
     return per_pixel.float64().sum(), labelled

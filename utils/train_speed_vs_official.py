@@ -35,6 +35,7 @@ def jittor_worker(root, config, batch, height, width):
     import jittor as jt
     from models import build_model
     from utils.latency import random_inputs
+    from utils.loss import cross_entropy
     from utils.optim import build_optimizer
 
     C = load_config(f"local_configs.NYUDepthv2.{config}")
@@ -45,7 +46,7 @@ def jittor_worker(root, config, batch, height, width):
     label = jt.randint(0, C.num_classes, (batch, height, width))
 
     def step():
-        optimizer.step(jt.nn.cross_entropy_loss(model(rgb, depth), label, ignore_index=255))
+        optimizer.step(cross_entropy(model(rgb, depth), label, 255))  # the training loss of utils/train.py
         jt.sync_all(True)
 
     return step

@@ -43,32 +43,29 @@ class NMF2D(nn.Module):
         return raw / jt.maximum(norm, 1e-12)  # F.normalize(dim=1)
 
     @staticmethod
-    def update_coef(x_t, bases, coef):
-        """coef * (x^T bases) / (coef (bases^T bases)); x_t is x^T (BS, N, D), made once per forward."""
-        numerator = bmm(x_t, bases)  # (BS, N, R)
-        bases_t = bases.transpose(0, 2, 1)  # (BS, R, D)
-        denominator = bmm(coef, bmm(bases_t, bases_t, transpose_b=True))  # (BS, N, R) @ (BS, R, R)
+    def update_coef(x, bases, coef):
+        """coef * (x^T bases) / (coef (bases^T bases))."""
+        numerator = bmm(x, bases, transpose_a=True)  # (BS, N, R)
+        denominator = bmm(coef, bmm(bases, bases, transpose_a=True))  # (BS, N, R) @ (BS, R, R)
         return coef * numerator / (denominator + 1e-6)
 
     @staticmethod
     def update_bases(x, bases, coef):
         """bases * (x coef) / (bases (coef^T coef))."""
         numerator = bmm(x, coef)  # (BS, D, R)
-        coef_t = coef.transpose(0, 2, 1)  # (BS, R, N)
-        denominator = bmm(bases, bmm(coef_t, coef_t, transpose_b=True))  # (BS, D, R) @ (BS, R, R)
+        denominator = bmm(bases, bmm(coef, coef, transpose_a=True))  # (BS, D, R) @ (BS, R, R)
         return bases * numerator / (denominator + 1e-6)
 
     def execute(self, x):
         B, C, H, W = x.shape
         D, N = C // self.S, H * W
         x = x.reshape(B * self.S, D, N)
-        x_t = x.transpose(0, 2, 1)  # (BS, N, D), transposed once rather than in every step
         bases = self.build_bases(B, D)  # (BS, D, R)
-        coef = nn.softmax(self.inv_t * bmm(x_t, bases), dim=-1)  # (BS, N, R)
+        coef = nn.softmax(self.inv_t * bmm(x, bases, transpose_a=True), dim=-1)  # (BS, N, R)
         for _ in range(self.train_steps if self.is_train else self.eval_steps):
-            coef = self.update_coef(x_t, bases, coef)
+            coef = self.update_coef(x, bases, coef)
             bases = self.update_bases(x, bases, coef)
-        coef = self.update_coef(x_t, bases, coef)
+        coef = self.update_coef(x, bases, coef)
         return bmm(bases, coef, transpose_b=True).reshape(B, C, H, W)  # (BS, D, R) @ (BS, R, N)
 
 

@@ -12,7 +12,7 @@ import jittor as jt
 from jittor import nn
 
 from ..batchnorm import BatchNorm2d
-from ..layers import GELU, ChannelsLastConv2d, adaptive_avg_pool_nhwc, layer_norm, resize
+from ..layers import GELU, ChannelsLastConv2d, adaptive_avg_pool_nhwc, layer_norm, pooled_attention, resize
 
 
 class LayerNorm(nn.Module):
@@ -86,12 +86,10 @@ class attention(nn.Module):
         """Attention of 7x7 pooled RGB-D queries over all positions, upsampled back to (H, W)."""
         B, H, W, C = t.shape
         heads, d = self.num_head, C // self.num_head // 2
-        kv = self.kv(t).reshape(B, H * W, 2, heads, d).permute(2, 0, 3, 1, 4)  # (2, B, heads, HW, d)
-        k, v = kv[0], kv[1]
+        kv = self.kv(t).reshape(B, H * W, 2, heads, d)  # keys and values
         query = self.short_cut_linear(adaptive_avg_pool_nhwc(short_cut, self.window))  # (B, 7, 7, C/2)
-        query = query.reshape(B, -1, heads, d).permute(0, 2, 1, 3)  # (B, heads, 49, d)
-        attn = nn.softmax((query * d**-0.5) @ k.permute(0, 1, 3, 2), dim=-1)  # (B, heads, 49, HW)
-        out = (attn @ v).reshape(B, heads, self.window, self.window, d)  # (B, heads, 7, 7, d)
+        query = query.reshape(B, -1, heads, d) * d**-0.5  # (B, 49, heads, d)
+        out = pooled_attention(query, kv).reshape(B, heads, self.window, self.window, d)  # (B, heads, 7, 7, d)
         out = out.permute(0, 1, 4, 2, 3).reshape(B, C // 2, self.window, self.window)
         return resize(out, (H, W)).permute(0, 2, 3, 1)  # (B, H, W, C/2)
 
