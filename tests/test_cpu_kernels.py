@@ -132,6 +132,19 @@ def test_layer_norm_and_gelu(stock_path):
         assert_close(fast, stock)
 
 
+def test_rotate_pairs(stock_path):
+    """The rotary pair swap as a product with a signed permutation: bit-identical values and grads."""
+    from models import layers
+
+    x = randn((2, 3, 4, 5, 16))
+    fast = values_and_grads(layers.rotate_pairs, x)
+    with stock_path():
+        stock = values_and_grads(layers.rotate_pairs, x)
+    for a, b in zip(fast, stock):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fast[0][..., 0], -x[0].numpy()[..., 1])
+
+
 def test_cross_entropy_sum():
     """The loss kernel against the stock ops: the float64 sum, the count, the logits' gradient;
     labels include unlabelled (255) and out-of-range (7: counted, no loss) pixels."""

@@ -13,7 +13,7 @@ import numpy as np
 from jittor import nn
 
 from ..batchnorm import SyncBatchNorm
-from ..layers import GELU, ChannelsLastConv2d, LayerNorm, axial_attention, full_attention, gelu, resize
+from ..layers import GELU, ChannelsLastConv2d, LayerNorm, axial_attention, full_attention, gelu, resize, rotate_pairs
 
 
 class DWConv2d(nn.Module):
@@ -63,9 +63,7 @@ class PatchMerging(nn.Module):
 
 def angle_transform(x, sin, cos):
     """Rotary embedding with interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)."""
-    x1, x2 = x[..., ::2], x[..., 1::2]
-    rotated = jt.stack([-x2, x1], dim=-1).reshape(x.shape)
-    return x * cos + rotated * sin
+    return x * cos + rotate_pairs(x) * sin
 
 
 class GeoPriorGen(nn.Module):
