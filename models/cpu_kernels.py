@@ -353,3 +353,34 @@ class _LayerNorm(jt.Function):
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis (two-pass variance), one multi-threaded pass each way."""
     return _LayerNorm.apply(x, weight, bias, eps)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+_ADAMW_SRC = """
+// One AdamW step of one parameter, as Jittor's AdamW (and torch.optim.AdamW) computes it.
+// in0..in3: p, g, m (exp_avg), v (exp_avg_sq); in4: float32[8] scalars (see `adamw_update`);
+// out0..out2: new p, m, v.
+const float32 d = in4_p[0], b0 = in4_p[1], c0 = in4_p[2], b1 = in4_p[3], c1 = in4_p[4];
+const float32 sqrt_bc2 = in4_p[5], step = in4_p[6], eps = in4_p[7];
+const int64 n = in0->num;
+float32 *__restrict__ po = out0_p, *__restrict__ mo = out1_p, *__restrict__ vo = out2_p;
+#pragma omp parallel for schedule(static) if (n > 16384)
+for (int64 i = 0; i < n; i++) {
+    const float32 g = in1_p[i];
+    const float32 m = b0 * in2_p[i] + c0 * g, v = b1 * in3_p[i] + c1 * g * g;
+    mo[i] = m;
+    vo[i] = v;
+    po[i] = in0_p[i] * d - step * m / (std::sqrt(v) / sqrt_bc2 + eps);
+}
+"""
+
+
+def adamw_update(p, g, m, v, scalars):
+    """(new p, new m, new v) of one AdamW step in one multi-threaded pass (Jittor's stock update is
+    one single-threaded fused loop per parameter, ~170 ms of a DFormerv2-B step at 8x120x160).
+
+    scalars: float32[8] = 1 - lr*wd, b0, 1 - b0, b1, 1 - b1, sqrt(1 - b1^n), lr / (1 - b0^n), eps.
+    """
+    return jt.code([p.shape] * 3, ["float32"] * 3, [p, g, m, v, scalars], cpu_header="#include <cmath>",
+                   cpu_src=_ADAMW_SRC)

@@ -8,10 +8,13 @@ scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2`, `Geo.weight` 
 and biases of its stem and downsampling BatchNorms (`nn.SyncBatchNorm` upstream, not an
 `nn.BatchNorm2d`; `SyncBatchNorm` here).
 """
+import math
+
 import jittor as jt
 import numpy as np
 from jittor import nn
 
+from models import cpu_kernels
 from models.batchnorm import SyncBatchNorm
 from utils.errors import UserError
 
@@ -48,7 +51,24 @@ class AdamW(jt.optim.AdamW):
         if loss is not None:
             self.backward(loss, retain_graph)
         self.n_step += 1
-        super().step()
+        if jt.flags.use_cuda:
+            return super().step()
+        self.pre_step(None)  # the CPU: the same update in one multi-threaded kernel per parameter
+        n = float(self.n_step)
+        for group in self.param_groups:
+            lr, eps = group.get("lr", self.lr), group.get("eps", self.eps)
+            weight_decay = group.get("weight_decay", self.weight_decay)
+            b0, b1 = group.get("betas", self.betas)
+            scalars = jt.array(np.array([1 - lr * weight_decay, b0, 1 - b0, b1, 1 - b1, math.sqrt(1 - b1 ** n),
+                                         lr / (1 - b0 ** n), eps], dtype=np.float32))
+            for p, g, v, m in zip(group["params"], group["grads"], group["values"], group["m"]):
+                if p.is_stop_grad():
+                    continue
+                new_p, new_m, new_v = cpu_kernels.adamw_update(p, g, m, v, scalars)
+                p.update(new_p)
+                m.update(new_m)
+                v.update(new_v)
+        self.post_step()
 
 
 def build_optimizer(model, C):
