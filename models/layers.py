@@ -27,6 +27,12 @@ def _fused_kernels_apply(x):
     return not jt.flags.use_cuda and x.dtype == "float32"
 
 
+def _onednn_kernels_apply(x):
+    """Whether the kernels that call oneDNN (`conv_nhwc`, `batched_matmul`) run for `x`: the CPU
+    kernels apply and Jittor was built with oneDNN."""
+    return _fused_kernels_apply(x) and cpu_kernels.onednn_available()
+
+
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis with PyTorch's two-pass variance.
 
@@ -176,7 +182,7 @@ class ChannelsLastConv2d(nn.Conv2d):
     def execute(self, x, residual_gelu=False):
         """conv(x), or with `residual_gelu` gelu(conv(x) + x) (DFormer's MLP position encoding and
         activation, fused into the depthwise kernel in inference)."""
-        if _fused_kernels_apply(x) and cpu_kernels.onednn_available():
+        if _onednn_kernels_apply(x):
             return cpu_kernels.conv_nhwc(x, self, residual_gelu)
         y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return nn.gelu(y + x) if residual_gelu else y
@@ -194,7 +200,7 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def execute(self, x):
-        if not _gemm_kernels_apply(x):
+        if not _onednn_kernels_apply(x):
             return super().execute(x)
         B, C, H, W = x.shape
         weight = self.weight.reshape(1, self.out_channels, C)
@@ -204,11 +210,6 @@ class PointwiseConv2d(nn.Conv2d):
         return y.reshape(B, self.out_channels, H, W)
 
 
-def _gemm_kernels_apply(x):
-    """Whether `cpu_kernels.batched_matmul` runs for `x`: CPU, float32, Jittor built with oneDNN."""
-    return _fused_kernels_apply(x) and cpu_kernels.onednn_available()
-
-
 def bmm(a, b, transpose_a=False, transpose_b=False):
     """Batched product op_a(a) @ op_b(b), op = transpose when asked: (B, n, m) @ (B, m, k) -> (B, n, k).
 
@@ -216,7 +217,7 @@ def bmm(a, b, transpose_a=False, transpose_b=False):
     broadcast-multiply-sum loop; `cpu_kernels.batched_matmul` runs one multi-threaded oneDNN sgemm
     per batch entry (transposed operands read in place), in one op. On the GPU `jt.bmm` is cuBLAS.
     """
-    if not _gemm_kernels_apply(a):
+    if not _onednn_kernels_apply(a):
         return jt.bmm(a.transpose(0, 2, 1) if transpose_a else a, b.transpose(0, 2, 1) if transpose_b else b)
     return cpu_kernels.batched_matmul(a, b, transpose_a, transpose_b)
 
