@@ -162,8 +162,8 @@ def update_positions(sizes, exact, key):
     the positions estimates the sum over the whole vector."""
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     whole = [np.arange(starts[i], starts[i] + sizes[i]) for i in exact]
-    others = np.setdiff1d(np.arange(len(sizes)), exact)
-    rest = np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in others])
+    rest = np.concatenate([np.arange(start, start + size) for i, (start, size) in enumerate(zip(starts, sizes))
+                           if i not in set(exact)])
     picked = rest[sample_index(rest.size, UPDATE_SAMPLES, key)]
     index = np.concatenate(whole + [picked])
     weight = np.concatenate([np.ones(index.size - picked.size), np.full(picked.size, rest.size / picked.size)])
