@@ -2,8 +2,7 @@
 
 Each mirrors a PyTorch/mmcv behaviour that Jittor lacks or computes differently:
 `LayerNorm` (two-pass variance), `ConvModule` (mmcv parameter names, `bias='auto'`) and
-`adaptive_avg_pool_nhwc` (PyTorch's overlapping adaptive-pool bins), `TapSumConv2d` (a training
-convolution whose float32 rounding does not grow with its input channels).
+`adaptive_avg_pool_nhwc` (PyTorch's overlapping adaptive-pool bins).
 
 The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-threaded and only
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
@@ -187,37 +186,6 @@ class ChannelsLastConv2d(nn.Conv2d):
             return cpu_kernels.conv_nhwc(x, self, residual_gelu)
         y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return nn.gelu(y + x) if residual_gelu else y
-
-
-class TapSumConv2d(nn.Conv2d):
-    """`nn.Conv2d` (same parameters and state_dict entries) whose CPU training forward is one
-    matrix product per kernel tap, summed: for a 3x3 kernel, nine (B*OH*OW, in) @ (in, out).
-
-    Why: oneDNN's direct convolution accumulates all in x kh x kw products of an output in one
-    float32 chain, so its rounding error grows with the input channels. On DFormer-Tiny's
-    downsampling convs (float64 reference): 3.0e-7, 4.2e-7, 5.9e-7 for 32, 64, 128 input channels,
-    where PyTorch's stays at 2.1e-7; per-tap chains of `in` products give 1.2e-7 to 2.2e-7, and
-    the training steps then follow a float64 run as closely as the official code's (README,
-    "Training parity"). It costs about twice the stock convolution's time, so it runs in training
-    mode only; inference and the GPU run the stock convolution.
-    """
-
-    def execute(self, x):
-        if not (self.is_training() and _fused_kernels_apply(x)) or self.groups != 1:
-            return super().execute(x)
-        B, C, H, W = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-        padded = nn.pad(x, [pw, pw, ph, ph]).permute(0, 2, 3, 1)  # (B, H + 2ph, W + 2pw, C)
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                tap = padded[:, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw, :]  # (B, OH, OW, C)
-                product = jt.matmul(tap.reshape(B * OH * OW, C), self.weight[:, :, i, j].transpose(1, 0))
-                y = product if y is None else y + product
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(B, OH, OW, self.out_channels).permute(0, 3, 1, 2)
 
 
 class PointwiseConv2d(nn.Conv2d):
