@@ -2,7 +2,8 @@
 
 Each mirrors a PyTorch/mmcv behaviour that Jittor lacks or computes differently:
 `LayerNorm` (two-pass variance), `ConvModule` (mmcv parameter names, `bias='auto'`) and
-`adaptive_avg_pool_nhwc` (PyTorch's overlapping adaptive-pool bins).
+`adaptive_avg_pool_nhwc` (PyTorch's overlapping adaptive-pool bins), `TapSumConv2d` (a training
+convolution whose float32 rounding does not grow with its input channels).
 
 The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-threaded and only
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
@@ -186,6 +187,37 @@ class ChannelsLastConv2d(nn.Conv2d):
             return cpu_kernels.conv_nhwc(x, self, residual_gelu)
         y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return nn.gelu(y + x) if residual_gelu else y
+
+
+class TapSumConv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters and state_dict entries) whose CPU training forward is one
+    matrix product per kernel tap, summed: for a 3x3 kernel, nine (B*OH*OW, in) @ (in, out).
+
+    Why: oneDNN's direct convolution accumulates all in x kh x kw products of an output in one
+    float32 chain, so its rounding error grows with the input channels. On DFormer-Tiny's
+    downsampling convs (float64 reference): 3.0e-7, 4.2e-7, 5.9e-7 for 32, 64, 128 input channels,
+    where PyTorch's stays at 2.1e-7; per-tap chains of `in` products give 1.2e-7 to 2.2e-7, and
+    the training steps then follow a float64 run as closely as the official code's (README,
+    "Training parity"). The taps are one `reindex`: taking them as nine strided slices instead
+    crashed 5 of 30 training processes in Jittor's parallel kernel compiler (segfaults, double
+    frees; none of 30 with `use_parallel_op_compiler=0`, none of 80 with `reindex`). It costs
+    about 6% of a training step and holds the taps (kh*kw copies of the input), so it runs in
+    training mode only; inference and the GPU run the stock convolution.
+    """
+
+    def execute(self, x):
+        if not (self.is_training() and _onednn_kernels_apply(x)) or self.groups != 1:
+            return super().execute(x)
+        B, C, H, W = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        taps = x.reindex([kh * kw, B, OH, OW, C], [  # (kh*kw, B, OH, OW, C), zero in the padding
+            "i1", "i4", f"i2*{sh}+i0/{kw}-{ph}", f"i3*{sw}+i0%{kw}-{pw}"]).reshape(kh * kw, B * OH * OW, C)
+        weight = self.weight.permute(2, 3, 1, 0).reshape(kh * kw, C, self.out_channels)  # (kh*kw, C, out)
+        y = cpu_kernels.batched_matmul(taps, weight).sum(0)  # (B*OH*OW, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(B, OH, OW, self.out_channels).permute(0, 3, 1, 2)
 
 
 class PointwiseConv2d(nn.Conv2d):

@@ -1,9 +1,10 @@
 """Training steps and evaluation protocols against the official PyTorch code.
 
 Fixtures from `make_official_fixtures.py` (official code, CPU, float32 and float64): 3 AdamW steps
-of DFormer-Tiny and DFormerv2-S on 2x96x128 with the official loop, and the official `evaluate_msf`
-(plain and sliding) on one image. Training acceptance: the update vector (weights after 3 steps
-minus initial weights) is at most 1.5x as far from the float64 run as the official float32 run.
+of DFormer-Tiny and DFormerv2-S on each of 12 seeded 2x96x128 batches with the official loop, and
+the official `evaluate_msf` (plain and sliding) on one image. A batch where either float32 run
+flips a ReLU (step-1 gradient error above FLIP_ERROR) measures luck, not rounding; on the others
+every check holds, and the median update-vector error is at most the official float32 run's.
 """
 import copy
 import importlib
@@ -18,7 +19,9 @@ from make_official_fixtures import (GRAD_SAMPLES, HEAD_GRADS, NAMED_GRADS, PROTO
                                     weighted_relative_error)
 from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
 
-UPDATE_ERROR_RATIO = 1.5  # update-vector error vs float64, at most this times the official fp32 run's
+FLIP_ERROR = 1e-4  # step-1 gradient error vs float64 of a ReLU flip; rounding alone gives 2e-6 to 8e-6
+UPDATE_ERROR_RATIO = 1.5  # per clean batch; the median over clean batches must be <= 1
+MIN_CLEAN_BATCHES = 3
 
 
 def relative_error(a, b):
@@ -40,8 +43,9 @@ def synthetic_model(name, tmp_path, **overrides):
     return model, C
 
 
-def run_three_steps(model, C, seed):
-    """Official loop with our loss, optimiser and schedule; what the fixture records."""
+def run_three_steps(model, C, seed, names):
+    """Official loop with our loss, optimiser and schedule: losses, the step-1 gradients of the
+    parameters `names` (concatenated), the update of those parameters, the final state_dict."""
     import jittor as jt
     from utils.loss import cross_entropy
     from utils.optim import WarmUpPolyLR, build_optimizer, set_lr
@@ -53,22 +57,19 @@ def run_three_steps(model, C, seed):
     rgb, depth, label, bases = training_batch(seed)
     rgb, depth, label = jt.array(rgb), jt.array(depth), jt.array(label.astype(np.int32))
     params = model.state_dict()
-    initial = {k: v.numpy().copy() for k, v in params.items()}
-    losses, grads = [], {}
+    initial = {n: params[n].numpy().copy() for n in names}
+    losses = []
     for step in range(TRAIN_STEPS):
         model.decode_head.hamburger.ham.fixed_raw_bases = bases[step]
         loss = cross_entropy(model(rgb, depth), label, C.background)
         if step == 0:
-            names = NAMED_GRADS_OF[C.backbone]
-            grads = dict(zip(names, [g.numpy() for g in jt.grad(loss, [params[n] for n in names], retain_graph=True)]))
+            grads = [g.numpy().ravel() for g in jt.grad(loss, [params[n] for n in names], retain_graph=True)]
         optimizer.step(loss)
         set_lr(optimizer, schedule.get_lr(step))
         losses.append(float(loss.item()))
-    return losses, grads, initial, model.state_dict()
-
-
-NAMED_GRADS_OF = {"DFormer-Tiny": NAMED_GRADS["DFormer-Tiny"] + HEAD_GRADS,
-                  "DFormerv2_S": NAMED_GRADS["DFormerv2-Small"] + HEAD_GRADS}
+    final = model.state_dict()
+    update = np.concatenate([(final[n].numpy() - initial[n]).ravel().astype(np.float64) for n in names])
+    return np.array(losses), dict(zip(names, grads)), update, final
 
 
 @pytest.fixture(scope="module")
@@ -82,38 +83,36 @@ def test_three_training_steps_match_official(name, training_reference, tmp_path)
     model, C = synthetic_model(name, tmp_path, drop_path_rate=0.0)
     lr, weight_decay, power = ref["lr"]
     assert (C.lr, C.weight_decay, C.lr_power) == (lr, weight_decay, power)
-    losses, grads, initial, final = run_three_steps(model, C, int(ref["seed"]))
-
-    loss_error = np.abs(np.array(losses) / ref["fp64/loss"] - 1)
-    print(f"{name}: loss {losses}, rel. error vs float64 {loss_error} "
-          f"(official fp32 {np.abs(ref['fp32/loss'] / ref['fp64/loss'] - 1)})")
-    assert loss_error.max() < 1e-5
-
-    for key, grad in grads.items():
-        sample = grad.ravel()[sample_index(grad.size, GRAD_SAMPLES, key)]
-        ours, official = relative_error(sample, ref[f"fp64/grad/{key}"]), \
-            relative_error(ref[f"fp32/grad/{key}"], ref[f"fp64/grad/{key}"])
-        print(f"  step-1 gradient {key}: rel. error vs float64 {ours:.2e} (official fp32 {official:.2e})")
-        assert ours < max(10 * official, 1e-4), key
-
-    names, sizes = ref["param_names"], ref["param_sizes"]
-    update = np.concatenate([(final[n].numpy() - initial[n]).ravel().astype(np.float64) for n in names])
-    assert update.size == sizes.sum()
-    weight = ref["update_weight"]  # estimates of the whole vector's error (see update_positions)
-    ours = weighted_relative_error(update[ref["update_index"]], ref["fp64/update_sample"], weight)
-    official = weighted_relative_error(ref["fp32/update_sample"], ref["fp64/update_sample"], weight)
-    print(f"  update vector after {TRAIN_STEPS} steps: rel. error vs float64 {ours:.2e} (official fp32 {official:.2e})")
-    # The goal (issue 9) is ours <= official; measured: DFormer-Tiny 1.59e-3 vs 1.50e-3, DFormerv2-S
-    # 1.13e-3 vs 1.08e-3 (this port's forward carries ~20% more float32 noise, README, Parity)
-    assert ours <= UPDATE_ERROR_RATIO * official
-
-    stats = [k[len("fp64/stat/"):] for k in ref if k.startswith("fp64/stat/")]
-    ours = relative_error(np.concatenate([final[k].numpy() for k in stats]),
-                          np.concatenate([ref[f"fp64/stat/{k}"] for k in stats]))
-    official = relative_error(np.concatenate([ref[f"fp32/stat/{k}"] for k in stats]),
-                              np.concatenate([ref[f"fp64/stat/{k}"] for k in stats]))
-    print(f"  BatchNorm running statistics: rel. error vs float64 {ours:.2e} (official fp32 {official:.2e})")
-    assert ours < max(10 * official, 1e-6)
+    names, start = list(ref["param_names"]), {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    update_ratios = []
+    for seed in ref["seeds"]:
+        r = {k[len(f"{seed}/"):]: v for k, v in ref.items() if k.startswith(f"{seed}/")}
+        model.load_state_dict(start)
+        losses, grads, update, final = run_three_steps(model, C, int(seed), names)
+        step1 = np.concatenate([grads[n] for n in names])[ref["step1_index"]]
+        step1_error, official_step1 = relative_error(step1, r["fp64/step1_sample"]), float(r["fp32/step1_error"])
+        weight = ref["update_weight"]
+        ours, official = weighted_relative_error(update[ref["update_index"]], r["fp64/update_sample"], weight), \
+            float(r["fp32/update_error"])
+        flips = [side for side, error in (("ours", step1_error), ("official", official_step1)) if error > FLIP_ERROR]
+        print(f"{name} batch {seed}: step-1 gradient {step1_error:.2e} ({official_step1:.2e}), update vector "
+              f"{ours:.2e} ({official:.2e}), ratio {ours / official:.2f}" + (f"; ReLU flip: {flips}" if flips else ""))
+        loss_error = np.abs(losses / r["fp64/loss"] - 1)
+        assert loss_error[0] < 1e-5, (seed, loss_error)  # before any update: rounding only
+        if flips:
+            continue
+        assert loss_error.max() < 1e-5, (seed, loss_error)
+        for key in NAMED_GRADS[name] + HEAD_GRADS:
+            sample = grads[key][sample_index(grads[key].size, GRAD_SAMPLES, key)]
+            assert relative_error(sample, r[f"fp64/grad/{key}"]) < max(10 * float(r[f"fp32/grad_error/{key}"]), 1e-4), key
+        stats = np.concatenate([final[k].numpy().ravel() for k in ref["stat_names"]])
+        assert relative_error(stats, r["fp64/stats"]) < max(10 * float(r["fp32/stat_error"]), 1e-6), seed
+        assert ours <= UPDATE_ERROR_RATIO * official, seed
+        update_ratios.append(ours / official)
+    print(f"{name}: {len(update_ratios)} of {len(ref['seeds'])} batches without a flip, update-vector error "
+          f"ratio (ours / official float32) median {np.median(update_ratios):.2f}")
+    assert len(update_ratios) >= MIN_CLEAN_BATCHES
+    assert np.median(update_ratios) <= 1.0
 
 
 @pytest.mark.parametrize("mode", ["msf", "sliding"])

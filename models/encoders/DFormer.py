@@ -5,6 +5,8 @@ Mirrors the official `models/encoders/DFormer.py` (VCIP-RGBD/DFormer) module for
 identical parameter names so official checkpoints load unchanged. Differences:
 - `execute` instead of `forward`; tensors are NHWC inside the stages exactly as upstream.
 - The 7x7 adaptive pool of the global-awareness attention uses PyTorch's bins (`layers.py`).
+- The stem and downsampling 3x3 convs are `TapSumConv2d` (same parameters; in CPU training one
+  product per kernel tap, for float32 rounding that does not grow with the input width).
 - The dead `block_index > last_block_index` branch and the unused `norm0..3` of the 2023 release
   are not built (old checkpoints' `backbone.norm0..3.*` are skipped by the loader).
 """
@@ -12,7 +14,8 @@ import jittor as jt
 from jittor import nn
 
 from ..batchnorm import BatchNorm2d
-from ..layers import GELU, ChannelsLastConv2d, adaptive_avg_pool_nhwc, layer_norm, pooled_attention, resize
+from ..layers import (GELU, ChannelsLastConv2d, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm, pooled_attention,
+                      resize)
 
 
 class LayerNorm(nn.Module):
@@ -140,17 +143,17 @@ class Block(nn.Module):
 def _stem(in_channels, dim):
     """Two stride-2 3x3 convs with BN, GELU between them: (B, in, H, W) -> (B, dim, H/4, W/4)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, dim // 2, 3, stride=2, padding=1),
+        TapSumConv2d(in_channels, dim // 2, 3, stride=2, padding=1),
         BatchNorm2d(dim // 2),
         GELU(),
-        nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),
+        TapSumConv2d(dim // 2, dim, 3, stride=2, padding=1),
         BatchNorm2d(dim),
     )
 
 
 def _downsample(in_dim, out_dim):
     """BN then a stride-2 3x3 conv (upstream order: norm before conv, none after)."""
-    return nn.Sequential(BatchNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1))
+    return nn.Sequential(BatchNorm2d(in_dim), TapSumConv2d(in_dim, out_dim, 3, stride=2, padding=1))
 
 
 class DFormer(nn.Module):

@@ -6,6 +6,8 @@ names (`gamma_1`, `Geo.angle`, ...), so official checkpoints load unchanged. Dif
 - `execute` instead of `forward`; `Geo.angle`/`Geo.decay` are PyTorch buffers, here Vars marked
   stop_grad (Jittor would otherwise train them) that still appear in the state_dict.
 - `norm_eval` is not ported: upstream it never takes effect (its BNs are SyncBatchNorm).
+- The stem and downsampling 3x3 convs are `TapSumConv2d` (same parameters; in CPU training one
+  product per kernel tap, for float32 rounding that does not grow with the input width).
 - Gradient checkpointing (`use_checkpoint`, off in every config) is not ported.
 """
 import jittor as jt
@@ -13,7 +15,8 @@ import numpy as np
 from jittor import nn
 
 from ..batchnorm import SyncBatchNorm
-from ..layers import GELU, ChannelsLastConv2d, LayerNorm, axial_attention, full_attention, gelu, resize, rotate_pairs
+from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, TapSumConv2d, axial_attention, full_attention, gelu, resize,
+                      rotate_pairs)
 
 
 class DWConv2d(nn.Module):
@@ -28,7 +31,7 @@ class DWConv2d(nn.Module):
 
 
 def _conv_bn(in_dim, out_dim, stride):
-    return [nn.Conv2d(in_dim, out_dim, 3, stride, 1), SyncBatchNorm(out_dim)]
+    return [TapSumConv2d(in_dim, out_dim, 3, stride, 1), SyncBatchNorm(out_dim)]
 
 
 class PatchEmbed(nn.Module):
@@ -54,7 +57,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim, out_dim):
         super().__init__()
-        self.reduction = nn.Conv2d(dim, out_dim, 3, 2, 1)
+        self.reduction = TapSumConv2d(dim, out_dim, 3, 2, 1)
         self.norm = SyncBatchNorm(out_dim)
 
     def execute(self, x):
