@@ -1,6 +1,6 @@
 """Generate the parity fixtures from the official PyTorch code (VCIP-RGBD/DFormer).
 
-    TORCH_PYTHON tests/make_official_fixtures.py --official PATH/TO/DFormer [--only parity,training,protocols]
+    TORCH_PYTHON tests/make_official_fixtures.py --official PATH/TO/DFormer [--only parity,training,protocols,nmf]
 
 Runs under a Python with torch, mmcv-lite, mmengine and timm (not this repository's Jittor venv)
 and imports the official code from the checkout given (never copied here). Patched at run time:
@@ -21,6 +21,9 @@ deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixt
   + flip) and its sliding-window variant on DFormer-Tiny, 1x96x128, with NMF bases drawn in forward
   order from numpy's default_rng(seed), as utils/evaluate.py draws them: argmax map and
   sampled summed probabilities.
+- nmf_parity.npz (tests/test_numerics.py): the official `NMF2D` alone (evaluation, 7 steps) on
+  `nmf_inputs` (non-negative 2x512x12x16 maps at two scales, seeded bases), in float64 (sampled
+  output) and float32 (its error against float64 on the same sample).
 """
 import argparse
 import contextlib
@@ -70,6 +73,7 @@ GRAD_SAMPLES, STEP1_SAMPLES, UPDATE_SAMPLES = 1024, 4096, 16384
 PROTOCOL_MODEL, PROTOCOL_SHAPE, PROTOCOL_SEED = "DFormer-Tiny", (1, 96, 128), 11
 PROTOCOL_SCALES, PROTOCOL_CROP, PROBABILITY_SAMPLES = [0.5, 0.75, 1.0, 1.25, 1.5], (64, 64), 4096
 PROTOCOL_BASES_SEED = 12345  # C.seed: utils/evaluate.py draws the bases from default_rng(C.seed)
+NMF_SHAPE, NMF_SCALES, NMF_SEED, NMF_SAMPLES = (2, 512, 12, 16), (1.0, 20.0), 5, 16384
 
 
 def sample_index(size, count, key):
@@ -321,14 +325,47 @@ def make_protocols(official):
     return out
 
 
+def nmf_inputs(scale):
+    """A post-ReLU (non-negative) input map times `scale` and the raw bases (B, D, R) for it."""
+    rng = np.random.default_rng(NMF_SEED)
+    x = (np.maximum(rng.standard_normal(NMF_SHAPE), 0) * scale).astype(np.float32)
+    raw_bases = rng.random((NMF_SHAPE[0], NMF_SHAPE[1], 64), dtype=np.float32)
+    return x, raw_bases
+
+
+def make_nmf(official):
+    """The official NMF2D in float64 and float32 on the same input and bases."""
+    torch = official.torch
+    import models.decoders.ham_head as ham
+
+    out = {}
+    for scale in NMF_SCALES:
+        x, raw_bases = nmf_inputs(scale)
+        official.bases = lambda shape, raw=raw_bases: raw
+        outputs = []
+        for dtype in (torch.float64, torch.float32):
+            official.dtype = dtype
+            with contextlib.redirect_stdout(io.StringIO()):  # the constructor prints its settings
+                nmf = ham.NMF2D({}).eval()
+            with torch.no_grad():
+                outputs.append(nmf(torch.from_numpy(x).to(dtype)).double().numpy().ravel())
+        fp64, fp32 = outputs
+        at = sample_index(fp64.size, NMF_SAMPLES, f"nmf/{scale}")
+        out[f"{scale}/fp64_sample"] = fp64[at]
+        out[f"{scale}/fp32_error"] = np.array(relative_error(fp32[at], fp64[at]))
+        print(f"nmf x{scale}: official float32 vs float64 {float(out[f'{scale}/fp32_error']):.2e}")
+    official.dtype = torch.float32
+    return out
+
+
 SECTIONS = {"parity": ("parity_logits.npz", make_parity), "training": ("training_parity.npz", make_training),
-            "protocols": ("protocol_parity.npz", make_protocols)}
+            "protocols": ("protocol_parity.npz", make_protocols), "nmf": ("nmf_parity.npz", make_nmf)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official", required=True, help="checkout of VCIP-RGBD/DFormer (814799b)")
-    parser.add_argument("--only", default="parity,training,protocols", help="comma list of sections")
+    parser.add_argument("--only", default="parity,training,protocols,nmf", help="comma list of sections")
     parser.add_argument("--out", default=FIXTURES, help="output folder (default: tests/fixtures)")
     parser.add_argument("--training-models", default=",".join(TRAIN_MODELS),
                         help="models of the training section (default: both; a subset writes a partial file)")
