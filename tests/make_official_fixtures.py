@@ -26,12 +26,14 @@ deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixt
   output) and float32 (its error against float64 on the same sample).
 """
 import argparse
+import atexit
 import contextlib
 import copy
 import importlib
 import importlib.util
 import io
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -93,6 +95,7 @@ class Official:
         self.torch = torch
         sys.path.insert(0, os.path.abspath(official_dir))
         self.workdir = tempfile.mkdtemp()  # importing an official config creates folders in the cwd
+        atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
         os.chdir(self.workdir)
         import models.decoders.ham_head as ham
 
