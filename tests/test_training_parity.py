@@ -15,17 +15,13 @@ import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
 from make_official_fixtures import (GRAD_SAMPLES, HEAD_GRADS, NAMED_GRADS, PROTOCOL_MODEL, PROTOCOL_SEED, PROTOCOL_SHAPE,
-                                    TRAIN_STEPS, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS, sample_index, training_batch,
-                                    weighted_relative_error)
+                                    TRAIN_STEPS, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS, relative_error, sample_index,
+                                    training_batch, weighted_relative_error)
 from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
 
 FLIP_ERROR = 1e-4  # step-1 gradient error vs float64 of a ReLU flip; rounding alone gives 2e-6 to 8e-6
 UPDATE_ERROR_RATIO = 1.5  # per clean batch; the median over clean batches must be <= 1
 MIN_CLEAN_BATCHES = 3
-
-
-def relative_error(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def synthetic_model(name, tmp_path, **overrides):
@@ -84,14 +80,13 @@ def test_three_training_steps_match_official(name, training_reference, tmp_path)
     lr, weight_decay, power = ref["lr"]
     assert (C.lr, C.weight_decay, C.lr_power) == (lr, weight_decay, power)
     names, start = list(ref["param_names"]), {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    update_ratios = []
+    weight, update_ratios = ref["update_weight"], []
     for seed in ref["seeds"]:
         r = {k[len(f"{seed}/"):]: v for k, v in ref.items() if k.startswith(f"{seed}/")}
         model.load_state_dict(start)
         losses, grads, update, final = run_three_steps(model, C, int(seed), names)
         step1 = np.concatenate([grads[n] for n in names])[ref["step1_index"]]
         step1_error, official_step1 = relative_error(step1, r["fp64/step1_sample"]), float(r["fp32/step1_error"])
-        weight = ref["update_weight"]
         ours, official = weighted_relative_error(update[ref["update_index"]], r["fp64/update_sample"], weight), \
             float(r["fp32/update_error"])
         flips = [side for side, error in (("ours", step1_error), ("official", official_step1)) if error > FLIP_ERROR]
