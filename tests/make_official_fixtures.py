@@ -240,7 +240,7 @@ def relative_error(a, b):
 def make_training(official, models=TRAIN_MODELS, seeds=TRAIN_SEEDS):
     """Why several batches: a ReLU input within float32 rounding of zero lands on either side of
     the kink by chance, in any float32 code, and one such flip moves every backbone gradient by
-    ~1e-4 to 1e-3 and the update vector by percents; measured, about a third of the batches flip in
+    ~3e-4 to 4e-3 and the update vector by percents; measured, about a third of the batches flip in
     the official float32 run (which ones depends even on its thread count). The test compares
     rounding on the batches where neither side flipped."""
     out = {}
