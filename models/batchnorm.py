@@ -17,7 +17,7 @@ On the CPU (float32) the same numbers come from multi-threaded kernels (`cpu_flo
 import jittor as jt
 from jittor import nn
 
-from . import cpu_float64
+from . import cpu_float64, cpu_kernels
 
 
 class BatchNorm2d(nn.BatchNorm):
@@ -27,7 +27,7 @@ class BatchNorm2d(nn.BatchNorm):
         if not self.is_train:
             return super().execute(x)
         sync = self.sync and jt.in_mpi
-        if not jt.flags.use_cuda and x.dtype == "float32":  # multi-threaded kernels, same numbers
+        if cpu_kernels.applies(x):  # multi-threaded kernels, same numbers
             y, mean, var = cpu_float64.batch_norm_train(x, self.weight, self.bias, self.eps, sync)
         else:
             y, mean, var = self.stock_forward(x, sync)

@@ -23,17 +23,6 @@ from . import cpu_attention, cpu_kernels
 from .batchnorm import BatchNorm2d
 
 
-def _fused_kernels_apply(x):
-    """Whether the CPU kernels of `cpu_kernels.py` run for `x`: CPU and float32."""
-    return not jt.flags.use_cuda and x.dtype == "float32"
-
-
-def _onednn_kernels_apply(x):
-    """Whether the kernels that call oneDNN (`conv_nhwc`, `batched_matmul`) run for `x`: the CPU
-    kernels apply and Jittor was built with oneDNN."""
-    return _fused_kernels_apply(x) and cpu_kernels.onednn_available()
-
-
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis with PyTorch's two-pass variance.
 
@@ -41,7 +30,7 @@ def layer_norm(x, weight, bias, eps):
     residual-stream activations of deep stages and breaks 1e-4 parity. On the CPU one
     multi-threaded kernel each way (`cpu_kernels.layer_norm`).
     """
-    if _fused_kernels_apply(x):
+    if cpu_kernels.applies(x):
         return cpu_kernels.layer_norm(x, weight, bias, eps)
     xc = x - x.mean(-1, keepdims=True)
     var = (xc * xc).mean(-1, keepdims=True)
@@ -50,7 +39,7 @@ def layer_norm(x, weight, bias, eps):
 
 def gelu(x):
     """GELU (erf form); on the CPU one multi-threaded kernel each way."""
-    return cpu_kernels.gelu(x) if _fused_kernels_apply(x) else nn.gelu(x)
+    return cpu_kernels.gelu(x) if cpu_kernels.applies(x) else nn.gelu(x)
 
 
 class GELU(nn.Module):
@@ -75,7 +64,7 @@ def resize(x, size):
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    if jt.flags.use_cuda:
+    if not cpu_kernels.enabled():
         return nn.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     (h, w), (H, W) = x.shape[-2:], size
     rows = jt.array(_bilinear_matrix(int(h), int(H)))  # (H, h)
@@ -130,7 +119,7 @@ def rotate_pairs(x):
     with full-size zero tensors and `setitem`s in their backward (~80 ms of a DFormerv2-B
     training step at 8x120x160). The GPU keeps the slices.
     """
-    if _fused_kernels_apply(x):
+    if cpu_kernels.applies(x):
         return x @ jt.array(_pair_rotation_matrix(int(x.shape[-1])))
     x1, x2 = x[..., ::2], x[..., 1::2]
     return jt.stack([-x2, x1], dim=-1).reshape(x.shape)
@@ -183,7 +172,7 @@ class ChannelsLastConv2d(nn.Conv2d):
     def execute(self, x, residual_gelu=False):
         """conv(x), or with `residual_gelu` gelu(conv(x) + x) (DFormer's MLP position encoding and
         activation, fused into the depthwise kernel in inference)."""
-        if _onednn_kernels_apply(x):
+        if cpu_kernels.applies_with_onednn(x):
             return cpu_kernels.conv_nhwc(x, self, residual_gelu)
         y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return nn.gelu(y + x) if residual_gelu else y
@@ -206,7 +195,7 @@ class TapSumConv2d(nn.Conv2d):
     """
 
     def execute(self, x):
-        if not (self.is_training() and _onednn_kernels_apply(x)) or self.groups != 1:
+        if not (self.is_training() and cpu_kernels.applies_with_onednn(x)) or self.groups != 1:
             return super().execute(x)
         B, C, H, W = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -232,7 +221,7 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def execute(self, x):
-        if not _onednn_kernels_apply(x):
+        if not cpu_kernels.applies_with_onednn(x):
             return super().execute(x)
         B, C, H, W = x.shape
         weight = self.weight.reshape(1, self.out_channels, C)
@@ -249,7 +238,7 @@ def bmm(a, b, transpose_a=False, transpose_b=False):
     broadcast-multiply-sum loop; `cpu_kernels.batched_matmul` runs one multi-threaded oneDNN sgemm
     per batch entry (transposed operands read in place), in one op. On the GPU `jt.bmm` is cuBLAS.
     """
-    if not _onednn_kernels_apply(a):
+    if not cpu_kernels.applies_with_onednn(a):
         return jt.bmm(a.transpose(0, 2, 1) if transpose_a else a, b.transpose(0, 2, 1) if transpose_b else b)
     return cpu_kernels.batched_matmul(a, b, transpose_a, transpose_b)
 
@@ -263,7 +252,7 @@ def axial_attention(q, k, v, mask_w, mask_h):
     """
     B, n, H, W, d = q.shape
     C = n * d
-    if _fused_kernels_apply(q):
+    if cpu_kernels.applies(q):
         qk_rows = (n * H * W * d, H * W * d, W * d, d)  # groups (b, head, row), position = column
         qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
         v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
@@ -288,7 +277,7 @@ def full_attention(q, k, v, mask):
     """
     B, n, H, W, d = q.shape
     C = n * d
-    if _fused_kernels_apply(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
+    if cpu_kernels.applies(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
         qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
         return cpu_attention.attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
@@ -306,7 +295,7 @@ def pooled_attention(q, kv):
     """
     B, Lq, n, d = q.shape
     Lk = kv.shape[1]
-    if _fused_kernels_apply(q):  # one group per (b, head)
+    if cpu_kernels.applies(q):  # one group per (b, head)
         q_view, out_view = (Lq * n * d, d, 0, n * d), (n * Lq * d, Lq * d, 0, d)
         k_view, v_view = (Lk * 2 * n * d, d, 0, 2 * n * d), (Lk * 2 * n * d, d, 0, 2 * n * d, n * d)
         return cpu_attention.attention(q, kv, kv, None, (B, n, 1), [q_view, k_view, v_view, out_view], (B, n, Lq, d), d)

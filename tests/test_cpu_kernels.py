@@ -1,7 +1,7 @@
 """The CPU kernels of `models/cpu_kernels.py` against Jittor's stock ops: values and gradients.
 
 On the CPU the models run these kernels in training and inference alike; the stock ops (what
-the GPU runs) are forced here by switching `layers._fused_kernels_apply` off.
+the GPU runs) are forced here with the switch DFORMER_CPU_KERNELS=0.
 """
 import importlib
 
@@ -11,15 +11,15 @@ import pytest
 
 @pytest.fixture
 def stock_path(monkeypatch):
-    """A context in which `models.layers` takes the stock Jittor ops."""
+    """A context in which the models take the stock Jittor ops (the GPU's)."""
     import contextlib
 
-    from models import layers
+    from models import cpu_kernels
 
     @contextlib.contextmanager
     def stock():
         with monkeypatch.context() as patch:
-            patch.setattr(layers, "_fused_kernels_apply", lambda x: False)
+            patch.setenv(cpu_kernels.SWITCH, "0")
             yield
 
     return stock

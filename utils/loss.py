@@ -9,7 +9,7 @@ multi-threaded kernel each way computes the same sums (`models/cpu_float64.py`).
 """
 import jittor as jt
 
-from models import cpu_float64
+from models import cpu_float64, cpu_kernels
 
 
 def cross_entropy_sum(logits, label, ignore_index):
@@ -17,7 +17,7 @@ def cross_entropy_sum(logits, label, ignore_index):
 
     logits: (B, K, H, W) float32; label: (B, H, W) integers, `ignore_index` = unlabelled.
     """
-    if not jt.flags.use_cuda and logits.dtype == "float32" and logits.ndim == 4:
+    if cpu_kernels.applies(logits) and logits.ndim == 4:
         return cpu_float64.cross_entropy_sum(logits, label, ignore_index)
     return stock_cross_entropy_sum(logits, label, ignore_index)
 

@@ -51,7 +51,7 @@ class AdamW(jt.optim.AdamW):
         if loss is not None:
             self.backward(loss, retain_graph)
         self.n_step += 1
-        if jt.flags.use_cuda:
+        if not cpu_kernels.enabled():
             return super().step()
         self.pre_step(None)  # the CPU: the same update in one multi-threaded kernel per parameter
         n = float(self.n_step)
