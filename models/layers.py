@@ -9,8 +9,9 @@ The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-th
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
 2-D oneDNN products; on the CPU (float32, training and inference alike) `ChannelsLastConv2d`,
 `layer_norm`, `gelu`, `axial_attention`, `full_attention` and `pooled_attention` run the multi-threaded kernels of
-`cpu_kernels.py` and `cpu_attention.py`, each with its own backward pass. The GPU takes the stock
-Jittor ops.
+`cpu_kernels.py` and `cpu_attention.py`, each with its own backward pass (`cpu_kernels.applies`
+decides). The GPU takes the stock Jittor ops and changes layouts only through `layout.py`, so that
+no op of its graph runs on the host.
 """
 import functools
 import math
@@ -21,6 +22,7 @@ from jittor import nn
 
 from . import cpu_attention, cpu_kernels
 from .batchnorm import BatchNorm2d
+from .layout import conv_nhwc, matmul, permute
 
 
 def layer_norm(x, weight, bias, eps):
@@ -152,6 +154,10 @@ def adaptive_avg_pool_nhwc(x, out):
     B, H, W, C = x.shape
     pool_h = jt.array(_adaptive_pool_matrix(H, out))  # (out, H)
     pool_w = jt.array(_adaptive_pool_matrix(W, out))  # (out, W)
+    if not cpu_kernels.enabled():  # the GPU: two batched products, no transposes
+        x = matmul(pool_h.broadcast((B, out, H), [0]), x.reshape(B, H, W * C))  # pool rows: (B, out_h, W*C)
+        x = matmul(pool_w.broadcast((B * out, out, W), [0]), x.reshape(B * out, W, C))  # (B*out_h, out_w, C)
+        return x.reshape(B, out, out, C)
     x = x.permute(0, 2, 3, 1).reshape(B * W * C, H)  # (B*W*C, H)
     x = nn.matmul_transpose(x, pool_h).reshape(B, W, C * out)  # pool rows: (B, W, C*out)
     x = x.permute(0, 2, 1).reshape(B * C * out, W)  # (B*C*out_h, W)
@@ -162,11 +168,12 @@ def adaptive_avg_pool_nhwc(x, out):
 class ChannelsLastConv2d(nn.Conv2d):
     """`nn.Conv2d` (same parameters, state_dict entries and isinstance) on NHWC tensors, NHWC out.
 
-    Why: Jittor's CPU convolution is oneDNN on NCHW tensors, so a channels-last block would pay
-    two transposes around every convolution, and oneDNN's depthwise backward passes are slow. On
-    the CPU this is `cpu_kernels.conv_nhwc`: oneDNN with NHWC ("acdb") input and output, an OpenMP
-    kernel for wide 3x3 depthwise convs, and OpenMP kernels for depthwise gradients. The GPU
-    (cuDNN / Jittor's depthwise kernel) runs the stock convolution on an NCHW view.
+    Why: Jittor's convolution is NCHW, so a channels-last block would pay two transposes around
+    every convolution, and oneDNN's depthwise backward passes are slow. On the CPU this is
+    `cpu_kernels.conv_nhwc`: oneDNN with NHWC ("acdb") input and output, an OpenMP kernel for wide
+    3x3 depthwise convs, and OpenMP kernels for depthwise gradients. The GPU runs cuDNN on the NHWC
+    tensor (`layout.conv_nhwc`), not Jittor's depthwise kernel (one thread block per channel and
+    image); only without cuDNN the stock convolution of an NCHW copy.
     """
 
     def execute(self, x, residual_gelu=False):
@@ -174,7 +181,9 @@ class ChannelsLastConv2d(nn.Conv2d):
         activation, fused into the depthwise kernel in inference)."""
         if cpu_kernels.applies_with_onednn(x):
             return cpu_kernels.conv_nhwc(x, self, residual_gelu)
-        y = super().execute(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = conv_nhwc(x, self)
+        if y is None:  # no library for channels-last convolutions loaded
+            y = permute(super().execute(permute(x, 0, 3, 1, 2)), 0, 2, 3, 1)
         return nn.gelu(y + x) if residual_gelu else y
 
 
@@ -236,10 +245,11 @@ def bmm(a, b, transpose_a=False, transpose_b=False):
 
     Why not `jt.bmm` on the CPU: Jittor runs any batched product as one single-threaded
     broadcast-multiply-sum loop; `cpu_kernels.batched_matmul` runs one multi-threaded oneDNN sgemm
-    per batch entry (transposed operands read in place), in one op. On the GPU `jt.bmm` is cuBLAS.
+    per batch entry (transposed operands read in place), in one op. On the GPU one cuBLAS product
+    with transpose flags (`layout.matmul`).
     """
     if not cpu_kernels.applies_with_onednn(a):
-        return jt.bmm(a.transpose(0, 2, 1) if transpose_a else a, b.transpose(0, 2, 1) if transpose_b else b)
+        return matmul(a, b, transpose_a, transpose_b)
     return cpu_kernels.batched_matmul(a, b, transpose_a, transpose_b)
 
 
@@ -248,7 +258,7 @@ def axial_attention(q, k, v, mask_w, mask_h):
 
     q, k: (B, n, H, W, d), k already scaled; v: (B, H, W, n*d); mask_w: (B, n, H, W, W);
     mask_h: (B, n, W, H, H). Returns (B, H, W, n*d). The CPU takes the fused kernel, which reads
-    every layout through strides; the GPU the stock batched products.
+    every layout through strides; the GPU batched products that read k transposed in place.
     """
     B, n, H, W, d = q.shape
     C = n * d
@@ -260,13 +270,13 @@ def axial_attention(q, k, v, mask_w, mask_h):
         attend = cpu_attention.attention
         rows = attend(q, k, v, mask_w, (B, n, H), [qk_rows, qk_rows, v_rows, qk_rows], (B, n, H, W, d), d)
         return attend(q, k, rows, mask_h, (B, n, W), [qk_cols, qk_cols, qk_cols, out_cols], (B, H, W, C), d)
-    q_w, k_w = q.permute(0, 2, 1, 3, 4), k.permute(0, 2, 1, 3, 4)  # (B, H, n, W, d)
-    v = v.reshape(B, H, W, n, d).permute(0, 1, 3, 2, 4)  # (B, H, n, W, d)
-    attn_w = nn.softmax(q_w @ k_w.permute(0, 1, 2, 4, 3) + mask_w.permute(0, 2, 1, 3, 4), dim=-1)
-    v = (attn_w @ v).permute(0, 3, 2, 1, 4)  # (B, W, n, H, d)
-    q_h, k_h = q.permute(0, 3, 1, 2, 4), k.permute(0, 3, 1, 2, 4)  # (B, W, n, H, d)
-    attn_h = nn.softmax(q_h @ k_h.permute(0, 1, 2, 4, 3) + mask_h.permute(0, 2, 1, 3, 4), dim=-1)
-    return (attn_h @ v).permute(0, 3, 1, 2, 4).reshape(B, H, W, C)
+    q_w, k_w = permute(q, 0, 2, 1, 3, 4), permute(k, 0, 2, 1, 3, 4)  # (B, H, n, W, d)
+    v = permute(v.reshape(B, H, W, n, d), 0, 1, 3, 2, 4)  # (B, H, n, W, d)
+    attn_w = nn.softmax(matmul(q_w, k_w, trans_b=True) + permute(mask_w, 0, 2, 1, 3, 4), dim=-1)  # (B, H, n, W, W)
+    v = permute(matmul(attn_w, v), 0, 3, 2, 1, 4)  # (B, W, n, H, d)
+    q_h, k_h = permute(q, 0, 3, 1, 2, 4), permute(k, 0, 3, 1, 2, 4)  # (B, W, n, H, d)
+    attn_h = nn.softmax(matmul(q_h, k_h, trans_b=True) + permute(mask_h, 0, 2, 1, 3, 4), dim=-1)  # (B, W, n, H, H)
+    return permute(matmul(attn_h, v), 0, 3, 1, 2, 4).reshape(B, H, W, C)
 
 
 def full_attention(q, k, v, mask):
@@ -281,9 +291,9 @@ def full_attention(q, k, v, mask):
         qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
         return cpu_attention.attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
-    v = v.reshape(B, H * W, n, d).permute(0, 2, 1, 3)  # (B, n, HW, d)
-    attn = nn.softmax(q @ k.permute(0, 1, 3, 2) + mask, dim=-1)  # (B, n, HW, HW)
-    return (attn @ v).permute(0, 2, 1, 3).reshape(B, H, W, C)
+    v = permute(v.reshape(B, H * W, n, d), 0, 2, 1, 3)  # (B, n, HW, d)
+    attn = nn.softmax(matmul(q, k, trans_b=True) + mask, dim=-1)  # (B, n, HW, HW)
+    return permute(matmul(attn, v), 0, 2, 1, 3).reshape(B, H, W, C)
 
 
 def pooled_attention(q, kv):
@@ -299,6 +309,6 @@ def pooled_attention(q, kv):
         q_view, out_view = (Lq * n * d, d, 0, n * d), (n * Lq * d, Lq * d, 0, d)
         k_view, v_view = (Lk * 2 * n * d, d, 0, 2 * n * d), (Lk * 2 * n * d, d, 0, 2 * n * d, n * d)
         return cpu_attention.attention(q, kv, kv, None, (B, n, 1), [q_view, k_view, v_view, out_view], (B, n, Lq, d), d)
-    kv = kv.permute(2, 0, 3, 1, 4)  # (2, B, n, Lk, d)
-    attn = nn.softmax(q.permute(0, 2, 1, 3) @ kv[0].permute(0, 1, 3, 2), dim=-1)  # (B, n, Lq, Lk)
-    return attn @ kv[1]
+    kv = permute(kv, 2, 0, 3, 1, 4)  # (2, B, n, Lk, d)
+    attn = nn.softmax(matmul(permute(q, 0, 2, 1, 3), kv[0], trans_b=True), dim=-1)  # (B, n, Lq, Lk)
+    return matmul(attn, kv[1])

@@ -216,6 +216,8 @@ def test_cross_entropy_sum():
     assert count == stock_count == 2 * 7 * 9 - 27
     assert abs(total - stock_total) <= 1e-6 * abs(stock_total)
     assert_close([grad], [stock_grad])
+    jittor_loss = jt.nn.cross_entropy_loss(logits, label, ignore_index=255, reduction="none").float64().sum()
+    assert abs(stock_total - jittor_loss.item()) <= 1e-6 * abs(stock_total)
 
 
 def test_batch_norm_train():

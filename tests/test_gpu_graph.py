@@ -53,3 +53,82 @@ def test_profile_sees_cpu_kernels():
     assert cpu_kernels.enabled()
     model, _ = build_with_weights("DFormer-Tiny")
     assert cpu_only_ops(profile(lambda: eval_forward(model, SHAPE))).get("code", 0) > 0
+
+
+def test_profile_row_names():
+    """Rows of `jt.profile_scope` are sorted into op kinds; CPU-only ones are counted."""
+    from utils.gpu_graph import cpu_only_ops, describe, op_kinds, top_ops
+
+    fused = "«opkey0:broadcast_to«Tx:float32«DIM=4«opkey1:binary«Tx:float32«OP:multiply«JIT:1«JIT_cuda:1"
+    rows = [("transpose«Tx:float32«DIM=4«AXES0=0«JIT:1«JIT_cpu:1", 3, 0.004), (fused, 10, 0.003),
+            ("code«...«JIT_cpu:1", 2, 0.002), ("cudnn_conv«Tx:float32«JIT_cuda:1", 5, 0.001)]
+    assert describe(fused) == "fused(broadcast_to, binary.multiply)"
+    assert describe("cudnn_conv«Tx:float32«XFORMAT:acdb«WFORMAT:oihw«YFORMAT:acdb«JIT:1") == \
+        "cudnn_conv(XFORMAT:acdb, YFORMAT:acdb)"
+    assert describe("code«in0_dim:2«HEADER:#include <cmath>«CODE:// Two-pass LayerNorm\nconst int64 N;") == \
+        "code(// Two-pass LayerNorm)"
+    assert op_kinds(rows) == {"transpose": 3, "fused": 10, "code": 2, "cudnn_conv": 5}
+    assert cpu_only_ops(rows) == {"transpose": 3, "code": 2}
+    assert top_ops(rows, 2) == [{"op": "transpose", "count": 3, "ms": pytest.approx(4.0), "share": pytest.approx(0.4)},
+                                {"op": "fused(broadcast_to, binary.multiply)", "count": 10, "ms": pytest.approx(3.0),
+                                 "share": pytest.approx(0.3)}]
+
+
+def test_layout_ops_match_stock_ops(monkeypatch):
+    """The GPU path's own ops against Jittor's: `argmax` (ties: the first index, as numpy), and the
+    channels-last convolution by the library (oneDNN here, cuDNN on a GPU) against the stock
+    convolution of an NCHW copy, values and gradients."""
+    import jittor as jt
+
+    from models import cpu_kernels, layout
+    from models.layers import ChannelsLastConv2d
+
+    monkeypatch.setenv(cpu_kernels.SWITCH, "0")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, (2, 5, 6, 7)).astype(np.float32)  # many ties
+    for dim in range(4):
+        np.testing.assert_array_equal(layout.argmax(jt.array(x), dim).numpy(), x.argmax(dim))
+
+    for groups, stride in [(8, 1), (1, 2)]:  # depthwise, and a strided dense conv
+        conv = ChannelsLastConv2d(8, 8, 5, stride=stride, padding=2, groups=groups)
+        x = jt.array(rng.standard_normal((2, 9, 11, 8)).astype(np.float32))
+        weights = jt.array(rng.standard_normal(conv(x).shape).astype(np.float32))
+
+        def run():
+            y = conv(x)
+            return [y.numpy()] + [g.numpy() for g in jt.grad((y * weights).sum(), [x, conv.weight, conv.bias])]
+
+        library = run()
+        with monkeypatch.context() as patch:
+            patch.setattr(layout, "_library_conv_ops", lambda x: None)
+            stock = run()
+        for a, b in zip(library, stock):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_mlp_decoder(monkeypatch):
+    """The all-MLP decoder (no shipped config uses it): the GPU's op graph has no CPU-only op and
+    gives the CPU path's values and gradients."""
+    import jittor as jt
+
+    from models import cpu_kernels
+    from models.decoders.MLPDecoder import DecoderHead
+    from utils.gpu_graph import cpu_only_ops, profile
+
+    rng = np.random.default_rng(0)
+    head = DecoderHead([8, 16, 24, 32], num_classes=5, embed_dim=12)
+    head.eval()
+    inputs = [jt.array(rng.standard_normal((2, c, 16 // 2 ** i, 20 // 2 ** i)).astype(np.float32))
+              for i, c in enumerate([8, 16, 24, 32])]
+    params = [p for p in head.parameters() if not p.is_stop_grad()]
+
+    def run():
+        y = head(inputs)
+        return [y.numpy()] + [g.numpy() for g in jt.grad((y * y).sum(), inputs + params)]
+
+    cpu = run()
+    monkeypatch.setenv(cpu_kernels.SWITCH, "0")
+    gpu_graph = []
+    assert cpu_only_ops(profile(lambda: gpu_graph.extend(run()))) == {}
+    for a, b in zip(cpu, gpu_graph):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -19,6 +19,8 @@ import numpy as np
 from jittor import nn
 from tqdm import tqdm
 
+from models.layout import argmax
+
 from .metrics import Metrics
 
 MODES = ("ss", "msf", "sliding")
@@ -146,7 +148,7 @@ def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=
                         continue
                     batch = {key: value[repeated:] for key, value in batch.items()}
                 probs = predict(forward, batch["data"], batch["modal_x"], C, mode, scales, flip)
-                pred = jt.argmax(probs, dim=1)[0].numpy()
+                pred = argmax(probs, 1).numpy()  # (B, H, W)
                 if "label" in batch:
                     metrics.update(pred, batch["label"].numpy())
                 images += pred.shape[0]

@@ -8,8 +8,11 @@ copies the outputs back (`src/executor.cc`). In Jittor 1.3.11 these are (rows of
   an empty stub); a permute that keeps the last axis is a `fuse_transpose`, which has a kernel;
 - `arg_reduce`, `argsort`: CPU-only unless CUB is loaded, and then they transpose their input
   whenever the reduced axis is not the last one;
-- `code`: a `jt.code` kernel with CPU source only (the models' CPU kernels);
+- `code`: a `jt.code` kernel; those of the models (`cpu_kernels.py` and its siblings) have CPU
+  source only, and a CPU run cannot tell the others apart, so every one counts;
 - `numpy_code`: a numpy callback.
+(`random` has no CUDA kernel either, but with CUDA Jittor makes it a cuRAND op, and cuRAND loads
+wherever Jittor imports with CUDA.)
 On a GPU `jt.flags.use_cuda = 2` makes any of them an error (`run_under_use_cuda_2`). On the CPU,
 DFORMER_CPU_KERNELS=0 (`models.cpu_kernels.SWITCH`) makes the models take the GPU's ops, so the
 profile of a CPU run lists what a GPU would run on the host (`cpu_only_ops`); products and
@@ -33,9 +36,33 @@ def op_name(row_name):
 
 
 def fused_members(row_name):
-    """The op names inside a fused op's key: '«opkey0:binary.add«...«opkey1:reduce.add...' ->
-    ['binary.add', 'reduce.add']."""
-    return [part.split(":", 1)[1] for part in row_name.split("«") if part.startswith("opkey")]
+    """The ops inside a fused op's key, with the operation of element-wise and reduce ops:
+    '«opkey0:binary«Tx:float32«OP:add«opkey1:reduce«...«OP:add...' -> ['binary.add', 'reduce.add']."""
+    members = []
+    for part in row_name.split("«"):
+        if part.startswith("opkey"):
+            members.append(part.split(":", 1)[1])
+        elif part.startswith("OP:") and members:
+            members[-1] += "." + part[3:]
+    return members
+
+
+_SHOWN_FIELDS = ("XFORMAT", "YFORMAT", "Trans_a", "Trans_b", "OP")  # of a single op's key
+
+
+def describe(row_name, width=90):
+    """A short label of a profiled row: a fused op's members; a single op's name with its layouts,
+    transpose flags or operation; a `jt.code` op's first source line."""
+    parts = row_name.split("«")
+    if not parts[0]:
+        text = "fused(" + ", ".join(fused_members(row_name)) + ")"
+    elif parts[0] == "code":
+        source = next((p[5:] for p in parts if p.startswith("CODE:")), "")
+        text = f"code({source.strip().splitlines()[0] if source.strip() else ''})"
+    else:
+        fields = [p for p in parts[1:] if p.split(":")[0] in _SHOWN_FIELDS]
+        text = parts[0] + (f"({', '.join(fields)})" if fields else "")
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def profile(fn):
@@ -49,6 +76,13 @@ def profile(fn):
     name, count, total = header.index("Name"), header.index("Count"), header.index("TotalTime")
     rows = [(row[name], int(row[count]), float(row[total]) * 1e-9) for row in rows]  # TotalTime in ns
     return sorted(rows, key=lambda row: -row[2])
+
+
+def top_ops(rows, n):
+    """The `n` rows that took the most time: [{op, count, ms, share}], share of all rows' time."""
+    total = sum(seconds for _, _, seconds in rows) or 1.0
+    return [{"op": describe(name), "count": count, "ms": seconds * 1e3, "share": seconds / total}
+            for name, count, seconds in rows[:n]]
 
 
 def cpu_only_ops(rows):
@@ -137,6 +171,7 @@ def run_under_use_cuda_2(model, C, shape):
         with jt.flag_scope(use_cuda=2):
             model_steps(model, C, shape)
     except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if "cuda version" in line or "cuda" in line]
-        return (lines or str(error).strip().splitlines() or ["RuntimeError"])[0]
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        cause = [line for line in lines if "cuda version" in line or "allocated in cuda" in line]
+        return (cause or lines or ["RuntimeError"])[0][:300]
     return None

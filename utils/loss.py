@@ -23,8 +23,17 @@ def cross_entropy_sum(logits, label, ignore_index):
 
 
 def stock_cross_entropy_sum(logits, label, ignore_index):
-    """`cross_entropy_sum` with Jittor's own ops (the GPU's path)."""
-    per_pixel = jt.nn.cross_entropy_loss(logits, label, ignore_index=ignore_index, reduction="none")  # (B, H, W)
+    """`cross_entropy_sum` with Jittor's element-wise ops and reductions (the GPU's path).
+
+    The maths of `jt.nn.cross_entropy_loss`, reduced over the class axis in place: it would first
+    permute the logits to channels-last, a CPU-only op on a GPU without cutt.
+    """
+    shifted = logits - logits.max(1, keepdims=True)  # (B, K, H, W)
+    log_sum = shifted.exp().sum(1).log()  # (B, H, W)
+    target = label.broadcast(logits.shape, [1])
+    picked = (shifted * (target.index(1) == target)).sum(1)  # the label's shifted logit (0 outside [0, K))
+    valid = (label >= 0) & (label < logits.shape[1]) & (label != ignore_index)
+    per_pixel = (log_sum - picked) * valid  # (B, H, W)
     labelled = (label != ignore_index).float64().sum()  # integer-valued, exact below 2^53
     return per_pixel.float64().sum(), labelled
 

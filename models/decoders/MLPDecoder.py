@@ -6,21 +6,30 @@ names. Its BN gets eps `bn_eps` (1e-3), as upstream's `init_weight` sets for the
 import jittor as jt
 from jittor import nn
 
+from .. import cpu_kernels
 from ..batchnorm import BatchNorm2d
+from ..layout import matmul, permute
 from ..layers import resize
 
 
 class MLP(nn.Module):
-    """Per-pixel linear embedding: (B, C, H, W) -> (B, E, H, W)."""
+    """Per-pixel linear embedding: (B, C, H, W) -> (B, E, H, W).
+
+    Upstream transposes to (B, HW, C) for the Linear and back; on the CPU that is oneDNN's 2-D
+    product, on the GPU one batched product per image on the NCHW tensor, with no transposes.
+    """
 
     def __init__(self, input_dim, embed_dim):
         super().__init__()
         self.proj = nn.Linear(input_dim, embed_dim)
 
     def execute(self, x):
-        B, _, H, W = x.shape
-        x = self.proj(x.reshape(B, x.shape[1], H * W).permute(0, 2, 1))  # (B, HW, E)
-        return x.permute(0, 2, 1).reshape(B, -1, H, W)
+        B, C, H, W = x.shape
+        x = x.reshape(B, C, H * W)
+        if cpu_kernels.enabled():
+            return permute(self.proj(permute(x, 0, 2, 1)), 0, 2, 1).reshape(B, -1, H, W)
+        weight = self.proj.weight.broadcast((B, *self.proj.weight.shape), [0])  # (B, E, C)
+        return (matmul(weight, x) + self.proj.bias.reshape(1, -1, 1)).reshape(B, -1, H, W)  # (B, E, HW)
 
 
 class DecoderHead(nn.Module):

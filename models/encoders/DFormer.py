@@ -14,6 +14,7 @@ import jittor as jt
 from jittor import nn
 
 from ..batchnorm import BatchNorm2d
+from ..layout import permute
 from ..layers import (GELU, ChannelsLastConv2d, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm, pooled_attention,
                       resize)
 
@@ -93,8 +94,8 @@ class attention(nn.Module):
         query = self.short_cut_linear(adaptive_avg_pool_nhwc(short_cut, self.window))  # (B, 7, 7, C/2)
         query = query.reshape(B, -1, heads, d) * d**-0.5  # (B, 49, heads, d)
         out = pooled_attention(query, kv).reshape(B, heads, self.window, self.window, d)  # (B, heads, 7, 7, d)
-        out = out.permute(0, 1, 4, 2, 3).reshape(B, C // 2, self.window, self.window)
-        return resize(out, (H, W)).permute(0, 2, 3, 1)  # (B, H, W, C/2)
+        out = permute(out, 0, 1, 4, 2, 3).reshape(B, C // 2, self.window, self.window)
+        return permute(resize(out, (H, W)), 0, 2, 3, 1)  # (B, H, W, C/2)
 
     def execute(self, x, x_e):
         x = self.norm(x)
@@ -187,12 +188,12 @@ class DFormer(nn.Module):
         x_e = x_e[:, 0:1]  # only the first of the 3 identical depth channels is used
         outs = []
         for i in range(4):
-            x = self.downsample_layers[i](x).permute(0, 2, 3, 1)  # (B, H, W, C)
-            x_e = self.downsample_layers_e[i](x_e).permute(0, 2, 3, 1)  # (B, H, W, C/2)
+            x = permute(self.downsample_layers[i](x), 0, 2, 3, 1)  # (B, H, W, C)
+            x_e = permute(self.downsample_layers_e[i](x_e), 0, 2, 3, 1)  # (B, H, W, C/2)
             for block in self.stages[i]:
                 x, x_e = block(x, x_e)
-            x = x.permute(0, 3, 1, 2)
-            x_e = x_e.permute(0, 3, 1, 2)
+            x = permute(x, 0, 3, 1, 2)
+            x_e = permute(x_e, 0, 3, 1, 2)
             outs.append(x)
         return outs
 

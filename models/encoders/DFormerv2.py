@@ -15,6 +15,7 @@ import numpy as np
 from jittor import nn
 
 from ..batchnorm import SyncBatchNorm
+from ..layout import permute
 from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, TapSumConv2d, axial_attention, full_attention, gelu, resize,
                       rotate_pairs)
 
@@ -49,7 +50,7 @@ class PatchEmbed(nn.Module):
         )
 
     def execute(self, x):
-        return self.proj(x).permute(0, 2, 3, 1)
+        return permute(self.proj(x), 0, 2, 3, 1)
 
 
 class PatchMerging(nn.Module):
@@ -61,7 +62,7 @@ class PatchMerging(nn.Module):
         self.norm = SyncBatchNorm(out_dim)
 
     def execute(self, x):
-        return self.norm(self.reduction(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        return permute(self.norm(self.reduction(permute(x, 0, 3, 1, 2))), 0, 2, 3, 1)
 
 
 def angle_transform(x, sin, cos):
@@ -113,7 +114,7 @@ class GeoPriorGen(nn.Module):
         w_pos, w_depth = self.weight[0], self.weight[1]
         if split:
             mask_h = w_pos * self.decay_1d(H).unsqueeze(0).unsqueeze(2) + w_depth * self.depth_decay_1d(
-                depth.permute(0, 1, 3, 2))  # (B, heads, W, H, H)
+                permute(depth, 0, 1, 3, 2))  # (B, heads, W, H, H)
             mask_w = w_pos * self.decay_1d(W).unsqueeze(0).unsqueeze(2) + w_depth * self.depth_decay_1d(
                 depth)  # (B, heads, H, W, W)
             return tables, (mask_h, mask_w)
@@ -143,8 +144,8 @@ class _GSA(nn.Module):
         """q, k rotated and split into heads (B, n, H, W, d); v (B, H, W, C); lepe (B, H, W, C)."""
         B, H, W, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x) * self.scaling, self.v_proj(x)
-        q = q.reshape(B, H, W, self.num_heads, self.key_dim).permute(0, 3, 1, 2, 4)  # (B, n, H, W, d)
-        k = k.reshape(B, H, W, self.num_heads, self.key_dim).permute(0, 3, 1, 2, 4)
+        q = permute(q.reshape(B, H, W, self.num_heads, self.key_dim), 0, 3, 1, 2, 4)  # (B, n, H, W, d)
+        k = permute(k.reshape(B, H, W, self.num_heads, self.key_dim), 0, 3, 1, 2, 4)
         return angle_transform(q, sin, cos), angle_transform(k, sin, cos), v, self.lepe(v)
 
 
@@ -263,7 +264,7 @@ class dformerv2(nn.Module):
             x_out, x = layer(x, x_e)
             if i > 0:
                 x_out = self.extra_norms[i - 1](x_out)
-            outs.append(x_out.permute(0, 3, 1, 2))
+            outs.append(permute(x_out, 0, 3, 1, 2))
         return outs
 
 

@@ -1,0 +1,95 @@
+"""Layout changes, transposed products and channels-last convolutions that stay on the GPU.
+
+Jittor turns a permute that moves the last axis into a `TransposeOp`, which has no CUDA kernel
+unless the optional cutt library loaded; inside a CUDA graph such an op runs on the host, with a
+device sync and a copy each way (`utils/gpu_graph.py`). The models therefore change layouts only
+through this file. Off the CPU fast path (on a GPU, or on the CPU with DFORMER_CPU_KERNELS=0, which
+runs the GPU's graph):
+- `permute` is a `fuse_transpose`: a CUDA kernel that fuses with its neighbours and whose gradient
+  is another `fuse_transpose`;
+- `matmul` reads transposed operands through cuBLAS's transpose flags instead of a permuted copy;
+- `conv_nhwc` convolves a channels-last tensor in that layout (cuDNN; oneDNN on the CPU), with no
+  transposes around it, as PyTorch does for the official model's permuted tensors;
+- `argmax` is a max, a compare and a min (Jittor's argmax is CPU-only without CUB, and transposes
+  its input when the axis is not the last).
+On the CPU fast path (`cpu_kernels.enabled`) each is Jittor's stock op, as before.
+"""
+import jittor as jt
+
+from . import cpu_kernels
+
+_NHWC = dict(xformat="acdb", wformat="oihw", yformat="acdb")  # (B, H, W, C) in and out, (out, in, kh, kw) weight
+
+
+def permute(x, *axes):
+    """`x.permute(*axes)` that never becomes a CPU-only `TransposeOp` off the CPU fast path."""
+    if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+        axes = tuple(axes[0])
+    return x.permute(*axes) if cpu_kernels.enabled() else x.fuse_transpose(axes)
+
+
+def _swap_last_two(x):
+    return permute(x, *range(x.ndim - 2), x.ndim - 1, x.ndim - 2)
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op_a(a) @ op_b(b) over the last two axes, the leading axes equal; op = transpose when asked.
+
+    On the GPU one cuBLAS batched product that reads the transposed operands in place, and so do
+    its gradients; elsewhere Jittor's product of the permuted operands.
+    """
+    if str(a.dtype) != str(b.dtype):  # mixed precision (AMP): both in the wider type, as cuBLAS needs one
+        wider = "float64" if "float64" in (str(a.dtype), str(b.dtype)) else "float32"
+        a, b = a.cast(wider), b.cast(wider)
+    cublas = getattr(jt.compile_extern, "cublas_ops", None) if jt.flags.use_cuda else None
+    if cublas is not None:
+        return cublas.cublas_batched_matmul(a, b, bool(trans_a), bool(trans_b))
+    return jt.matmul(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
+
+
+def _library_conv_ops(x):
+    """(forward, input-gradient, weight-gradient) ops of the library that convolves NHWC tensors
+    here: cuDNN on the GPU, oneDNN on the CPU (float32); None without one."""
+    if jt.flags.use_cuda:
+        ops, prefix = getattr(jt.compile_extern, "cudnn_ops", None), "cudnn"
+    else:
+        ops, prefix = getattr(jt.compile_extern, "mkl_ops", None) if x.dtype == "float32" else None, "mkl"
+    if ops is None:
+        return None
+    return tuple(getattr(ops, f"{prefix}_conv{suffix}") for suffix in ("", "_backward_x", "_backward_w"))
+
+
+class _LibraryConvNHWC(jt.Function):
+    """A convolution of an NHWC tensor, NHWC out, and its gradients, by the library's own ops."""
+
+    def execute(self, x, weight, conv, ops):
+        self.saved = (x, weight, conv, ops)
+        (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+        return ops[0](x, weight, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+
+    def grad(self, dy):
+        x, weight, conv, ops = self.saved
+        (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+        (kh, kw), (_, H, W, _) = conv.kernel_size, x.shape
+        dx = ops[1](weight, dy, H, W, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+        dweight = ops[2](x, dy, kh, kw, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+        return dx, dweight, None, None
+
+
+def conv_nhwc(x, conv):
+    """`conv` (an `nn.Conv2d`'s parameters) of an NHWC tensor, NHWC out, bias included, by cuDNN on
+    the GPU (oneDNN on the CPU); None where no library is loaded for it."""
+    ops = _library_conv_ops(x)
+    if ops is None:
+        return None
+    weight = conv.weight if conv.weight.dtype == x.dtype else conv.weight.cast(x.dtype)  # AMP, fp16
+    y = _LibraryConvNHWC.apply(x, weight, conv, ops)
+    return y if conv.bias is None else y + conv.bias
+
+
+def argmax(x, dim):
+    """Index (int32) of the first maximum along `dim`, as `jt.argmax(x, dim)[0]`."""
+    if cpu_kernels.enabled():
+        return jt.argmax(x, dim)[0]
+    first = jt.index(x.shape, dim) + (x != x.max(dim, keepdims=True)).int32() * x.shape[dim]
+    return first.min(dim)
