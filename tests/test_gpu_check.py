@@ -44,7 +44,14 @@ def test_smoke_report_fields(smoke):
     for name, entry in report["models"].items():
         assert entry["config"] == f"local_configs.NYUDepthv2.{MODELS[name]}"
         assert entry["errors"] == [], name
-        assert entry["checks"] == {"loss_decreased": True, "diff_vs_cpu": True, "argmax": True, "latency": True}
+        assert entry["checks"] == {"gpu_graph": True, "loss_decreased": True, "diff_vs_cpu": True, "argmax": True,
+                                   "latency": True}
+        assert entry["cpu_only_ops"] == "none"
+        profile = entry["op_profile"]  # both smoke models are profiled
+        assert profile["shape"] == [1, 32, 48] and 0 < profile["op_ms"] and 0 < profile["wall_ms"]
+        assert len(profile["top"]) == 15 and all(row["ms"] >= 0 and row["count"] > 0 for row in profile["top"])
+        assert [row["ms"] for row in profile["top"]] == sorted((row["ms"] for row in profile["top"]), reverse=True)
+        assert profile["op_kinds"]["code"] > 0  # the CPU kernels run in the smoke test's profile
         assert entry["max_abs_diff_vs_cpu"] <= 1e-5
         assert entry["argmax_agreement"] == 1.0
         assert len(entry["losses"]) == 3 and entry["loss_after"] < entry["loss_before"]
@@ -83,7 +90,9 @@ def test_report_tables(tmp_path):
     report = Report(str(tmp_path), settings, {"DFormer-Tiny": "cfg.T", "DFormer-Large": "cfg.L"}, time.time(),
                     "criteria")
     tiny = report.model("DFormer-Tiny")
-    tiny.update(losses=[3.1, 3.0, 2.9], amp_losses=[2.9, 2.8, 2.75], max_abs_diff_vs_cpu=1.5e-4,
+    tiny.update(cpu_only_ops="none", op_profile={
+        "shape": [1, 480, 640], "wall_ms": 30.0, "op_ms": 25.0, "op_kinds": {"fused": 3},
+        "top": [{"op": "cudnn_conv", "count": 66, "ms": 12.5, "share": 0.5}]}, losses=[3.1, 3.0, 2.9], amp_losses=[2.9, 2.8, 2.75], max_abs_diff_vs_cpu=1.5e-4,
                 argmax_agreement=0.999, first_forward_s=12.0,
                 train_speed={"batch": 8, "height": 480, "width": 640, "jittor_images_per_s": 40.0,
                              "jittor_peak_gib": 12.3},
@@ -95,11 +104,22 @@ def test_report_tables(tmp_path):
     text = (tmp_path / "gpu_check.md").read_text()
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
             for line in text.splitlines() if line.startswith("| DFormer-Tiny")]
-    assert rows[0] == ["DFormer-Tiny", "1.5e-04", "-", "3.1000 -> 2.9000", "2.9000 -> 2.7500", "0.9990", "12.0",
+    assert rows[0] == ["DFormer-Tiny", "none", "1.5e-04", "-", "3.1000 -> 2.9000", "2.9000 -> 2.7500", "0.9990", "12.0",
                        "5.00", "4.00", "1.25", "-", "-", "-"]
     assert rows[1] == ["DFormer-Tiny", "8x480x640", "40.00", "50.00", "0.80", "12.3", "10.0"]
     assert text.rstrip().endswith("- DFormer-Large: not checked")
+    assert "## DFormer-Tiny: slowest ops of one eval forward at 1x480x640 (30.0 ms wall" in text
+    assert ["12.50", "50.0%", "66", "cudnn_conv"] in [[cell.strip() for cell in line.strip("|").split("|")]
+                                                     for line in text.splitlines()]
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["models"]["DFormer-Tiny"]["latency"] == [
         {"precision": "fp32", "batch": 1, "jittor_ms": 5.0, "pytorch_ms": 4.0, "ratio": 1.25}]
     assert data["failures"] == ["DFormer-Large: not checked"] and not data["passed"]
+
+
+def test_cutt_probe():
+    """The probe imports Jittor with cutt in a subprocess and says what became of it (here: no CUDA)."""
+    from utils.gpu_jittor import cutt_loads
+
+    loaded, reason = cutt_loads(300)
+    assert not loaded and "imports without it" in reason, reason

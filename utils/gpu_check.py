@@ -5,7 +5,11 @@ few minutes of device time and one prepared script run, so everything is in one 
 
     python -m utils.jittor_doctor --fix && python -m utils.gpu_check --official-dir .official --out $OUT
 
-For each model, with the synthetic stand-in weights of utils/synthetic_weights.py:
+First, for every model (utils/gpu_graph.py): an eval forward and a training step (forward, loss,
+backward, AdamW) under `jt.flags.use_cuda = 2`, where Jittor stops with an error at any op that
+would run on the CPU (no such op: the "GPU op graph" check); then the 15 slowest ops of one eval
+forward at 1x480x640 of DFormer-Tiny and DFormerv2-S (`jt.profile_scope`, after a warm-up forward).
+Then, for each model, with the synthetic stand-in weights of utils/synthetic_weights.py:
   1. eval logits at 1x3x64x96 (NMF bases pinned) against a CPU run of the same weights, made in a
      subprocess started with `nvcc_path=""` (Jittor cannot switch devices reliably inside one
      process): max |diff| <= 1e-3;
@@ -17,8 +21,9 @@ For each model, with the synthetic stand-in weights of utils/synthetic_weights.p
   5. with --official-dir (a VCIP-RGBD/DFormer checkout) and an importable torch: the official
      PyTorch model in a subprocess, same weights, timed the same way in the same run, and its
      logits compared with Jittor's GPU logits (<= 1e-3).
-First it prints the environment and refuses (exit 2) when `utils.jittor_doctor` reports problems
-not yet fixed, and it checks that convolutions run through cuDNN (the `cudnn_conv` op).
+Before all that it prints the environment and refuses (exit 2) when `utils.jittor_doctor` reports
+problems not yet fixed, tries whether Jittor loads cutt (optional: used when it loads, else
+use_cutt=0) and checks that convolutions run through cuDNN (the `cudnn_conv` op).
 
 Results go to --out (default output/gpu_check/): gpu_check.json and gpu_check.md, rewritten after
 every step, so a run killed half-way still leaves its numbers. Exit code 0 only when every check
@@ -31,10 +36,10 @@ the device tool's 10-minute command limit.
     python -m utils.gpu_check --cpu-smoke --models DFormer-Tiny,DFormerv2-S --out /tmp/smoke
 
 runs the same pipeline on the CPU at 32x48 with 1-2 timing iterations, so CI checks the logic
-without a GPU; the "GPU" side is then the CPU too, and the diff must be ~0.
+without a GPU; the "GPU" side is then the CPU too, and the diff must be ~0. The GPU op graph is
+then checked from the profile of a CPU run with the CPU kernels off (DFORMER_CPU_KERNELS=0).
 
-How to prepare and run it on a lent GPU machine (carried wheels, no network): README, section
-"GPUs".
+How to prepare and run it on a lent GPU machine (carried wheels, no network): docs/gpu.md.
 """
 import argparse
 import math
@@ -50,9 +55,15 @@ from utils.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_SEED, MODELS, OFFICIAL_TOL
                               TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights, config_module,
                               cpu_reference_main, environment_or_refuse, eval_logits, import_jittor, log,
                               median_ms, official_train_size, step, train_speed_jittor, training_losses)
+from models.layout import argmax  # noqa: E402
 from models.registry import find_model  # noqa: E402
+from utils.gpu_graph import (cpu_only_ops, eval_forward, gpu_op_graph, model_steps, op_kinds, profile,  # noqa: E402
+                             run_under_use_cuda_2, top_ops)
 from utils.gpu_official import official_cfg, run_official  # noqa: E402
 from utils.gpu_report import Report, dims  # noqa: E402
+
+PROFILED_MODELS = ("DFormer-Tiny", "DFormerv2-Small")
+TOP_OPS = 15
 
 
 @dataclass
@@ -114,6 +125,60 @@ class ModelRun:
     pred: object  # numpy argmax computed on that device
 
 
+def check_gpu_graph(names, settings, report):
+    """Phase 0: an eval forward and a training step of every model; no op may leave the GPU. On a
+    GPU under `jt.flags.use_cuda = 2`; in the smoke test from the profile of the GPU's op graph."""
+    import jittor as jt
+
+    for name in names:
+        entry = report.model(name)
+        if settings.time_left() <= 0:
+            entry["errors"].append("GPU op graph: skipped, time budget used up")
+            continue
+        entry["checks"]["gpu_graph"] = False
+        with step(entry["errors"], "GPU op graph"):
+            model, C = build_with_weights(name)
+            start = time.time()
+            if settings.smoke:
+                with gpu_op_graph():
+                    found = cpu_only_ops(profile(lambda: model_steps(model, C, settings.train_shape)))
+                problem = ", ".join(f"{op} x{count}" for op, count in sorted(found.items())) or None
+            else:
+                problem = run_under_use_cuda_2(model, C, settings.train_shape)
+            entry["cpu_only_ops"] = problem or "none"
+            entry["checks"]["gpu_graph"] = problem is None
+            log(f"{name}: forward + backward at {dims(settings.train_shape)}, ops that would leave the GPU: "
+                f"{problem or 'none'} ({time.time() - start:.1f}s incl. compilation)")
+        jt.gc()
+    report.save()
+
+
+def profile_ops(names, settings, report):
+    """Phase 0b: the TOP_OPS slowest ops of one eval forward at batch 1 (after a warm-up forward)."""
+    import jittor as jt
+
+    shape = (1, *settings.latency_size)
+    for name in [n for n in PROFILED_MODELS if n in names] or names[:1]:
+        entry = report.model(name)
+        if settings.time_left() <= 0:
+            entry["notes"].append("op profile: skipped, time budget used up")
+            continue
+        with step(entry["notes"], "op profile"):
+            model, _ = build_with_weights(name)
+            eval_forward(model, shape)
+            start = time.time()
+            rows = profile(lambda: eval_forward(model, shape))
+            wall_ms = (time.time() - start) * 1e3
+            entry["op_profile"] = {"shape": shape, "wall_ms": wall_ms, "op_ms": sum(r[2] for r in rows) * 1e3,
+                                   "op_kinds": op_kinds(rows), "top": top_ops(rows, TOP_OPS)}
+            log(f"{name}: one eval forward at {dims(shape)} under the profiler: {wall_ms:.1f} ms wall, "
+                f"{entry['op_profile']['op_ms']:.1f} ms in {sum(r[1] for r in rows)} ops; the slowest:")
+            for row in entry["op_profile"]["top"]:
+                log(f"  {row['ms']:9.2f} ms {row['share']:6.1%} x{row['count']:<4d} {row['op']}")
+        jt.gc()
+    report.save()
+
+
 def check_model(name, settings, report):
     """Phase 1 of a model: build, eval forward (timed: mostly compilation), argmax, training steps."""
     import jittor as jt
@@ -126,7 +191,7 @@ def check_model(name, settings, report):
         start = time.time()
         logits = eval_logits(model, settings.check_shape, CHECK_SEED)
         entry["first_forward_s"] = round(time.time() - start, 2)
-        run = ModelRun(name, model, C, logits.numpy(), jt.argmax(logits, 1)[0].numpy())
+        run = ModelRun(name, model, C, logits.numpy(), argmax(logits, 1).numpy())
         log(f"  first forward {entry['first_forward_s']:.1f}s, logits {tuple(run.logits.shape)}, "
             f"max |logit| {float(abs(run.logits).max()):.3f}")
     if run is None:
@@ -285,6 +350,8 @@ def run_pipeline(args, settings, names, report, folder):
     report.save()
     cpu_reference = CpuReference(names, settings, folder)  # started after our import: they share a lock
     try:
+        check_gpu_graph(names, settings, report)
+        profile_ops(names, settings, report)
         runs = check_models(names, cpu_reference, settings, report)
     finally:
         cpu_reference.wait(0)  # normally long finished; stopped if phase 1 broke off
@@ -349,7 +416,8 @@ def main(argv=None):
         print(f"gpu_check refused: {refusal}", file=sys.stderr, flush=True)
         return 2
     if not settings.smoke:
-        apply_gpu_defaults(settings)
+        report.data["environment"]["cutt"] = apply_gpu_defaults(settings)
+        log(f"cutt: {report.data['environment']['cutt']}")
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
         try:
             run_pipeline(args, settings, args.model_names, report, folder)

@@ -23,6 +23,7 @@ MODELS = {spec.name: spec.config for spec in registry.MODELS.values()}
 CHECK_SEED, TRAIN_SEED = 7, 11
 TRAIN_STEPS = 3
 ARGMAX_AGREEMENT = 0.99
+CUTT_PROBE_S = 300  # at most, for the subprocess that tries `import jittor` with cutt
 OFFICIAL_TOLERANCE = 1e-3  # Jittor vs the official PyTorch model, same device, fp32 without TF32
 START = time.time()
 
@@ -289,17 +290,45 @@ def environment_or_refuse(settings, report):
 
 def apply_gpu_defaults(settings):
     """Environment defaults for the lent machines, set before Jittor is imported; never overriding.
+    Returns what became of cutt (a sentence for the report).
 
-    They have no network: Jittor would try to download oneDNN (used only by CPU ops) and cutt,
-    and build MPI/NCCL support a one-GPU check does not need. TF32 stays off unless asked for, in
-    Jittor and PyTorch alike (cuDNN's default math mode would use it for fp32 convolutions).
+    They have no network: Jittor would try to download oneDNN (used only by CPU ops) unless
+    `jittor-offline` carries it, and build MPI/NCCL support a one-GPU check does not need. cutt is
+    optional (the models never need it, see models/layout.py): used when it loads, else off. TF32
+    stays off unless asked for, in Jittor and PyTorch alike (cuDNN's default math mode would use it
+    for fp32 convolutions).
     """
     if importlib.util.find_spec("jittor_offline") is None:
         os.environ.setdefault("use_mkl", "0")
-    for name, value in (("use_cutt", "0"), ("use_nccl", "0"), ("mpicc_path", "")):
+    for name, value in (("use_nccl", "0"), ("mpicc_path", "")):
         os.environ.setdefault(name, value)
     if not settings.tf32:
         os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+    if "use_cutt" in os.environ:
+        return f"use_cutt={os.environ['use_cutt']} set by the user"
+    loaded, reason = cutt_loads(min(CUTT_PROBE_S, max(settings.time_left(), 60)))
+    if not loaded:
+        os.environ["use_cutt"] = "0"
+    return reason
+
+
+def cutt_loads(timeout):
+    """(whether `import jittor` loads cutt, a sentence), probed in a subprocess: Jittor downloads
+    and builds cutt at import unless use_cutt=0, and a download or build that fails makes the import
+    itself fail. The probe's core build stays in the cache for the real import."""
+    code = "import utils, jittor; print('cutt loaded:', getattr(jittor.compile_extern, 'cutt_ops', None) is not None)"
+    env = dict(os.environ, use_cutt="1")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"cutt not loaded: `import jittor` with cutt took over {timeout:.0f} s; running with use_cutt=0"
+    if done.returncode == 0:
+        if "cutt loaded: True" in done.stdout:
+            return True, "cutt loaded"
+        return False, "cutt not loaded: Jittor imports without it here (no CUDA, or cutt switched off)"
+    last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+    return False, f"cutt not loaded ({last[0][:200]}); running with use_cutt=0"
 
 
 def import_jittor(settings, report):

@@ -81,6 +81,7 @@ class Report:
         for precision in ("fp32", "fp16"):
             lines += self.latency_table(precision)
         lines += self.training_table()
+        lines += self.profile_tables()
         notes = [f"- {name}: {note}" for name, entry in self.data["models"].items() for note in entry["notes"]]
         if notes:
             lines += ["Notes (not counted as failures):"] + notes + [""]
@@ -100,7 +101,8 @@ class Report:
         return [f"# GPU check ({self.data['mode']}), {self.data['started']}, {self.data.get('elapsed_s', 0)} s", "",
                 f"- Device: {jittor.get('device', '?')}; Jittor {jittor.get('jittor', '?')}, "
                 f"CUDA {jittor.get('cuda', '-')}, cuDNN {jittor.get('cudnn', '-')}, "
-                f"conv ops {', '.join(jittor.get('conv_ops', [])) or '?'}, cutt {jittor.get('cutt', '?')}",
+                f"conv ops {', '.join(jittor.get('conv_ops', [])) or '?'}, cutt loaded: {jittor.get('cutt', '?')}"
+                + (f" ({env['cutt']})" if env.get("cutt") else ""),
                 f"- PyTorch: {pytorch}",
                 f"- Jittor import {env.get('jittor_import_s', '?')} s (on a fresh machine: compiling its core)",
                 f"- Checks: {self.criteria}",
@@ -111,7 +113,7 @@ class Report:
     def latency_table(self, precision):
         header = ["model"]
         if precision == "fp32":
-            header += ["max abs diff vs CPU", "vs official", "loss step 1 -> 3", "AMP loss 1 -> 3", "argmax agree",
+            header += ["ops off the GPU", "max abs diff vs CPU", "vs official", "loss step 1 -> 3", "AMP loss 1 -> 3", "argmax agree",
                        "first fwd s"]
         for batch in self.settings.batches:
             header += [f"Jittor b{batch} ms", f"PyTorch b{batch} ms", f"ratio b{batch}"]
@@ -123,7 +125,7 @@ class Report:
             cells = [name]
             if precision == "fp32":
                 losses, amp = entry.get("losses") or [], entry.get("amp_losses") or []
-                cells += [fmt(entry.get("max_abs_diff_vs_cpu"), ".1e"),
+                cells += [entry.get("cpu_only_ops", "-"), fmt(entry.get("max_abs_diff_vs_cpu"), ".1e"),
                           fmt(entry.get("max_abs_diff_vs_official"), ".1e"),
                           f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-",
                           f"{amp[0]:.4f} -> {amp[-1]:.4f}" if amp else "-",
@@ -157,3 +159,16 @@ class Report:
                   "Jittor peak GiB", "PyTorch peak GiB"]
         return markdown_table("fp32 training at the official batch and crop (AdamW step, median of 3 after 2)",
                               header, rows)
+
+    def profile_tables(self):
+        """The slowest ops of one profiled eval forward per profiled model (Jittor's profiler)."""
+        lines = []
+        for name, entry in self.data["models"].items():
+            profile = entry.get("op_profile")
+            if not profile:
+                continue
+            rows = [[f"{row['ms']:.2f}", f"{row['share']:.1%}", row["count"], row["op"]] for row in profile["top"]]
+            lines += markdown_table(
+                f"{name}: slowest ops of one eval forward at {dims(profile['shape'])} ({profile['wall_ms']:.1f} ms "
+                f"wall under the profiler, {profile['op_ms']:.1f} ms in ops)", ["ms", "share", "count", "op"], rows)
+        return lines
