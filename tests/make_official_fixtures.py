@@ -4,19 +4,21 @@
 
 Runs under a Python with torch, mmcv-lite, mmengine and timm (not this repository's Jittor venv)
 and imports the official code from the checkout given (never copied here). Patched at run time:
-`NMF2D._build_bases` (it calls `.cuda()`) returns bases this script injects. Every model gets the
-deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixtures/:
+`NMF2D._build_bases` (it calls `.cuda()`) returns bases this script injects. Every model is built
+as upstream's `utils/train.py` builds it with `train.sh`'s `--syncbn` (`Official.build`) and gets
+the deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixtures/:
 
 - parity_logits.npz (tests/test_parity.py): eval-mode decode-head output and 2048 sampled logits
   of all 7 NYUDepthv2 models at 1x64x64, 1x96x128 and 2x72x100.
-- training_parity.npz (tests/test_training_parity.py): 3 AdamW steps of DFormer-Tiny and
-  DFormerv2-S on each of 12 seeded 2x96x128 batches, official loop (loss as in
-  `EncoderDecoder.forward`, `group_weight`, `WarmUpPolyLR` set after each step), drop path 0,
+- training_parity.npz (tests/test_training_parity.py): the names in upstream's two parameter groups
+  of all 7 models, `--syncbn` and `--no-syncbn`; 3 AdamW steps of DFormer-Tiny and DFormerv2-S on
+  each of 12 seeded 2x96x128 batches, official loop (loss as in `EncoderDecoder.forward`,
+  `group_weight` with the SyncBN norm layer, `WarmUpPolyLR` set after each step), drop path 0,
   decode-head dropout off, BatchNorm in training mode, the same NMF bases in every forward; run in
   float64 (the ground truth) and in float32. Saved per batch, from the float64 run: losses, step-1
-  gradients (named parameters and a sample of the whole vector), the update (weights after 3 steps
-  - initial weights) at the positions of `update_positions`, the BatchNorm running statistics; and
-  the float32 run's losses and its errors against float64 on the same values.
+  gradients (named parameters and a sample of the whole vector), the update (weights after 3 steps -
+  initial weights) at the positions of `update_positions`, the BatchNorm running statistics; and the
+  float32 run's losses and its errors against float64 on the same values.
 - protocol_parity.npz (tests/test_training_parity.py): the official `evaluate_msf` (scales 0.5-1.5
   + flip) and its sliding-window variant on DFormer-Tiny, 1x96x128, with NMF bases drawn in forward
   order from numpy's default_rng(seed), as utils/evaluate.py draws them: argmax map and
@@ -118,14 +120,28 @@ class Official:
         C.update(overrides)
         return C
 
-    def model(self, name, **overrides):
-        """The official EncoderDecoder with the stand-in weights (float32, eval mode)."""
+    def build(self, name, syncbn=True, **overrides):
+        """The official EncoderDecoder of `name` (float32, random weights) and its config, built as
+        upstream's `utils/train.py` (and `utils/eval.py`) build it: `train.sh` and `eval.sh` pass
+        `--syncbn`, so the norm layer is `nn.SyncBatchNorm` (`norm_cfg` SyncBN), with the
+        criterion `nn.CrossEntropyLoss(reduction="none", ignore_index=C.background)`;
+        `syncbn=False` builds it as `--no-syncbn` does (`nn.BatchNorm2d`). In one process a
+        SyncBatchNorm computes what a BatchNorm2d computes (`F.batch_norm`); what differs is the
+        parameter groups (`official_groups`)."""
         torch = self.torch
         from models.builder import EncoderDecoder
 
         C = self.config(name, **overrides)
+        norm_layer = torch.nn.SyncBatchNorm if syncbn else torch.nn.BatchNorm2d
+        criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=C.background)
         with contextlib.redirect_stdout(io.StringIO()):  # the constructors print their settings
-            model = EncoderDecoder(cfg=C, norm_layer=torch.nn.BatchNorm2d, syncbn=False)
+            model = EncoderDecoder(cfg=C, criterion=criterion, norm_layer=norm_layer, syncbn=syncbn)
+        return model, C
+
+    def model(self, name, **overrides):
+        """`build(name)` with the stand-in weights, in eval mode."""
+        torch = self.torch
+        model, C = self.build(name, **overrides)
         entries = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
         weights = {k: torch.from_numpy(v) for k, v in synthetic_state_dict(entries).items()}
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -194,16 +210,42 @@ def training_batch(seed):
     return rgb, depth, label, bases
 
 
+def official_groups(model, lr):
+    """Upstream's parameter groups as its train.py builds them: `group_weight(params_list, model,
+    BatchNorm2d, base_lr)` with the norm layer the model was built with (`--syncbn`:
+    `nn.SyncBatchNorm`). Returns the groups and the parameter names of each."""
+    from utils.init_func import group_weight
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the group sizes
+        groups = group_weight([], model, model.norm_layer, lr)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return groups, [[names[id(p)] for p in group["params"]] for group in groups]
+
+
+def make_groups(official):
+    """Names of upstream's (decay, no decay) groups of all 7 models, `--syncbn` and `--no-syncbn`."""
+    out = {}
+    for name in PARITY_CONFIGS:
+        for mode, syncbn in (("syncbn", True), ("no_syncbn", False)):
+            model, C = official.build(name, syncbn=syncbn)
+            _, (decay, no_decay) = official_groups(model, C.lr)
+            out[f"groups/{mode}/{name}/decay"] = np.array(decay)
+            out[f"groups/{mode}/{name}/no_decay"] = np.array(no_decay)
+            frozen = sum(1 for _ in model.parameters()) - len(decay) - len(no_decay)
+            print(f"groups {name} --{mode.replace('_', '-')}: {len(decay)} decay, {len(no_decay)} no decay, "
+                  f"{frozen} in neither", flush=True)
+    return out
+
+
 def run_official_loop(official, model, C, dtype, seed):
     """Upstream's training loop for TRAIN_STEPS steps; returns what the fixture records."""
     torch = official.torch
-    from utils.init_func import group_weight
     from utils.lr_policy import WarmUpPolyLR
 
     official.dtype = dtype
     model = model.to(dtype).train()
     model.decode_head.dropout = None  # decode-head dropout off (BaseDecodeHead skips a None dropout)
-    params = group_weight([], model, torch.nn.BatchNorm2d, C.lr)
+    params, _ = official_groups(model, C.lr)
     with contextlib.redirect_stdout(io.StringIO()):
         optimizer = torch.optim.AdamW(params, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
     schedule = WarmUpPolyLR(C.lr, C.lr_power, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS)
@@ -243,7 +285,7 @@ def make_training(official, models=TRAIN_MODELS, seeds=TRAIN_SEEDS):
     ~3e-4 to 4e-3 and the update vector by percents; measured, about a third of the batches flip in
     the official float32 run (which ones depends even on its thread count). The test compares
     rounding on the batches where neither side flipped."""
-    out = {}
+    out = make_groups(official)
     for name in models:
         model, C = official.model(name, drop_path_rate=0.0)
         out[f"{name}/seeds"] = np.array(list(seeds))
