@@ -26,6 +26,9 @@ the deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/
 - nmf_parity.npz (tests/test_numerics.py): the official `NMF2D` alone (evaluation, 7 steps) on
   `nmf_inputs` (non-negative 2x512x12x16 maps at two scales, seeded bases), in float64 (sampled
   output) and float32 (its error against float64 on the same sample).
+- flip_statistics.npz (only with `--only flips`; not a fixture: `tests/flip_statistics.py` runs it
+  and compares): upstream's step 1 on 50 more training batches per model, float64 and float32,
+  with the decode head's ReLU inputs near 0 (`make_flips`).
 """
 import argparse
 import atexit
@@ -78,6 +81,10 @@ PROTOCOL_MODEL, PROTOCOL_SHAPE, PROTOCOL_SEED = "DFormer-Tiny", (1, 96, 128), 11
 PROTOCOL_SCALES, PROTOCOL_CROP, PROBABILITY_SAMPLES = [0.5, 0.75, 1.0, 1.25, 1.5], (64, 64), 4096
 PROTOCOL_BASES_SEED = 12345  # C.seed: utils/evaluate.py draws the bases from default_rng(C.seed)
 NMF_SHAPE, NMF_SCALES, NMF_SEED, NMF_SAMPLES = (2, 512, 12, 16), (1.0, 20.0), 5, 16384
+FLIP_SEEDS = range(100, 150)  # batches of the flip statistics (`make_flips`); no test uses them
+RELU_SITES = ("squeeze", "ham_in", "x + ham_out", "align")  # the decode head's ReLU inputs
+NEAR_ZERO = 1e-3  # float64 ReLU inputs within this share of their RMS of 0: the only ones float32 can flip
+SITE_SAMPLES = 16384  # sampled elements per ReLU input for its relative error
 
 
 def sample_index(size, count, key):
@@ -403,17 +410,101 @@ def make_nmf(official):
     return out
 
 
+def hook_relu_inputs(head, record):
+    """Forward hooks that store the inputs of the decode head's 4 ReLUs in `record` (site -> array).
+    Copies, because mmcv's ReLUs work in place; `x + ham_out` is the same float addition as
+    upstream's `F.relu(x + enjoy)`."""
+    def keep(site):
+        return lambda module, inputs, output: record.__setitem__(site, output.detach().double().numpy().copy())
+
+    head.squeeze.bn.register_forward_hook(keep("squeeze"))
+    head.hamburger.ham_in.register_forward_hook(keep("ham_in"))
+    head.align.bn.register_forward_hook(keep("align"))
+    head.hamburger.register_forward_pre_hook(lambda module, inputs: record.__setitem__("x", inputs[0].detach().clone()))
+    head.hamburger.ham_out.register_forward_hook(
+        lambda module, inputs, output: record.__setitem__(
+            "x + ham_out", (record.pop("x") + output.detach()).double().numpy()))
+
+
+def official_step1(official, model, dtype, seed):
+    """Step-1 gradients (whole vector, parameter order) and the decode head's ReLU inputs of
+    upstream's training forward on batch `seed` (NMF bases of step 1, dropout off)."""
+    torch = official.torch
+    official.dtype = dtype
+    model = copy.deepcopy(model).to(dtype).train()
+    model.decode_head.dropout = None
+    record = {}
+    hook_relu_inputs(model.decode_head, record)
+    rgb, depth, label, bases = training_batch(seed)
+    official.bases = lambda shape, raw=bases[0]: raw
+    loss = model(torch.from_numpy(rgb).to(dtype), torch.from_numpy(depth).to(dtype), torch.from_numpy(label))
+    loss.backward()
+    grads = np.concatenate([p.grad.detach().double().numpy().ravel() for p in model.parameters()])
+    return grads, record
+
+
+def wrong_side(values, reference):
+    """Elements on the other side of the ReLU's kink than in `reference` (float64)."""
+    return int(np.count_nonzero((values > 0) != (reference > 0)))
+
+
+def make_flips(official, models=TRAIN_MODELS, seeds=FLIP_SEEDS):
+    """Flip statistics (not a committed fixture; tests/flip_statistics.py runs this section and our
+    side): for each seeded training batch, upstream's step 1 in float64 and float32 as in
+    `make_training`. Saved per batch: the float64 step-1 gradient at the `make_training` sample
+    positions and the float32 run's error there (a ReLU flip shows as an error above ~1e-4); at
+    each decode-head ReLU input the positions whose float64 value lies within NEAR_ZERO of the
+    site's RMS of 0, their float64 values, and how many elements the float32 run put on the
+    other side of 0 (all of them lie among those positions: asserted); a sample of each site's
+    float64 values and the float32 run's relative error on it."""
+    torch = official.torch
+    out = {}
+    for name in models:
+        model, C = official.model(name, drop_path_rate=0.0)
+        out[f"{name}/seeds"] = np.array(list(seeds))
+        out[f"{name}/param_names"] = np.array([n for n, _ in model.named_parameters()])
+        for seed in seeds:
+            with contextlib.redirect_stdout(io.StringIO()):
+                (grads64, sites64), (grads32, sites32) = (official_step1(official, model, dtype, seed)
+                                                          for dtype in (torch.float64, torch.float32))
+            step1 = sample_index(grads64.size, STEP1_SAMPLES, f"{name}/step1")
+            tag = f"{name}/{seed}"
+            out[f"{tag}/fp64/step1_sample"] = grads64[step1].astype(np.float32)
+            out[f"{tag}/fp32/step1_error"] = np.array(relative_error(grads32[step1], grads64[step1]))
+            counts = []
+            for site in RELU_SITES:
+                x64, x32 = sites64[site].ravel(), sites32[site].ravel()
+                near = np.flatnonzero(np.abs(x64) <= NEAR_ZERO * np.sqrt(np.mean(x64 ** 2))).astype(np.int32)
+                flipped = wrong_side(x32, x64)
+                assert flipped == wrong_side(x32[near], x64[near]), (tag, site)
+                out[f"{tag}/{site}/index"], out[f"{tag}/{site}/fp64"] = near, x64[near]
+                out[f"{tag}/{site}/fp32/wrong_side"] = np.array(flipped)
+                at = sample_index(x64.size, SITE_SAMPLES, f"{name}/{site}")
+                out[f"{tag}/{site}/sample"] = x64[at]
+                out[f"{tag}/{site}/fp32/error"] = np.array(relative_error(x32[at], x64[at]))
+                counts.append(f"{site} {flipped}/{near.size}")
+            print(f"flips {tag}: float32 step-1 gradient error {float(out[f'{tag}/fp32/step1_error']):.2e}; "
+                  f"wrong side / near zero: {', '.join(counts)}", flush=True)
+    official.dtype = torch.float32
+    return out
+
+
 SECTIONS = {"parity": ("parity_logits.npz", make_parity), "training": ("training_parity.npz", make_training),
-            "protocols": ("protocol_parity.npz", make_protocols), "nmf": ("nmf_parity.npz", make_nmf)}
+            "protocols": ("protocol_parity.npz", make_protocols), "nmf": ("nmf_parity.npz", make_nmf),
+            "flips": ("flip_statistics.npz", make_flips)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official", required=True, help="checkout of VCIP-RGBD/DFormer (814799b)")
-    parser.add_argument("--only", default="parity,training,protocols,nmf", help="comma list of sections")
+    parser.add_argument("--only", default="parity,training,protocols,nmf",
+                        help="comma list of sections (the fixtures by default; 'flips' on request)")
     parser.add_argument("--out", default=FIXTURES, help="output folder (default: tests/fixtures)")
     parser.add_argument("--training-models", default=",".join(TRAIN_MODELS),
-                        help="models of the training section (default: both; a subset writes a partial file)")
+                        help="models of the training and flips sections (default: both; a subset writes a "
+                        "partial file)")
+    parser.add_argument("--flip-batches", type=int, default=len(FLIP_SEEDS),
+                        help=f"batches per model of the flips section (seeds from {FLIP_SEEDS[0]})")
     args = parser.parse_args()
     out_dir = os.path.abspath(args.out)
     official = Official(args.official)
@@ -422,6 +513,9 @@ def main():
         filename, make = SECTIONS[section]
         if section == "training":
             arrays = make(official, args.training_models.split(","))
+        elif section == "flips":
+            seeds = range(FLIP_SEEDS[0], FLIP_SEEDS[0] + args.flip_batches)
+            arrays = make(official, args.training_models.split(","), seeds)
         else:
             arrays = make(official)
         np.savez_compressed(os.path.join(out_dir, filename), **arrays)
