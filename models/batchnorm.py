@@ -53,8 +53,10 @@ class BatchNorm2d(nn.BatchNorm):
 
 
 class SyncBatchNorm(BatchNorm2d):
-    """Where upstream builds `nn.SyncBatchNorm` (DFormerv2's stem and downsampling): the same layer
-    and numerics, but its own type, because upstream's type decides what trains: `group_weight`
-    collects the parameters of `nn.BatchNorm2d` modules, which `nn.SyncBatchNorm` is not, so
-    upstream never optimises these weights and biases (`utils/optim.py` skips this class too).
+    """Where upstream hard-codes `nn.SyncBatchNorm` (DFormerv2's stem and downsampling): the same
+    layer and numerics, but its own type, because upstream's type decides what trains: its
+    train.py passes `group_weight` the norm layer of its `--syncbn` flag; with `--syncbn` (its
+    train.sh, and the default) these train like every BatchNorm, with `--no-syncbn` they are in
+    no group, as an `nn.SyncBatchNorm` is no `nn.BatchNorm2d` (`utils/optim.py`). Their statistics
+    are synchronised over the processes whatever the flag.
     """

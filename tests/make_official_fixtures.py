@@ -4,19 +4,21 @@
 
 Runs under a Python with torch, mmcv-lite, mmengine and timm (not this repository's Jittor venv)
 and imports the official code from the checkout given (never copied here). Patched at run time:
-`NMF2D._build_bases` (it calls `.cuda()`) returns bases this script injects. Every model gets the
-deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixtures/:
+`NMF2D._build_bases` (it calls `.cuda()`) returns bases this script injects. Every model is built
+as upstream's `utils/train.py` builds it with `train.sh`'s `--syncbn` (`Official.build`) and gets
+the deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixtures/:
 
 - parity_logits.npz (tests/test_parity.py): eval-mode decode-head output and 2048 sampled logits
   of all 7 NYUDepthv2 models at 1x64x64, 1x96x128 and 2x72x100.
-- training_parity.npz (tests/test_training_parity.py): 3 AdamW steps of DFormer-Tiny and
-  DFormerv2-S on each of 12 seeded 2x96x128 batches, official loop (loss as in
-  `EncoderDecoder.forward`, `group_weight`, `WarmUpPolyLR` set after each step), drop path 0,
+- training_parity.npz (tests/test_training_parity.py): the names in upstream's two parameter groups
+  of all 7 models, `--syncbn` and `--no-syncbn`; 3 AdamW steps of DFormer-Tiny and DFormerv2-S on
+  each of 12 seeded 2x96x128 batches, official loop (loss as in `EncoderDecoder.forward`,
+  `group_weight` with the SyncBN norm layer, `WarmUpPolyLR` set after each step), drop path 0,
   decode-head dropout off, BatchNorm in training mode, the same NMF bases in every forward; run in
   float64 (the ground truth) and in float32. Saved per batch, from the float64 run: losses, step-1
-  gradients (named parameters and a sample of the whole vector), the update (weights after 3 steps
-  - initial weights) at the positions of `update_positions`, the BatchNorm running statistics; and
-  the float32 run's losses and its errors against float64 on the same values.
+  gradients (named parameters and a sample of the whole vector), the update (weights after 3 steps -
+  initial weights) at the positions of `update_positions`, the BatchNorm running statistics; and the
+  float32 run's losses and its errors against float64 on the same values.
 - protocol_parity.npz (tests/test_training_parity.py): the official `evaluate_msf` (scales 0.5-1.5
   + flip) and its sliding-window variant on DFormer-Tiny, 1x96x128, with NMF bases drawn in forward
   order from numpy's default_rng(seed), as utils/evaluate.py draws them: argmax map and
@@ -24,6 +26,9 @@ deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixt
 - nmf_parity.npz (tests/test_numerics.py): the official `NMF2D` alone (evaluation, 7 steps) on
   `nmf_inputs` (non-negative 2x512x12x16 maps at two scales, seeded bases), in float64 (sampled
   output) and float32 (its error against float64 on the same sample).
+- flip_statistics.npz (only with `--only flips`; not a fixture: `tests/flip_statistics.py` runs it
+  and compares): upstream's step 1 on 50 more training batches per model, float64 and float32,
+  with the decode head's ReLU inputs near 0 (`make_flips`).
 """
 import argparse
 import atexit
@@ -76,6 +81,10 @@ PROTOCOL_MODEL, PROTOCOL_SHAPE, PROTOCOL_SEED = "DFormer-Tiny", (1, 96, 128), 11
 PROTOCOL_SCALES, PROTOCOL_CROP, PROBABILITY_SAMPLES = [0.5, 0.75, 1.0, 1.25, 1.5], (64, 64), 4096
 PROTOCOL_BASES_SEED = 12345  # C.seed: utils/evaluate.py draws the bases from default_rng(C.seed)
 NMF_SHAPE, NMF_SCALES, NMF_SEED, NMF_SAMPLES = (2, 512, 12, 16), (1.0, 20.0), 5, 16384
+FLIP_SEEDS = range(100, 150)  # batches of the flip statistics (`make_flips`); no test uses them
+RELU_SITES = ("squeeze", "ham_in", "x + ham_out", "align")  # the decode head's ReLU inputs
+NEAR_ZERO = 1e-3  # float64 ReLU inputs within this share of their RMS of 0: the only ones float32 can flip
+SITE_SAMPLES = 16384  # sampled elements per ReLU input for its relative error
 
 
 def sample_index(size, count, key):
@@ -118,14 +127,28 @@ class Official:
         C.update(overrides)
         return C
 
-    def model(self, name, **overrides):
-        """The official EncoderDecoder with the stand-in weights (float32, eval mode)."""
+    def build(self, name, syncbn=True, **overrides):
+        """The official EncoderDecoder of `name` (float32, random weights) and its config, built as
+        upstream's `utils/train.py` (and `utils/eval.py`) build it: `train.sh` and `eval.sh` pass
+        `--syncbn`, so the norm layer is `nn.SyncBatchNorm` (`norm_cfg` SyncBN), with the
+        criterion `nn.CrossEntropyLoss(reduction="none", ignore_index=C.background)`;
+        `syncbn=False` builds it as `--no-syncbn` does (`nn.BatchNorm2d`). In one process a
+        SyncBatchNorm computes what a BatchNorm2d computes (`F.batch_norm`); what differs is the
+        parameter groups (`official_groups`)."""
         torch = self.torch
         from models.builder import EncoderDecoder
 
         C = self.config(name, **overrides)
+        norm_layer = torch.nn.SyncBatchNorm if syncbn else torch.nn.BatchNorm2d
+        criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=C.background)
         with contextlib.redirect_stdout(io.StringIO()):  # the constructors print their settings
-            model = EncoderDecoder(cfg=C, norm_layer=torch.nn.BatchNorm2d, syncbn=False)
+            model = EncoderDecoder(cfg=C, criterion=criterion, norm_layer=norm_layer, syncbn=syncbn)
+        return model, C
+
+    def model(self, name, **overrides):
+        """`build(name)` with the stand-in weights, in eval mode."""
+        torch = self.torch
+        model, C = self.build(name, **overrides)
         entries = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
         weights = {k: torch.from_numpy(v) for k, v in synthetic_state_dict(entries).items()}
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -194,16 +217,42 @@ def training_batch(seed):
     return rgb, depth, label, bases
 
 
+def official_groups(model, lr):
+    """Upstream's parameter groups as its train.py builds them: `group_weight(params_list, model,
+    BatchNorm2d, base_lr)` with the norm layer the model was built with (`--syncbn`:
+    `nn.SyncBatchNorm`). Returns the groups and the parameter names of each."""
+    from utils.init_func import group_weight
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the group sizes
+        groups = group_weight([], model, model.norm_layer, lr)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return groups, [[names[id(p)] for p in group["params"]] for group in groups]
+
+
+def make_groups(official):
+    """Names of upstream's (decay, no decay) groups of all 7 models, `--syncbn` and `--no-syncbn`."""
+    out = {}
+    for name in PARITY_CONFIGS:
+        for mode, syncbn in (("syncbn", True), ("no_syncbn", False)):
+            model, C = official.build(name, syncbn=syncbn)
+            _, (decay, no_decay) = official_groups(model, C.lr)
+            out[f"groups/{mode}/{name}/decay"] = np.array(decay)
+            out[f"groups/{mode}/{name}/no_decay"] = np.array(no_decay)
+            frozen = sum(1 for _ in model.parameters()) - len(decay) - len(no_decay)
+            print(f"groups {name} --{mode.replace('_', '-')}: {len(decay)} decay, {len(no_decay)} no decay, "
+                  f"{frozen} in neither", flush=True)
+    return out
+
+
 def run_official_loop(official, model, C, dtype, seed):
     """Upstream's training loop for TRAIN_STEPS steps; returns what the fixture records."""
     torch = official.torch
-    from utils.init_func import group_weight
     from utils.lr_policy import WarmUpPolyLR
 
     official.dtype = dtype
     model = model.to(dtype).train()
     model.decode_head.dropout = None  # decode-head dropout off (BaseDecodeHead skips a None dropout)
-    params = group_weight([], model, torch.nn.BatchNorm2d, C.lr)
+    params, _ = official_groups(model, C.lr)
     with contextlib.redirect_stdout(io.StringIO()):
         optimizer = torch.optim.AdamW(params, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
     schedule = WarmUpPolyLR(C.lr, C.lr_power, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS)
@@ -243,7 +292,7 @@ def make_training(official, models=TRAIN_MODELS, seeds=TRAIN_SEEDS):
     ~3e-4 to 4e-3 and the update vector by percents; measured, about a third of the batches flip in
     the official float32 run (which ones depends even on its thread count). The test compares
     rounding on the batches where neither side flipped."""
-    out = {}
+    out = make_groups(official)
     for name in models:
         model, C = official.model(name, drop_path_rate=0.0)
         out[f"{name}/seeds"] = np.array(list(seeds))
@@ -361,17 +410,101 @@ def make_nmf(official):
     return out
 
 
+def hook_relu_inputs(head, record):
+    """Forward hooks that store the inputs of the decode head's 4 ReLUs in `record` (site -> array).
+    Copies, because mmcv's ReLUs work in place; `x + ham_out` is the same float addition as
+    upstream's `F.relu(x + enjoy)`."""
+    def keep(site):
+        return lambda module, inputs, output: record.__setitem__(site, output.detach().double().numpy().copy())
+
+    head.squeeze.bn.register_forward_hook(keep("squeeze"))
+    head.hamburger.ham_in.register_forward_hook(keep("ham_in"))
+    head.align.bn.register_forward_hook(keep("align"))
+    head.hamburger.register_forward_pre_hook(lambda module, inputs: record.__setitem__("x", inputs[0].detach().clone()))
+    head.hamburger.ham_out.register_forward_hook(
+        lambda module, inputs, output: record.__setitem__(
+            "x + ham_out", (record.pop("x") + output.detach()).double().numpy()))
+
+
+def official_step1(official, model, dtype, seed):
+    """Step-1 gradients (whole vector, parameter order) and the decode head's ReLU inputs of
+    upstream's training forward on batch `seed` (NMF bases of step 1, dropout off)."""
+    torch = official.torch
+    official.dtype = dtype
+    model = copy.deepcopy(model).to(dtype).train()
+    model.decode_head.dropout = None
+    record = {}
+    hook_relu_inputs(model.decode_head, record)
+    rgb, depth, label, bases = training_batch(seed)
+    official.bases = lambda shape, raw=bases[0]: raw
+    loss = model(torch.from_numpy(rgb).to(dtype), torch.from_numpy(depth).to(dtype), torch.from_numpy(label))
+    loss.backward()
+    grads = np.concatenate([p.grad.detach().double().numpy().ravel() for p in model.parameters()])
+    return grads, record
+
+
+def wrong_side(values, reference):
+    """Elements on the other side of the ReLU's kink than in `reference` (float64)."""
+    return int(np.count_nonzero((values > 0) != (reference > 0)))
+
+
+def make_flips(official, models=TRAIN_MODELS, seeds=FLIP_SEEDS):
+    """Flip statistics (not a committed fixture; tests/flip_statistics.py runs this section and our
+    side): for each seeded training batch, upstream's step 1 in float64 and float32 as in
+    `make_training`. Saved per batch: the float64 step-1 gradient at the `make_training` sample
+    positions and the float32 run's error there (a ReLU flip shows as an error above ~1e-4); at
+    each decode-head ReLU input the positions whose float64 value lies within NEAR_ZERO of the
+    site's RMS of 0, their float64 values, and how many elements the float32 run put on the
+    other side of 0 (all of them lie among those positions: asserted); a sample of each site's
+    float64 values and the float32 run's relative error on it."""
+    torch = official.torch
+    out = {}
+    for name in models:
+        model, C = official.model(name, drop_path_rate=0.0)
+        out[f"{name}/seeds"] = np.array(list(seeds))
+        out[f"{name}/param_names"] = np.array([n for n, _ in model.named_parameters()])
+        for seed in seeds:
+            with contextlib.redirect_stdout(io.StringIO()):
+                (grads64, sites64), (grads32, sites32) = (official_step1(official, model, dtype, seed)
+                                                          for dtype in (torch.float64, torch.float32))
+            step1 = sample_index(grads64.size, STEP1_SAMPLES, f"{name}/step1")
+            tag = f"{name}/{seed}"
+            out[f"{tag}/fp64/step1_sample"] = grads64[step1].astype(np.float32)
+            out[f"{tag}/fp32/step1_error"] = np.array(relative_error(grads32[step1], grads64[step1]))
+            counts = []
+            for site in RELU_SITES:
+                x64, x32 = sites64[site].ravel(), sites32[site].ravel()
+                near = np.flatnonzero(np.abs(x64) <= NEAR_ZERO * np.sqrt(np.mean(x64 ** 2))).astype(np.int32)
+                flipped = wrong_side(x32, x64)
+                assert flipped == wrong_side(x32[near], x64[near]), (tag, site)
+                out[f"{tag}/{site}/index"], out[f"{tag}/{site}/fp64"] = near, x64[near]
+                out[f"{tag}/{site}/fp32/wrong_side"] = np.array(flipped)
+                at = sample_index(x64.size, SITE_SAMPLES, f"{name}/{site}")
+                out[f"{tag}/{site}/sample"] = x64[at]
+                out[f"{tag}/{site}/fp32/error"] = np.array(relative_error(x32[at], x64[at]))
+                counts.append(f"{site} {flipped}/{near.size}")
+            print(f"flips {tag}: float32 step-1 gradient error {float(out[f'{tag}/fp32/step1_error']):.2e}; "
+                  f"wrong side / near zero: {', '.join(counts)}", flush=True)
+    official.dtype = torch.float32
+    return out
+
+
 SECTIONS = {"parity": ("parity_logits.npz", make_parity), "training": ("training_parity.npz", make_training),
-            "protocols": ("protocol_parity.npz", make_protocols), "nmf": ("nmf_parity.npz", make_nmf)}
+            "protocols": ("protocol_parity.npz", make_protocols), "nmf": ("nmf_parity.npz", make_nmf),
+            "flips": ("flip_statistics.npz", make_flips)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official", required=True, help="checkout of VCIP-RGBD/DFormer (814799b)")
-    parser.add_argument("--only", default="parity,training,protocols,nmf", help="comma list of sections")
+    parser.add_argument("--only", default="parity,training,protocols,nmf",
+                        help="comma list of sections (the fixtures by default; 'flips' on request)")
     parser.add_argument("--out", default=FIXTURES, help="output folder (default: tests/fixtures)")
     parser.add_argument("--training-models", default=",".join(TRAIN_MODELS),
-                        help="models of the training section (default: both; a subset writes a partial file)")
+                        help="models of the training and flips sections (default: both; a subset writes a "
+                        "partial file)")
+    parser.add_argument("--flip-batches", type=int, default=len(FLIP_SEEDS),
+                        help=f"batches per model of the flips section (seeds from {FLIP_SEEDS[0]})")
     args = parser.parse_args()
     out_dir = os.path.abspath(args.out)
     official = Official(args.official)
@@ -380,6 +513,9 @@ def main():
         filename, make = SECTIONS[section]
         if section == "training":
             arrays = make(official, args.training_models.split(","))
+        elif section == "flips":
+            seeds = range(FLIP_SEEDS[0], FLIP_SEEDS[0] + args.flip_batches)
+            arrays = make(official, args.training_models.split(","), seeds)
         else:
             arrays = make(official)
         np.savez_compressed(os.path.join(out_dir, filename), **arrays)

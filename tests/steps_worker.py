@@ -41,7 +41,7 @@ def bases_by_name(nmf, queue):
 def run(config, accum_steps, steps, bn_train):
     """Losses, state_dict before and after the steps, the last step's gradients (optimiser order)."""
     args = argparse.Namespace(config=config, dataset_dir=None, epochs=None, accum_steps=accum_steps, amp=False,
-                              no_pretrained=True, pretrained=None, resume=None)
+                              syncbn=True, no_pretrained=True, pretrained=None, resume=None)
     C = load_training_config(args)
     C.drop_path_rate = 0.0
     model, optimizer, _, _, _ = build_training(C, args, C.seed, lambda message: None)

@@ -1,6 +1,7 @@
 """Two MPI processes (OpenMPI, CPU): disjoint shares of each global batch, identical weights."""
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,58 @@ def test_one_and_two_processes_and_accumulation_take_the_same_steps(tmp_path):
         print(f"BN eval, gradient with {accum} accumulation step(s) on {run is two and 2 or 1} process(es): "
               f"rel. error vs 1 process full batch {error:.2e}")
         assert error < 1e-5
+
+
+ONE_STEP_CONFIG = """
+from local_configs._base_ import make_config
+
+C = make_config("Synthetic", "DFormer-Tiny", pretrained_model=None, dataset_path={data!r},
+                num_train_imgs=4, num_eval_imgs=2, image_height=48, image_width=64, batch_size=2,
+                nepochs=1, num_workers=0, warm_up_epoch=1, eval_crop_size=[48, 64],
+                drop_path_rate=0.0, lr=0.0)
+C.niters_per_epoch = 1
+"""
+
+
+def test_train_entry_point_starts_alike_with_one_and_two_processes(tmp_path):
+    """`utils/train.py` itself, one optimiser step, 1 process and 2 (mpirun), the same seed.
+
+    lr 0 keeps every weight at its initial value, so last.pkl holds the initial weights; the step
+    still runs (forward, loss, backward, AdamW moments, BatchNorm statistics). The initial weights
+    must be identical. Of the step, what the seed and the data alone decide must agree to float32
+    rounding: the BatchNorm statistics of the backbone and of the decode head's `squeeze` (the
+    global batch, synchronised over the processes). The rest depends on the decode head's random
+    draws (NMF bases, dropout), which each process makes for its own images, as upstream's DDP
+    processes do; with equal draws the whole step agrees (the test above). With `--no-syncbn`
+    each process normalises with its own images' statistics, as upstream's plain BatchNorm2d.
+    """
+    assert shutil.which("mpirun"), "OpenMPI is needed (tests/run.sh installs it)"
+    config = tmp_path / "one_step_config.py"
+    config.write_text(ONE_STEP_CONFIG.format(data=str(tmp_path / "data")))
+    generate_data(config)
+    train = [sys.executable, os.path.join(ROOT, "utils", "train.py"), "--config", str(config), "--no-progress"]
+    mpirun = ["mpirun", "-np", "2", *(["--allow-run-as-root"] if os.geteuid() == 0 else []), "--oversubscribe"]
+    runs = {"1": train, "2": [*mpirun, *train], "2 --no-syncbn": [*mpirun, *train, "--no-syncbn"]}
+    states = {}
+    for tag, command in runs.items():
+        run_dir = tmp_path / tag.replace(" ", "")
+        done = subprocess.run([*command, "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        processes = int(tag[0])
+        assert f"effective batch 2 = {processes} process(es) x {2 // processes}" in (run_dir / "train.log").read_text()
+        with open(run_dir / "last.pkl", "rb") as file:
+            states[tag] = pickle.load(file)["model"]
+    one = states["1"]
+    weights = [k for k in one if "running_" not in k]
+    random_draws = ("decode_head.hamburger.", "decode_head.align.")  # BatchNorms after the NMF
+    stats = [k for k in one if "running_" in k and not k.startswith(random_draws)]
+    for tag in ("2", "2 --no-syncbn"):
+        assert states[tag].keys() == one.keys()
+        differing = [k for k in weights if not np.array_equal(one[k], states[tag][k])]
+        error = max(np.abs(states[tag][k] - one[k]).max() / max(np.abs(one[k]).max(), 1e-12) for k in stats)
+        print(f"{tag} processes vs 1: initial weights {len(weights) - len(differing)} of {len(weights)} tensors "
+              f"identical (differing: {differing}); BatchNorm statistics after the step ({len(stats)} tensors), "
+              f"max rel. difference {error:.1e}")
+        assert not differing
+        assert error < 1e-5 if tag == "2" else error > 1e-2  # the global batch's, or process 0's own image's

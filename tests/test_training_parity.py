@@ -73,6 +73,26 @@ def training_reference():
     return np.load(os.path.join(FIXTURES, "training_parity.npz"))
 
 
+@pytest.mark.parametrize("name", sorted(OFFICIAL_KEYS))
+def test_parameter_groups_match_official(name, training_reference):
+    """Upstream's two groups as its train.py builds them, name by name, for `--syncbn` (train.sh
+    and the default: DFormerv2's stem and downsampling BatchNorms train without weight decay) and
+    `--no-syncbn` (those are in neither group, so never optimised). The order inside a group does
+    not matter to AdamW or SGD."""
+    from models import build_model
+    from utils.optim import group_weight
+
+    model = build_model(importlib.import_module(OFFICIAL_KEYS[name]["config"]).C)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for mode, syncbn in (("syncbn", True), ("no_syncbn", False)):
+        for group, params in zip(("decay", "no_decay"), group_weight(model, syncbn=syncbn)):
+            ours = sorted(names[id(p)] for p in params)
+            official = sorted(str(n) for n in training_reference[f"groups/{mode}/{name}/{group}"])
+            print(f"{name} --{mode.replace('_', '-')} {group}: {len(ours)} parameters (official {len(official)}); "
+                  f"only official: {sorted(set(official) - set(ours))}, only ours: {sorted(set(ours) - set(official))}")
+            assert ours == official, (mode, group)
+
+
 @pytest.mark.parametrize("name", ["DFormer-Tiny", "DFormerv2-Small"])
 def test_three_training_steps_match_official(name, training_reference, tmp_path):
     ref = {k[len(name) + 1:]: training_reference[k] for k in training_reference.files if k.startswith(name + "/")}

@@ -1,12 +1,14 @@
 """The official optimiser and learning-rate schedule (`utils/init_func.py`, `utils/lr_policy.py`).
 
 `C.optimizer` picks upstream's "AdamW" (every official config) or "SGDM" (SGD with `C.momentum`),
-over two groups built by module type, exactly as upstream's `group_weight`:
-Linear/Conv weights decay; their biases and every BatchNorm/`nn.LayerNorm` weight and bias do
-not. Parameters in neither group are never optimised: upstream this freezes DFormer's layer
-scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2`, `Geo.weight` and the weights
-and biases of its stem and downsampling BatchNorms (`nn.SyncBatchNorm` upstream, not an
-`nn.BatchNorm2d`; `SyncBatchNorm` here).
+over two groups built by module type, exactly as upstream's `group_weight` when its train.py
+calls it: Linear/Conv weights decay; their biases and every BatchNorm/`nn.LayerNorm` weight and
+bias do not. Parameters in neither group are never optimised: upstream this freezes DFormer's
+layer scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2` and `Geo.weight`.
+DFormerv2's stem and downsampling BatchNorms are `nn.SyncBatchNorm` upstream (`SyncBatchNorm`
+here): `train.sh`'s `--syncbn` (also the default) hands `group_weight` that type as its norm
+layer, so they train without weight decay; under `--no-syncbn` it gets `nn.BatchNorm2d`, which
+a SyncBatchNorm is not, and they are in neither group.
 """
 import math
 
@@ -19,12 +21,13 @@ from models.batchnorm import SyncBatchNorm
 from utils.errors import UserError
 
 
-def group_weight(model):
-    """(decay, no_decay) parameter lists following upstream's module-type rules."""
+def group_weight(model, syncbn=True):
+    """(decay, no_decay) parameter lists following upstream's module-type rules; `syncbn`: its
+    train.py's `--syncbn` (the default) or `--no-syncbn`."""
     decay, no_decay = [], []
     for module in model.modules():
-        if isinstance(module, SyncBatchNorm):
-            continue  # in neither group, as upstream's nn.SyncBatchNorm
+        if isinstance(module, SyncBatchNorm) and not syncbn:
+            continue  # upstream's --no-syncbn: an nn.SyncBatchNorm is no nn.BatchNorm2d, in neither group
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             decay.append(module.weight)
             if module.bias is not None:
@@ -71,8 +74,8 @@ class AdamW(jt.optim.AdamW):
         self.post_step()
 
 
-def build_optimizer(model, C):
-    decay, no_decay = group_weight(model)
+def build_optimizer(model, C, syncbn=True):
+    decay, no_decay = group_weight(model, syncbn)
     groups = [dict(params=decay, lr=C.lr), dict(params=no_decay, lr=C.lr, weight_decay=0.0)]
     if C.optimizer == "AdamW":
         return AdamW(groups, lr=C.lr, betas=(0.9, 0.999), weight_decay=C.weight_decay)
@@ -115,8 +118,9 @@ def restore_optimizer(optimizer, state):
     if saved_shapes != shapes:
         raise UserError("the checkpoint's optimiser state does not fit this model's parameter groups "
                         f"(saved sizes {[len(s) for s in saved_shapes]}, here {[len(s) for s in shapes]}); "
-                        "it was written for another model, or for DFormerv2 before upstream's frozen "
-                        "SyncBatchNorms were honoured; resuming would pair moments with the wrong parameters")
+                        "it was written for another model, or with the other --syncbn/--no-syncbn setting "
+                        "(for DFormerv2 they differ; runs from before DFormerv2's stem BatchNorms were trained "
+                        "resume with --no-syncbn); resuming would pair moments with the wrong parameters")
     optimizer.n_step = state["n_step"]
     set_lr(optimizer, state["lr"])
     for group, ms, vs in zip(optimizer.param_groups, state["m"], state["v"]):

@@ -1,8 +1,9 @@
 """Train a segmentor: `python utils/train.py --config local_configs.NYUDepthv2.DFormer_Large`.
 
-The official recipe (`utils/train.py` upstream): AdamW with upstream's parameter groups, warm-up
-poly schedule updated after every step, cross-entropy over labelled pixels, validation at epoch 1,
-every 10 epochs and every epoch after `checkpoint_start_epoch`. Multi-process with Jittor's MPI:
+The official recipe (`utils/train.py` upstream, as `train.sh` runs it, `--syncbn` included):
+AdamW with upstream's parameter groups, warm-up poly schedule updated after every step,
+cross-entropy over labelled pixels, validation at epoch 1, every 10 epochs and every epoch after
+`checkpoint_start_epoch`. Multi-process with Jittor's MPI:
 `mpirun -np N python utils/train.py ...`; `C.batch_size` is the global (effective) batch, as
 upstream; every process starts from process 0's weights. `--accum-steps N` (`C.accum_steps`)
 accumulates the gradients of N micro-batches per optimiser step, so fewer GPUs reach the same
@@ -39,6 +40,10 @@ def parse_args(argv=None):
                         "(default: C.accum_steps, 1); the batch C.batch_size stays the effective batch")
     parser.add_argument("--val-mode", choices=["ss", "msf", "sliding"], help="default: C.val_mode")
     parser.add_argument("--seed", type=int, help="default: C.seed")
+    parser.add_argument("--syncbn", default=True, action=argparse.BooleanOptionalAction,
+                        help="upstream's flag (on in its train.sh, and the default): DFormerv2's stem and "
+                        "downsampling BatchNorms train; --no-syncbn freezes them and, with several processes, "
+                        "the other BatchNorms normalise with each process's own statistics")
     parser.add_argument("--amp", action="store_true", help="mixed precision (Jittor AMP level 5)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -125,6 +130,22 @@ def broadcast_from_rank0(model):
     jt.sync_all()
 
 
+def set_batchnorm_sync(model, syncbn):
+    """Which BatchNorms share their statistics over the processes, as upstream's under DDP.
+
+    `--syncbn` builds upstream's configurable norm layers as `nn.SyncBatchNorm`; here every
+    BatchNorm is synchronised then (DFormer's stem too, a plain `nn.BatchNorm2d` upstream), so N
+    processes normalise as one process does the whole batch. `--no-syncbn` builds them as
+    `nn.BatchNorm2d`: each process its own statistics, except DFormerv2's stem and downsampling
+    BatchNorms, `nn.SyncBatchNorm` whatever the flag.
+    """
+    from models.batchnorm import BatchNorm2d, SyncBatchNorm
+
+    for module in model.modules():
+        if isinstance(module, BatchNorm2d) and not isinstance(module, SyncBatchNorm):
+            module.sync = syncbn
+
+
 def init_weights(model, C, args, log):
     from utils.checkpoint import load_checkpoint
 
@@ -200,8 +221,9 @@ def build_training(C, args, seed, log):
 
     jt.set_global_seed(seed)  # the initial weights
     model = build_model(C)
+    set_batchnorm_sync(model, args.syncbn)
     init_weights(model, C, args, log)
-    optimizer = build_optimizer(model, C)
+    optimizer = build_optimizer(model, C, args.syncbn)
     # the schedule counts optimiser steps: niters_per_epoch of them per epoch, whatever accum_steps
     schedule = WarmUpPolyLR(C.lr, C.lr_power, C.nepochs * C.niters_per_epoch, C.niters_per_epoch * C.warm_up_epoch)
     start_epoch, best_miou = 1, -1.0
@@ -285,7 +307,7 @@ def train(args):
     log(f"config {C.config_name}: {C.backbone}, {C.nepochs} epochs x {C.niters_per_epoch} iterations, "
         f"effective batch {C.batch_size} = {jt.world_size} process(es) x {micro_batch // jt.world_size}"
         f"{f' x {C.accum_steps} accumulation steps' if C.accum_steps > 1 else ''}, lr {C.lr}, "
-        f"{'AMP' if args.amp else 'fp32'}, seed {seed}, run folder {run_dir}")
+        f"{'AMP' if args.amp else 'fp32'}, {'' if args.syncbn else 'no '}syncbn, seed {seed}, run folder {run_dir}")
     for epoch in range(start_epoch, C.nepochs + 1):
         seed_epoch(seed, epoch, train_set)
         mean_loss = train_epoch(model, optimizer, schedule, train_set, C, epoch, log, not args.no_progress)

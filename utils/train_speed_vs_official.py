@@ -71,8 +71,9 @@ def torch_worker(official_dir, cfg, batch, height, width, threads):
     with open(os.devnull, "w") as devnull:  # the official constructors print their settings
         stdout, sys.stdout = sys.stdout, devnull
         try:
-            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=torch.nn.BatchNorm2d, syncbn=False)
-            params = group_weight([], model, torch.nn.BatchNorm2d, cfg["lr"])
+            # as upstream's train.py builds model and groups with train.sh's --syncbn
+            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=torch.nn.SyncBatchNorm, syncbn=True)
+            params = group_weight([], model, torch.nn.SyncBatchNorm, cfg["lr"])
         finally:
             sys.stdout = stdout
     model.train()
