@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from local_configs._base_ import make_config
-from utils.dataset import (
+from utils.dataloader.dataset import (
     InferenceDataset,
     RGBXDataset,
     list_inference_pairs,
@@ -27,8 +27,8 @@ from utils.dataset import (
     read_label,
 )
 from utils.errors import UserError
-from utils.transforms import GREYS_R_LUT, depth_to_uint8
-from utils.visualize import nyu_palette, save_prediction
+from utils.dataloader.transforms import GREYS_R_LUT, depth_to_uint8
+from utils.engine.visualize import nyu_palette, save_prediction
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "data")
 PIPELINE = np.load(os.path.join(FIXTURES, "official_pipeline.npz"))

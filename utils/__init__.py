@@ -1,8 +1,8 @@
 """Training, evaluation, inference and timing utilities.
 
-Importing this package applies the Jittor environment defaults (see `jittor_env.py`) before
+Importing this package applies the Jittor environment defaults (see `models/jittor_env.py`) before
 anything imports Jittor, so every entry point and test gets them.
 """
-from .jittor_env import apply_defaults
+from models.jittor_env import apply_defaults
 
 apply_defaults()

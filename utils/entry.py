@@ -17,7 +17,7 @@ import sys
 
 from models import MODELS, build_model  # Jittor is imported by build_model, not here
 
-from .checkpoint import load_checkpoint
+from .engine.checkpoint import load_checkpoint
 from .errors import UserError
 from .jittor_doctor import check_environment
 

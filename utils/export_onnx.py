@@ -9,16 +9,16 @@ The file has inputs `rgb` and `depth`, float32 (B, 3, H, W), normalised exactly 
 `--height`/`--width`; with it, batch, height and width are free.
 
 Why not tracing: Jittor has no ONNX export and its lazy graphs cannot be traced into one, so each
-module type has a handler (`HANDLERS` in `utils/onnx_layers.py`, the one registry; the model's
-handlers in `utils/onnx_handlers.py`) that writes the same computation with `GraphBuilder`
-(`utils/onnx_graph.py`). A module without a handler stops the export with an error naming it.
+module type has a handler (`HANDLERS` in `utils/onnx_export/layers.py`, the one registry; the model's
+handlers in `utils/onnx_export/handlers.py`) that writes the same computation with `GraphBuilder`
+(`utils/onnx_export/graph.py`). A module without a handler stops the export with an error naming it.
 Differences from the Jittor forward, all exact up to rounding:
 - a BatchNorm right after a convolution is folded into that convolution's weight and bias (a
   BatchNorm before a padded convolution, as in DFormer's downsampling, is kept: folding it would
   change the zero padding);
 - NMF bases are a fixed initializer `decode_head.hamburger.ham.raw_bases` (S, D, R), drawn with
   `numpy.random.default_rng(nmf_seed).random` (seed `C.seed` by default, the first draw of
-  `utils.evaluate`); the ONNX output equals the Jittor model with
+  `utils.engine.evaluate`); the ONNX output equals the Jittor model with
   `model.decode_head.hamburger.ham.fixed_raw_bases = jittor_bases(raw_bases, batch)`.
 """
 import argparse
@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python utils/export_onnx.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.entry import load_config, load_model, main_guard  # noqa: E402  (Jittor defaults first)
-from utils.onnx_graph import DEFAULT_OPSET, ExportError, GraphBuilder  # noqa: E402
+from utils.onnx_export.graph import DEFAULT_OPSET, ExportError, GraphBuilder  # noqa: E402
 
 
 def jittor_bases(raw_bases, batch):
@@ -45,7 +45,7 @@ def export_model(model, height=480, width=640, dynamic=False, opset=DEFAULT_OPSE
     (batch, 3, height, width), or free axes with `dynamic`."""
     import onnx
 
-    from utils.onnx_handlers import Exporter
+    from utils.onnx_export.handlers import Exporter
 
     model.eval()
     graph = GraphBuilder(opset)
@@ -69,8 +69,8 @@ def compare_with_jittor(model, proto, rgb, depth, nmf_seed, session=None):
     """max |ONNX Runtime - Jittor| of the logits for numpy inputs, Jittor using the same bases."""
     import jittor as jt
 
-    from utils.onnx_backend import create_session
-    from utils.onnx_handlers import nmf_raw_bases
+    from utils.onnx_export.backend import create_session
+    from utils.onnx_export.handlers import nmf_raw_bases
 
     session = session or create_session(proto.SerializeToString())
     nmf = getattr(getattr(model.decode_head, "hamburger", None), "ham", None)
@@ -105,7 +105,7 @@ def parse_args(argv=None):
 
 
 def main(args):
-    from utils.onnx_backend import require_onnx
+    from utils.onnx_export.backend import require_onnx
 
     require_onnx()
     if args.height < 32 or args.width < 32:

@@ -19,7 +19,7 @@ NYU_CLASSES = [
 SUN_CLASSES = [name.replace(" ", "_") for name in NYU_CLASSES[:37]]
 SUN_CLASSES[SUN_CLASSES.index("refridgerator")] = "fridge"
 SUN_CLASSES[SUN_CLASSES.index("television")] = "tv"
-# The NYU classes `utils/synthetic.py` draws, in NYU order, so no class is absent from the data.
+# The NYU classes `utils/synthetic/generate.py` draws, in NYU order, so no class is absent from the data.
 SYNTHETIC_CLASSES = [
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "picture", "pillow",
     "ceiling", "lamp",

@@ -7,7 +7,7 @@ Accepted files:
   preferred as upstream does, else `state_dict`; `args`, `optimizer`, ... beside them) and DFormerv2
   `*_pretrained.pth` (`{'model': backbone}`); these fill the backbone only;
 - checkpoints written by `save_checkpoint` (pickle, `.pkl`).
-The files are read without torch by `utils/torch_reader.py` (both formats `torch.save` writes).
+The files are read without torch by `utils/engine/torch_reader.py` (both formats `torch.save` writes).
 """
 import os
 import pickle
@@ -18,7 +18,7 @@ import numpy as np
 
 from models.registry import identify
 
-from .errors import UserError
+from utils.errors import UserError
 from .torch_reader import Opaque, read_checkpoint
 
 # Keys a trained (full segmentor) checkpoint may carry that no model entry receives:

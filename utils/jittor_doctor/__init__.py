@@ -12,7 +12,7 @@ an API cuDNN 9 removed. Any of these aborts `import jittor` or the first trainin
     (all take --jittor-dir DIR to work on another copy of the jittor package)
 
 The fixes themselves, exact and idempotent text replacements with byte-for-byte backups, are in
-`utils/jittor_patches.py`; this module detects what the installed Jittor will find (nvcc, CUDA,
+`utils/jittor_doctor/patches.py`; this module detects what the installed Jittor will find (nvcc, CUDA,
 cuDNN, GPUs) and so which fixes are needed, reports it, and is the command line.
 
 Nothing here imports Jittor: importing it compiles, may download, and is exactly what can fail.
@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from utils.jittor_patches import (APPLIED, BACKUP_SUFFIX, FIXES, UNKNOWN_SOURCE, PatchError, apply_fixes,
+from utils.jittor_doctor.patches import (APPLIED, BACKUP_SUFFIX, FIXES, UNKNOWN_SOURCE, PatchError, apply_fixes,
                                   fix_state, read_text, revert_fixes)
 
 FIX_COMMAND = "python -m utils.jittor_doctor --fix"
@@ -172,7 +172,7 @@ def cpu_mode_reason(env):
     else:
         gpus = f"nvidia-smi lists {len(env.gpus)} GPU(s)" if env.gpus else "nvidia-smi lists no GPU"
     if env.nvcc_origin == "env var nvcc_path":
-        chosen = "set by hand" if env.gpus else "as utils/jittor_env.py sets it when no GPU is listed"
+        chosen = "set by hand" if env.gpus else "as models/jittor_env.py sets it when no GPU is listed"
         return f'nvcc_path="" ({chosen}), so Jittor skips CUDA; {gpus}'
     if env.gpus:
         return f"no nvcc was found; {gpus}, so Jittor will try to download its own CUDA bundle: set nvcc_path"
@@ -314,6 +314,3 @@ def main(argv=None):
     print("\n".join(report_lines(env)))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

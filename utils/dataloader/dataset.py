@@ -1,13 +1,13 @@
 """Datasets: labelled RGB-D splits (`RGBXDataset`) and unlabelled RGB+depth input for inference.
 
 Reading follows the official `utils/dataloader/RGBXDataset.py` and the preprocessing follows its
-`TrainPre`/`ValPre` (see `utils/transforms.py`), so the arrays equal upstream's for the same files
+`TrainPre`/`ValPre` (see `utils/dataloader/transforms.py`), so the arrays equal upstream's for the same files
 and random draws. Both classes are `jittor.dataset.Dataset`s: `len()` is the number of batches,
 iteration yields collated batches of `jt.Var`s, and under MPI each rank reads its own share.
 `__getitem__` uses numpy/OpenCV only, so it can run in loader worker processes.
 
 Depth maps are single grey images in the official convention, 0 nearest .. 255 farthest. A 16-bit
-(or float) depth map is converted per image with `utils.transforms.depth_to_uint8`.
+(or float) depth map is converted per image with `utils.dataloader.transforms.depth_to_uint8`.
 
 Problems with the user's files raise `UserError` with the file name and what to do.
 """
@@ -21,8 +21,8 @@ from jittor.dataset import Dataset
 from PIL import Image
 
 from utils.errors import UserError
-from utils.synthetic import check_synthetic_dataset
-from utils.transforms import (
+from utils.synthetic.generate import check_synthetic_dataset
+from utils.dataloader.transforms import (
     IGNORE_LABEL,
     SUN_PAD_SHAPE,
     depth_to_uint8,

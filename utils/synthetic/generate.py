@@ -1,6 +1,6 @@
 """Synthetic RGB-D indoor scenes written in the NYUDepthv2 layout.
 
-Each sample is a ray-cast view of a random furnished room (`utils/synthetic_scene.py`) seen by a
+Each sample is a ray-cast view of a random furnished room (`utils/synthetic/rooms.py`) seen by a
 pinhole camera (NYU-like focal length, slight yaw and downward pitch). Depth comes from the same
 geometry (camera z), so labels, depth and RGB agree. Surfaces are textured, Lambert-shaded by a
 ceiling light and given sensor noise.
@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 
 from local_configs._base_ import DATASETS, SHARED, SYNTHETIC_CLASSES
-from utils.entry import load_config, main_guard
+from utils.dataloader.transforms import depth_to_uint8
+from utils.entry import load_config
 from utils.errors import UserError
-from utils.synthetic_scene import ROOM_FACES, random_scene
-from utils.transforms import depth_to_uint8
+from utils.synthetic.rooms import ROOM_FACES, random_scene
 
 FOCAL = 0.81  # focal length / image width, as NYUDepthv2's Kinect (518.8 px at 640 px)
 JPEG_QUALITY = 90
@@ -294,7 +294,7 @@ def ensure_synthetic_dataset(C):
 
 def main(argv=None):
     defaults = DATASETS["Synthetic"]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="generate what this config needs, where it looks (if not done yet)")
     parser.add_argument("--out", default="datasets/Synthetic", help="output folder (created)")
     parser.add_argument("--num-train", type=int, default=defaults["num_train_imgs"])
@@ -311,6 +311,3 @@ def main(argv=None):
     generate_dataset(args.out, args.num_train, args.num_test, args.height, args.width, args.seed)
     print(f"wrote {args.num_train} train + {args.num_test} test samples to {args.out}")
 
-
-if __name__ == "__main__":
-    main_guard(main)

@@ -1,0 +1,1 @@
+"""The data loader: RGB-D datasets and their transforms, as upstream's `utils/dataloader/`."""
