@@ -1,4 +1,6 @@
-"""Jittor environment defaults, applied once before Jittor is first imported.
+"""Jittor's environment defaults: `apply_defaults()`, called before Jittor is first imported by
+`build_model`, every entry point (`utils/entry.py`) and the tests (`tests/conftest.py`). Importing
+this module changes nothing.
 
 Jittor reads its switches from environment variables at import time. Stock Jittor 1.3.11 would
 otherwise download cutlass (unused by any op), probe a CUDA toolkit that may be a wrapper script

@@ -12,7 +12,6 @@ the official depth PNGs were made), and the official `utils/nyucmap.npy`.
 import os
 import random
 
-import utils  # noqa: F401  (Jittor environment defaults before jittor is imported)
 import cv2
 import numpy as np
 import pytest

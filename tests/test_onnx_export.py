@@ -44,7 +44,7 @@ def tiny():
 def test_onnx_runtime_matches_jittor(name):
     import onnx
 
-    from utils.export_onnx import compare_with_jittor, export_model
+    from utils.onnx_export.export import compare_with_jittor, export_model
     from utils.onnx_export.backend import create_session
 
     model = synthetic_model(name)
@@ -64,7 +64,7 @@ def test_onnx_runtime_matches_jittor(name):
 
 def test_batchnorm_folded_where_exact(tiny):
     """Only DFormer's BN-before-conv downsampling (3 per stream) stays a BatchNormalization."""
-    from utils.export_onnx import export_model
+    from utils.onnx_export.export import export_model
 
     from jittor import nn
 
@@ -74,7 +74,7 @@ def test_batchnorm_folded_where_exact(tiny):
 
 
 def test_fixed_size_export_newer_opset_and_the_bases_matter(tiny):
-    from utils.export_onnx import compare_with_jittor, export_model
+    from utils.onnx_export.export import compare_with_jittor, export_model
     from utils.onnx_export.backend import create_session
 
     proto = export_model(tiny, 72, 100, opset=18, nmf_seed=3)
@@ -91,7 +91,7 @@ def test_fixed_size_export_newer_opset_and_the_bases_matter(tiny):
 def test_unsupported_module_and_old_opset_are_named(tiny):
     from jittor import nn
 
-    from utils.export_onnx import export_model
+    from utils.onnx_export.export import export_model
     from utils.onnx_export.graph import ExportError
 
     class Mystery(nn.Module):

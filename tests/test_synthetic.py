@@ -2,7 +2,6 @@
 import filecmp
 import os
 
-import utils  # noqa: F401  (Jittor environment defaults before jittor is imported)
 import cv2
 import numpy as np
 import pytest

@@ -349,7 +349,7 @@ def main(argv=None):
 
 def time_onnx_next_to_jittor(model, batch_size, args):
     """Export `model` at this batch and size, time both alternately, print and return the numbers."""
-    from utils.export_onnx import export_model
+    from utils.onnx_export.export import export_model
     from utils.onnx_export.backend import create_session, require_onnx
 
     require_onnx()
