@@ -124,15 +124,25 @@ def test_train_length_and_batches(root):
 
 def test_epoch_seed_makes_items_independent_of_read_order(root):
     dataset = RGBXDataset(nyu_config(root, num_train_imgs=5), "train", file_length=5)
-    dataset.epoch_seed = 7
+    dataset.set_epoch(7)
     forward = [dataset[i] for i in range(5)]
     backward = [dataset[i] for i in reversed(range(5))][::-1]
     for a, b in zip(forward, backward):
         assert a["fn"] == b["fn"]
         np.testing.assert_array_equal(a["data"], b["data"])
         np.testing.assert_array_equal(a["label"], b["label"])
-    dataset.epoch_seed = 8
+    dataset.set_epoch(8)
     assert any(not np.array_equal(a["data"], dataset[i]["data"]) for i, a in enumerate(forward))
+
+
+def test_set_epoch_seeds_the_shuffle_order(root):
+    orders = []
+    for seed in (7, 7, 8):
+        dataset = RGBXDataset(nyu_config(root), "train", batch_size=1, file_length=12)
+        dataset.set_epoch(seed)
+        orders.append([batch["fn"][0] for batch in dataset])
+    assert orders[0] == orders[1] != orders[2]
+    assert sorted(orders[0]) == sorted(orders[2]) == sorted(NAMES * 4)
 
 
 def test_list_entries_may_be_bare_names(root):

@@ -10,7 +10,8 @@ from local_configs._base_ import SYNTHETIC_CLASSES, make_config
 from utils.dataloader.dataset import RGBXDataset
 from utils.errors import UserError
 from utils.engine.metrics import Metrics
-from utils.synthetic.generate import ensure_synthetic_dataset, generate_dataset, main, render, sample_rng
+from utils.synthetic.__main__ import main
+from utils.synthetic.generate import ensure_synthetic_dataset, generate_dataset, render, sample_rng
 from utils.dataloader.transforms import depth_to_uint8
 
 FLOOR, WALL, CEILING = (SYNTHETIC_CLASSES.index(name) + 1 for name in ("floor", "wall", "ceiling"))

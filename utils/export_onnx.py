@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from utils.entry import load_config, load_model, main_guard  # noqa: E402  (Jittor defaults first)
+from utils.files import atomic_open  # noqa: E402
 from utils.onnx_export.graph import DEFAULT_OPSET, ExportError, GraphBuilder  # noqa: E402
 
 
@@ -52,13 +53,9 @@ def main(args):
     model = load_model(C, args.checkpoint)
     start = time.time()
     proto = export_model(model, args.height, args.width, args.dynamic, args.opset, seed)
-    folder = os.path.dirname(os.path.abspath(args.output))
-    partial = args.output + ".partial"
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(partial, "wb") as file:
+        with atomic_open(args.output) as file:  # never a truncated file under the final name
             file.write(proto.SerializeToString())
-        os.replace(partial, args.output)  # never a truncated file under the final name
     except OSError as error:
         raise ExportError(f"cannot write {args.output}: {error.strerror}") from None
     size = "batch x 3 x height x width (dynamic)" if args.dynamic else f"1 x 3 x {args.height} x {args.width}"

@@ -1,1 +1,2 @@
-"""The data loader: RGB-D datasets and their transforms, as upstream's `utils/dataloader/`."""
+"""The data loader: RGB-D datasets (`dataset.py`) and their transforms (`transforms.py`), as
+upstream's `utils/dataloader/`."""

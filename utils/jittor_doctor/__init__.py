@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+from models.jittor_env import nvidia_smi_gpus
 from utils.jittor_doctor.patches import (APPLIED, BACKUP_SUFFIX, FIXES, UNKNOWN_SOURCE, PatchError, apply_fixes,
                                   fix_state, read_text, revert_fixes)
 
@@ -53,7 +54,7 @@ class Environment:
     cudnn_headers: list = field(default_factory=list)
     cudnn_libs: list = field(default_factory=list)
     conv_opt: bool = False
-    gpus: Optional[list] = None  # None: not queried, or nvidia-smi missing or failing
+    gpus: Optional[tuple] = None  # ("name, driver", ...); None: not queried, or no nvidia-smi
 
     @property
     def cpu_mode(self):
@@ -147,19 +148,13 @@ def find_cudnn(cuda_home):
     return None, headers, libs
 
 
-def query_gpus():
-    """GPU names with driver versions from nvidia-smi, or None when nvidia-smi is missing or fails."""
-    output = command_output("nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader")
-    return None if output is None else [line.strip() for line in output.splitlines() if line.strip()]
-
-
 def detect_environment(jittor_dir=None, environ=None, with_gpus=True):
     environ = os.environ if environ is None else environ
     jittor_dir = jittor_dir or find_jittor_dir()
     nvcc_path, nvcc_origin = resolve_nvcc(environ)
     env = Environment(jittor_dir=jittor_dir, nvcc_path=nvcc_path, nvcc_origin=nvcc_origin,
                       conv_opt=environ.get("conv_opt", "0") not in ("", "0"),
-                      gpus=query_gpus() if with_gpus else None)
+                      gpus=nvidia_smi_gpus() if with_gpus else None)
     env.jittor_version = read_jittor_version(jittor_dir) if jittor_dir else None
     env.cuda_version = nvcc_version(nvcc_path)
     env.cudnn_version, env.cudnn_headers, env.cudnn_libs = find_cudnn(env.cuda_home)
