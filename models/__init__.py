@@ -1,11 +1,10 @@
 """DFormer / DFormerv2 models in Jittor.
 
 `MODELS` (models/registry.py) lists the official models and their facts; `build_model(C)` builds
-the segmentor of a config. Jittor is imported by `build_model`, not by this package, so configs
-and tools can read the registry without loading Jittor.
+the segmentor of a config. Importing this package imports no Jittor and changes no environment
+variable, so configs and tools can read the registry freely; `build_model` applies Jittor's
+environment defaults (`jittor_env.py`) before it imports Jittor.
 """
-import utils  # noqa: F401  (Jittor environment defaults, before Jittor is imported)
-
 from .registry import MODELS, ModelSpec, find_model
 
 
@@ -19,6 +18,9 @@ def build_model(C):
     `build_model` alone then fixes them, whatever runs next (re-seeding, data loading, a
     broadcast to other processes).
     """
+    from .jittor_env import apply_defaults
+
+    apply_defaults()
     import jittor as jt
 
     from .builder import EncoderDecoder

@@ -2,7 +2,7 @@
 
 Entries are keyed by `C.backbone`, spelled as upstream's configs spell it (`DFormer-Tiny`,
 `DFormerv2_S`). Derived from here: the backbone factories of `models/builder.py`,
-`C.pretrained_model` of the configs, the checkpoint guess of `utils/checkpoint.py`, the published
+`C.pretrained_model` of the configs, the checkpoint guess of `utils/engine/checkpoint.py`, the published
 numbers of `benchmark.py` and the model list of the GPU check. Importing this file imports no Jittor.
 """
 from dataclasses import dataclass

@@ -9,7 +9,9 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-import utils  # noqa: E402,F401  (Jittor environment defaults before any test imports Jittor)
+from models.jittor_env import apply_defaults  # noqa: E402
+
+apply_defaults()  # Jittor's environment defaults, before any test imports Jittor
 
 with gzip.open(os.path.join(FIXTURES, "official_keys.json.gz"), "rt") as _file:
     OFFICIAL_KEYS = json.load(_file)  # {model name: {config, entries [(key, shape)], num_params...}}

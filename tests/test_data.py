@@ -12,13 +12,12 @@ the official depth PNGs were made), and the official `utils/nyucmap.npy`.
 import os
 import random
 
-import utils  # noqa: F401  (Jittor environment defaults before jittor is imported)
 import cv2
 import numpy as np
 import pytest
 
 from local_configs._base_ import make_config
-from utils.dataset import (
+from utils.dataloader.dataset import (
     InferenceDataset,
     RGBXDataset,
     list_inference_pairs,
@@ -27,8 +26,8 @@ from utils.dataset import (
     read_label,
 )
 from utils.errors import UserError
-from utils.transforms import GREYS_R_LUT, depth_to_uint8
-from utils.visualize import nyu_palette, save_prediction
+from utils.dataloader.transforms import GREYS_R_LUT, depth_to_uint8
+from utils.engine.visualize import nyu_palette, save_prediction
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "data")
 PIPELINE = np.load(os.path.join(FIXTURES, "official_pipeline.npz"))
@@ -125,15 +124,25 @@ def test_train_length_and_batches(root):
 
 def test_epoch_seed_makes_items_independent_of_read_order(root):
     dataset = RGBXDataset(nyu_config(root, num_train_imgs=5), "train", file_length=5)
-    dataset.epoch_seed = 7
+    dataset.set_epoch(7)
     forward = [dataset[i] for i in range(5)]
     backward = [dataset[i] for i in reversed(range(5))][::-1]
     for a, b in zip(forward, backward):
         assert a["fn"] == b["fn"]
         np.testing.assert_array_equal(a["data"], b["data"])
         np.testing.assert_array_equal(a["label"], b["label"])
-    dataset.epoch_seed = 8
+    dataset.set_epoch(8)
     assert any(not np.array_equal(a["data"], dataset[i]["data"]) for i, a in enumerate(forward))
+
+
+def test_set_epoch_seeds_the_shuffle_order(root):
+    orders = []
+    for seed in (7, 7, 8):
+        dataset = RGBXDataset(nyu_config(root), "train", batch_size=1, file_length=12)
+        dataset.set_epoch(seed)
+        orders.append([batch["fn"][0] for batch in dataset])
+    assert orders[0] == orders[1] != orders[2]
+    assert sorted(orders[0]) == sorted(orders[2]) == sorted(NAMES * 4)
 
 
 def test_list_entries_may_be_bare_names(root):

@@ -6,7 +6,9 @@ import sys
 from conftest import ROOT
 
 WARNINGS = """
-import utils, jittor, jittor_utils
+from models.jittor_env import apply_defaults
+apply_defaults()
+import jittor, jittor_utils
 jittor_utils.LOG.w("python-side warning")
 jittor_utils.cc.log("x.cc:1", "w", 0, "c++-side warning")
 """

@@ -1,4 +1,4 @@
-"""Tests of utils/jittor_doctor.py and utils/jittor_patches.py on a scratch copy of the installed Jittor sources.
+"""Tests of the Jittor doctor (utils/jittor_doctor/: the checks and the patches) on a scratch copy of the installed Jittor sources.
 
 The patches target CUDA 13 / cuDNN 9, which this CPU-only CI cannot run. What is checked here:
 every fix applies to the pinned Jittor 1.3.11.0 text, is idempotent and reverts byte for byte;
@@ -17,8 +17,8 @@ import sys
 import pytest
 
 from utils import jittor_doctor as doctor
-from utils import jittor_patches as patches
-from utils.jittor_env import gpu_present
+from utils.jittor_doctor import patches
+from models.jittor_env import gpu_present
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALLED_JITTOR = doctor.find_jittor_dir()

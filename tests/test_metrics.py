@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from utils.metrics import Metrics, trivial_baseline
+from utils.engine.metrics import Metrics, trivial_baseline
 
 # 4 classes; class 3 appears nowhere except as a prediction on ignored pixels.
 GT = np.array([[0, 0, 0, 1, 1], [2, 2, 2, 255, 255]])

@@ -44,8 +44,8 @@ def tiny():
 def test_onnx_runtime_matches_jittor(name):
     import onnx
 
-    from utils.export_onnx import compare_with_jittor, export_model
-    from utils.onnx_backend import create_session
+    from utils.onnx_export.export import compare_with_jittor, export_model
+    from utils.onnx_export.backend import create_session
 
     model = synthetic_model(name)
     proto = export_model(model, dynamic=True, nmf_seed=7)
@@ -64,7 +64,7 @@ def test_onnx_runtime_matches_jittor(name):
 
 def test_batchnorm_folded_where_exact(tiny):
     """Only DFormer's BN-before-conv downsampling (3 per stream) stays a BatchNormalization."""
-    from utils.export_onnx import export_model
+    from utils.onnx_export.export import export_model
 
     from jittor import nn
 
@@ -74,8 +74,8 @@ def test_batchnorm_folded_where_exact(tiny):
 
 
 def test_fixed_size_export_newer_opset_and_the_bases_matter(tiny):
-    from utils.export_onnx import compare_with_jittor, export_model
-    from utils.onnx_backend import create_session
+    from utils.onnx_export.export import compare_with_jittor, export_model
+    from utils.onnx_export.backend import create_session
 
     proto = export_model(tiny, 72, 100, opset=18, nmf_seed=3)
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 72, 100]
@@ -91,8 +91,8 @@ def test_fixed_size_export_newer_opset_and_the_bases_matter(tiny):
 def test_unsupported_module_and_old_opset_are_named(tiny):
     from jittor import nn
 
-    from utils.export_onnx import export_model
-    from utils.onnx_graph import ExportError
+    from utils.onnx_export.export import export_model
+    from utils.onnx_export.graph import ExportError
 
     class Mystery(nn.Module):
         def execute(self, x):
@@ -111,7 +111,7 @@ def test_unsupported_module_and_old_opset_are_named(tiny):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from utils.checkpoint import save_checkpoint
+    from utils.engine.checkpoint import save_checkpoint
 
     path = str(tmp_path_factory.mktemp("onnx") / "tiny.pkl")
     save_checkpoint(path, model=synthetic_state_dict(OFFICIAL_KEYS["DFormer-Tiny"]["entries"]))
@@ -119,7 +119,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_wrong_checkpoint_fails_as_load_checkpoint_does(tmp_path):
-    from utils.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
+    from utils.engine.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
     from utils.export_onnx import main, parse_args
 
     path = str(tmp_path / "small.pkl")
@@ -135,7 +135,7 @@ def test_wrong_checkpoint_fails_as_load_checkpoint_does(tmp_path):
 def test_export_then_infer_with_both_backends(tiny_checkpoint, tmp_path):
     from utils.errors import UserError
     from utils.infer import main, parse_args
-    from utils.onnx_backend import OnnxSegmentor
+    from utils.onnx_export.backend import OnnxSegmentor
 
     rng = np.random.default_rng(0)
     cv2.imwrite(str(tmp_path / "a.jpg"), rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))

@@ -32,7 +32,7 @@ def build(config_module):
 @pytest.mark.parametrize("name", sorted(OFFICIAL_KEYS))
 def test_official_logits(name, reference, tmp_path):
     import jittor as jt
-    from utils.checkpoint import load_checkpoint, save_checkpoint
+    from utils.engine.checkpoint import load_checkpoint, save_checkpoint
 
     info = OFFICIAL_KEYS[name]
     model = build(info["config"])

@@ -37,7 +37,7 @@ def run_script(script, *args):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from utils.entry import load_config
-    from utils.synthetic import ensure_synthetic_dataset
+    from utils.synthetic.generate import ensure_synthetic_dataset
 
     folder = tmp_path_factory.mktemp("tiny")
     config = folder / "tiny_config.py"
@@ -71,22 +71,22 @@ def test_training_writes_checkpoints_and_logs(trained):
 
 
 def test_resume_matches_uninterrupted_run(tiny, trained, monkeypatch):
-    import utils.checkpoint
+    import utils.engine.checkpoint
     from utils.train import parse_args, train
 
     folder, config = tiny
     run_dir = folder / "interrupted"
-    save = utils.checkpoint.save_checkpoint
+    save = utils.engine.checkpoint.save_checkpoint
 
     def save_then_die(path, **state):  # the process is killed right after epoch 1's checkpoint
         save(path, **state)
         if path.endswith("last.pkl") and state["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils.checkpoint, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(utils.engine.checkpoint, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress"]))
-    monkeypatch.setattr(utils.checkpoint, "save_checkpoint", save)
+    monkeypatch.setattr(utils.engine.checkpoint, "save_checkpoint", save)
     train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress",
                       "--continue_fpath", str(run_dir / "last.pkl")]))  # upstream's name for --resume
     resumed, uninterrupted = read_state(run_dir / "last.pkl"), read_state(trained / "last.pkl")
@@ -168,7 +168,7 @@ def test_bad_input_gives_one_clear_message(case, tiny, trained, tmp_path):
 
 
 def test_worker_processes_load_the_same_batches(tiny, trained):
-    from utils.dataset import RGBXDataset
+    from utils.dataloader.dataset import RGBXDataset
     from utils.entry import load_config
     from utils.train import seed_epoch
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import OFFICIAL_KEYS
 from models.registry import DATASETS, MODELS, find_model
-from utils.checkpoint import describe_checkpoint
+from utils.engine.checkpoint import describe_checkpoint
 
 
 def test_registry_names_the_official_models():

@@ -2,17 +2,17 @@
 import filecmp
 import os
 
-import utils  # noqa: F401  (Jittor environment defaults before jittor is imported)
 import cv2
 import numpy as np
 import pytest
 
 from local_configs._base_ import SYNTHETIC_CLASSES, make_config
-from utils.dataset import RGBXDataset
+from utils.dataloader.dataset import RGBXDataset
 from utils.errors import UserError
-from utils.metrics import Metrics
-from utils.synthetic import ensure_synthetic_dataset, generate_dataset, main, render, sample_rng
-from utils.transforms import depth_to_uint8
+from utils.engine.metrics import Metrics
+from utils.synthetic.__main__ import main
+from utils.synthetic.generate import ensure_synthetic_dataset, generate_dataset, render, sample_rng
+from utils.dataloader.transforms import depth_to_uint8
 
 FLOOR, WALL, CEILING = (SYNTHETIC_CLASSES.index(name) + 1 for name in ("floor", "wall", "ceiling"))
 

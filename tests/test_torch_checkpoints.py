@@ -18,8 +18,8 @@ import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
 from utils.synthetic_weights import synthetic_inputs, synthetic_tensor
-from utils.checkpoint import CheckpointMismatch, extract_state_dict, load_checkpoint
-from utils.torch_reader import read_checkpoint
+from utils.engine.checkpoint import CheckpointMismatch, extract_state_dict, load_checkpoint
+from utils.engine.torch_reader import read_checkpoint
 from utils.errors import UserError
 
 HERE = os.path.join(FIXTURES, "torch_checkpoints")

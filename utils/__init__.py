@@ -1,8 +1,6 @@
-"""Training, evaluation, inference and timing utilities.
-
-Importing this package applies the Jittor environment defaults (see `jittor_env.py`) before
-anything imports Jittor, so every entry point and test gets them.
+"""Everything around the models, by job: the command lines (`train.py`, `eval.py`, `infer.py`,
+`latency.py`, `export_onnx.py`) and what they share (`entry.py`, `errors.py`); `engine/`
+(evaluation, metrics, checkpoints), `dataloader/` (datasets, transforms), `synthetic/` (the demo
+data set), `onnx_export/` (ONNX export and runtime), `jittor_doctor/` (checks and patches the
+installed Jittor). Importing it has no side effects.
 """
-from .jittor_env import apply_defaults
-
-apply_defaults()

@@ -1,13 +1,15 @@
-"""What every entry point (train, eval, infer, latency, benchmark) does first, written once.
+"""What every entry point (train, eval, infer, latency, export_onnx, benchmark) does first, written once.
 
-`main_guard` checks the Jittor setup before Jittor is imported and turns `UserError`s into one
-clear message instead of a traceback; `load_config` imports a config module by dotted name.
+`main_guard` sets Jittor's environment defaults and checks the Jittor setup before Jittor is
+imported, and turns `UserError`s into one clear message instead of a traceback; `load_config`
+imports a config module by dotted name.
 
-Scripts under utils/ put the repository on `sys.path` with the same two lines, before importing
-anything from it (Python puts the script's own folder there, where utils/ files would shadow
-top-level names):
+The command lines in utils/ run as `python utils/X.py` and as `python -m utils.X`. For the first
+they put the repository on `sys.path` with the same two lines, before importing anything from it
+(Python puts the script's own folder there, where utils/ files would shadow top-level names); no
+other module edits `sys.path`:
 
-    if __package__ in (None, ""):  # run as a file, not with -m
+    if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
         sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """
 import importlib
@@ -16,8 +18,9 @@ import os
 import sys
 
 from models import MODELS, build_model  # Jittor is imported by build_model, not here
+from models.jittor_env import apply_defaults
 
-from .checkpoint import load_checkpoint
+from .engine.checkpoint import load_checkpoint
 from .errors import UserError
 from .jittor_doctor import check_environment
 
@@ -66,8 +69,10 @@ def load_model(C, checkpoint):
 
 
 def main_guard(main):
-    """Run `main()`; exit 2 with one message on a `UserError` or an unusable Jittor setup."""
+    """Run `main()` once Jittor's defaults are set and its setup checked; exit 2 with one message on
+    a `UserError` or an unusable Jittor setup."""
     try:
+        apply_defaults()
         problem = check_environment()
         if problem:
             raise UserError(problem)

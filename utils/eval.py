@@ -2,7 +2,7 @@
 
 Prints the per-class IoU/Acc/F1 table with class names and aAcc, mIoU, mAcc, mF1, each labelled
 with the evaluation protocol, then the speed and the projected time of the full official protocol.
-Modes (see `utils/evaluate.py`): `ss` single scale; `msf` multi-scale + flip (scales from the
+Modes (see `utils/engine/evaluate.py`): `ss` single scale; `msf` multi-scale + flip (scales from the
 config, upstream's 0.5-1.5 by default); `sliding` msf with sliding windows, upstream's `eval.sh`.
 """
 import argparse
@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
 
 from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
 from utils.latency import format_protocol_time, projected_protocol_time  # noqa: E402
-from utils.metrics import trivial_baseline  # noqa: E402
+from utils.engine.metrics import trivial_baseline  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,8 +34,8 @@ def parse_args(argv=None):
 def main(args):
     import jittor as jt  # here, after main_guard's check: importing Jittor may abort on a broken setup
 
-    from utils.dataset import RGBXDataset
-    from utils.evaluate import evaluate
+    from utils.dataloader.dataset import RGBXDataset
+    from utils.engine.evaluate import evaluate
 
     C = load_config(args.config, args.dataset_dir)
     check_checkpoint(C, args.checkpoint)

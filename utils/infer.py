@@ -11,7 +11,7 @@ files are the same code as for the Jittor model.
 
 A folder holds `RGB/` and `Depth/` with files of the same name (no labels or list files). Depth is
 8-bit grey in the official convention (0 near .. 255 far) or a 16-bit PNG of raw depth (e.g.
-millimetres), converted per image (see `utils.transforms.depth_to_uint8`). For every image the
+millimetres), converted per image (see `utils.dataloader.transforms.depth_to_uint8`). For every image the
 output folder gets `<name>.png` (palette label map, NYU colours), `<name>_overlay.png` and
 `<name>_panel.png` (RGB | depth | prediction). On a labelled split the metrics are printed too.
 """
@@ -61,10 +61,10 @@ def main(args):
     import jittor as jt
     import cv2
 
-    from utils.dataset import InferenceDataset, RGBXDataset, list_inference_pairs
+    from utils.dataloader.dataset import InferenceDataset, RGBXDataset, list_inference_pairs
     from utils.errors import UserError
-    from utils.evaluate import evaluate
-    from utils.visualize import save_prediction
+    from utils.engine.evaluate import evaluate
+    from utils.engine.visualize import save_prediction
 
     if args.rgb and not args.depth:
         raise UserError("--rgb needs --depth (the depth map of that image)")
@@ -89,7 +89,7 @@ def main(args):
         dataset = InferenceDataset(C, list_inference_pairs(args.rgb or args.input_dir, args.depth))
         raw_images = None
     if args.backend == "onnx":
-        from utils.onnx_backend import OnnxSegmentor
+        from utils.onnx_export.backend import OnnxSegmentor
 
         model = OnnxSegmentor(args.onnx, C.num_classes, args.threads)
     else:

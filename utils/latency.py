@@ -8,8 +8,8 @@ lazy execution.
     python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny --onnx    # + ONNX Runtime
 
 Why the care: Jittor only runs a graph when a result is needed, so in `for ...: _ = model(x)` the
-overwritten outputs are never computed and the loop times graph building (11x too fast when we
-measured it). Here every iteration syncs its output, `jt.sync_all(True)` brackets the timed loop,
+overwritten outputs are never computed and the loop times only graph building. Here every
+iteration syncs its output, `jt.sync_all(True)` brackets the timed loop,
 and warm-up iterations absorb kernel compilation. Inputs follow upstream `utils/latency.py`:
 uniform random rgb (B, 3, H, W) and depth (B, 3, H, W) (depth is 3 channels, as the data loader
 gives it), but unlike upstream the model is in eval mode (upstream never calls `model.eval()`).
@@ -28,13 +28,13 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from models.jittor_env import nvidia_smi_gpus  # noqa: E402
 from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import here)
 
 # The official NYUDepthv2 evaluation: 654 test images, scales 0.5-1.5, each plus its horizontal flip.
@@ -55,15 +55,6 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def gpu_name():
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-
-
 def device_info():
     """Device and library versions a latency number is meaningless without."""
     import jittor as jt
@@ -71,7 +62,7 @@ def device_info():
     info = {"jittor": jt.__version__, "python": platform.python_version(), "cpu": cpu_model(),
             "cpu_threads": os.cpu_count(), "mode": "GPU" if jt.flags.use_cuda else "CPU"}
     if jt.flags.use_cuda:
-        info["gpu"] = gpu_name()
+        info["gpu"] = (nvidia_smi_gpus() or [None])[0]
         info["device"] = info["gpu"]
         info["cuda"] = _version_or_none(lambda: ".".join(
             map(str, jt.compiler.jit_utils.get_int_version(jt.compiler.nvcc_path))))
@@ -205,6 +196,7 @@ def measure_training(model, num_classes, batch_size=8, height=480, width=640, wa
     """
     import jittor as jt
 
+    from local_configs._base_ import IGNORE_LABEL
     from utils.loss import cross_entropy
 
     model.train()
@@ -213,7 +205,7 @@ def measure_training(model, num_classes, batch_size=8, height=480, width=640, wa
     label = jt.randint(0, num_classes, (batch_size, height, width))
 
     def step():
-        loss = cross_entropy(model(rgb, depth), label, 255)  # the training loss of utils/train.py
+        loss = cross_entropy(model(rgb, depth), label, IGNORE_LABEL)  # the training loss of utils/train.py
         optimizer.step(loss)
         jt.sync_all(True)
 
@@ -349,8 +341,8 @@ def main(argv=None):
 
 def time_onnx_next_to_jittor(model, batch_size, args):
     """Export `model` at this batch and size, time both alternately, print and return the numbers."""
-    from utils.export_onnx import export_model
-    from utils.onnx_backend import create_session, require_onnx
+    from utils.onnx_export.export import export_model
+    from utils.onnx_export.backend import create_session, require_onnx
 
     require_onnx()
     import onnxruntime

@@ -1,4 +1,4 @@
-"""DFormerv2_S on the synthetic RGB-D rooms of `utils/synthetic.py`, trained from scratch."""
+"""DFormerv2_S on the synthetic RGB-D rooms of `utils/synthetic/`, trained from scratch."""
 from local_configs._base_ import make_config
 
 C = make_config("Synthetic", "DFormerv2_S", pretrained_model=None)

@@ -9,6 +9,10 @@ from easydict import EasyDict
 
 from models.registry import MODELS
 
+# The label of unlabelled pixels, skipped by the loss and the metrics (upstream's `C.background`):
+# stored labels are 0 = unlabelled, 1..K = classes, and `gt - 1` in uint8 turns 0 into 255.
+IGNORE_LABEL = 255
+
 NYU_CLASSES = [
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
     "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
@@ -19,7 +23,7 @@ NYU_CLASSES = [
 SUN_CLASSES = [name.replace(" ", "_") for name in NYU_CLASSES[:37]]
 SUN_CLASSES[SUN_CLASSES.index("refridgerator")] = "fridge"
 SUN_CLASSES[SUN_CLASSES.index("television")] = "tv"
-# The NYU classes `utils/synthetic.py` draws, in NYU order, so no class is absent from the data.
+# The NYU classes `utils/synthetic/generate.py` draws, in NYU order, so no class is absent from the data.
 SYNTHETIC_CLASSES = [
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "picture", "pillow",
     "ceiling", "lamp",
@@ -52,7 +56,7 @@ DATASETS = {
 DATASET_KEYS = sorted(DATASETS["NYUDepthv2"])
 
 SHARED = dict(
-    seed=12345, root_dir="datasets", background=255,
+    seed=12345, root_dir="datasets", background=IGNORE_LABEL,
     rgb_folder="RGB", rgb_format=".jpg", x_folder="Depth", x_format=".png", gt_format=".png",
     gt_transform=True, x_is_single_channel=True,
     norm_mean=np.array([0.485, 0.456, 0.406]), norm_std=np.array([0.229, 0.224, 0.225]),

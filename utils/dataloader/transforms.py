@@ -14,7 +14,8 @@ import random
 import cv2
 import numpy as np
 
-IGNORE_LABEL = 255
+from local_configs._base_ import IGNORE_LABEL
+
 DEPTH_MEAN = (0.48, 0.48, 0.48)
 DEPTH_STD = (0.28, 0.28, 0.28)
 SUN_PAD_SHAPE = (531, 730)  # the largest SUNRGBD image; upstream --pad_SUNRGBD pads to it

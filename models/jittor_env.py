@@ -1,4 +1,6 @@
-"""Jittor environment defaults, applied once before Jittor is first imported.
+"""Jittor's environment defaults: `apply_defaults()`, called before Jittor is first imported by
+`build_model`, every entry point (`utils/entry.py`) and the tests (`tests/conftest.py`). Importing
+this module changes nothing.
 
 Jittor reads its switches from environment variables at import time. Stock Jittor 1.3.11 would
 otherwise download cutlass (unused by any op), probe a CUDA toolkit that may be a wrapper script
@@ -6,6 +8,7 @@ or have no GPU behind it, import torch as a side effect, and print a dozen `[i .
 (cache paths, compilers found) before every command's own output. Every default here is only a
 default: a variable the user has set is never changed.
 """
+import functools
 import importlib.abc
 import importlib.machinery
 import os
@@ -17,15 +20,23 @@ CUDA_NVCC = "/usr/local/cuda/bin/nvcc"
 JITTOR_LOG_VARIABLES = ("log_silent", "log_v", "log_vprefix")  # Jittor's own; set one to see its info lines
 
 
-def gpu_present():
-    """True when `nvidia-smi -L` lists at least one GPU."""
-    if shutil.which("nvidia-smi") is None:
-        return False
+@functools.lru_cache(maxsize=None)
+def nvidia_smi_gpus():
+    """("name, driver version", ...) of the GPUs nvidia-smi lists, or None when nvidia-smi is missing
+    or fails (no NVIDIA driver); asked once per process, the answer does not change."""
+    command = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
+        return None
+    if out.returncode != 0:
+        return None
+    return tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
+
+
+def gpu_present():
+    """True when nvidia-smi lists at least one GPU."""
+    return bool(nvidia_smi_gpus())
 
 
 def default_nvcc_path():

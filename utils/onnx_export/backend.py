@@ -1,14 +1,14 @@
 """Run an exported ONNX segmentor (`utils/export_onnx.py`) in ONNX Runtime on the CPU.
 
 `OnnxSegmentor` is called like the Jittor model, `model(rgb, depth)` on Jittor arrays, so
-`utils.evaluate` (and through it `utils/infer.py`) runs it with the same pre- and
+`utils.engine.evaluate` (and through it `utils/infer.py`) runs it with the same pre- and
 post-processing. `onnx` and `onnxruntime` are needed only here and by the exporter.
 """
 import os
 
 import numpy as np
 
-from .errors import UserError
+from utils.errors import UserError
 
 INSTALL_HINT = "pip install -r requirements.txt (onnx and onnxruntime are pinned there)"
 
@@ -42,7 +42,7 @@ def create_session(model, threads=None):
 class OnnxSegmentor:
     """`model(rgb, depth)` -> logits for an exported file, on Jittor arrays in and out.
 
-    The NMF bases are fixed inside the file, so, unlike the Jittor model under `utils.evaluate`,
+    The NMF bases are fixed inside the file, so, unlike the Jittor model under `utils.engine.evaluate`,
     every forward uses the same bases (the first ones evaluation draws, for batch 1).
     """
 

@@ -1,13 +1,13 @@
 """Datasets: labelled RGB-D splits (`RGBXDataset`) and unlabelled RGB+depth input for inference.
 
 Reading follows the official `utils/dataloader/RGBXDataset.py` and the preprocessing follows its
-`TrainPre`/`ValPre` (see `utils/transforms.py`), so the arrays equal upstream's for the same files
+`TrainPre`/`ValPre` (see `utils/dataloader/transforms.py`), so the arrays equal upstream's for the same files
 and random draws. Both classes are `jittor.dataset.Dataset`s: `len()` is the number of batches,
 iteration yields collated batches of `jt.Var`s, and under MPI each rank reads its own share.
 `__getitem__` uses numpy/OpenCV only, so it can run in loader worker processes.
 
 Depth maps are single grey images in the official convention, 0 nearest .. 255 farthest. A 16-bit
-(or float) depth map is converted per image with `utils.transforms.depth_to_uint8`.
+(or float) depth map is converted per image with `utils.dataloader.transforms.depth_to_uint8`.
 
 Problems with the user's files raise `UserError` with the file name and what to do.
 """
@@ -20,15 +20,15 @@ import jittor as jt
 from jittor.dataset import Dataset
 from PIL import Image
 
-from utils.errors import UserError
-from utils.synthetic import check_synthetic_dataset
-from utils.transforms import (
-    IGNORE_LABEL,
+from local_configs._base_ import IGNORE_LABEL
+from utils.dataloader.transforms import (
     SUN_PAD_SHAPE,
     depth_to_uint8,
     eval_transform,
     train_transform,
 )
+from utils.errors import UserError
+from utils.synthetic.manifest import check_synthetic_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DATASET_HELP = """\
@@ -207,10 +207,10 @@ class RGBXDataset(Dataset):
             `C.batch_size * C.niters_per_epoch`: the list repeated, then filled up with samples
             drawn at random on every access. The eval default is the list length.
 
-    Randomness: while `epoch_seed` is None (the default), augmentation draws from Python's global
-    `random`, in upstream's order. Once it is set (utils/train.py sets it every epoch), item
-    `index` draws from its own generator seeded with (epoch_seed, index), so the augmentation does
-    not depend on which loader worker reads which item.
+    Randomness: until `set_epoch` is called, augmentation draws from Python's global `random`, in
+    upstream's order. After `set_epoch(seed)` (training calls it every epoch), the shuffle
+    order comes from `seed` and item `index` draws from its own generator seeded with (seed,
+    index), so the augmentation does not depend on which loader worker reads which item.
     """
 
     def __init__(self, C, split, batch_size=None, shuffle=None, drop_last=None, num_workers=None,
@@ -237,6 +237,16 @@ class RGBXDataset(Dataset):
             drop_last=self.is_train if drop_last is None else drop_last,
             num_workers=C.num_workers if num_workers is None else num_workers,
         )
+
+    def set_epoch(self, epoch_seed):
+        """Seed this epoch's shuffle order and augmentation from `epoch_seed` (an int).
+
+        Jittor's loader shuffles with its own generator, `_shuffle_rng`, which no public call
+        seeds; `reset()` makes the loader workers fork again, so they see the new seed.
+        """
+        self.epoch_seed = epoch_seed
+        self._shuffle_rng = np.random.default_rng(epoch_seed)
+        self.reset()
 
     @staticmethod
     def _list_file(C, split):

@@ -1,7 +1,7 @@
 """Read the files `torch.save` writes, without torch: tensors come back as numpy arrays.
 
 Both formats torch writes are read: the zip archive (torch >= 1.6) and the legacy pickle stream
-(`_use_new_zipfile_serialization=False`); so are the plain pickles `utils/checkpoint.py` writes
+(`_use_new_zipfile_serialization=False`); so are the plain pickles `utils/engine/checkpoint.py` writes
 (and `jt.save`'s). Files are recognised by content, not by name: the official `*.pth.tar` names
 would send `jt.load` to the wrong reader. Unpickling resolves only the classes a checkpoint needs
 (tensors, containers, argparse.Namespace, numpy scalars); anything else becomes an inert `Opaque`
@@ -21,7 +21,7 @@ import zipfile
 
 import numpy as np
 
-from .errors import UserError
+from utils.errors import UserError
 
 
 # torch storage class -> numpy dtype of its elements (little-endian; bfloat16 read as raw bits)

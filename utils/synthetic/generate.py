@@ -1,6 +1,6 @@
 """Synthetic RGB-D indoor scenes written in the NYUDepthv2 layout.
 
-Each sample is a ray-cast view of a random furnished room (`utils/synthetic_scene.py`) seen by a
+Each sample is a ray-cast view of a random furnished room (`utils/synthetic/rooms.py`) seen by a
 pinhole camera (NYU-like focal length, slight yaw and downward pitch). Depth comes from the same
 geometry (camera z), so labels, depth and RGB agree. Surfaces are textured, Lambert-shaded by a
 ceiling light and given sensor noise.
@@ -9,18 +9,9 @@ Files, as the official NYUDepthv2 package: `RGB/<name>.jpg`, `Depth/<name>.png` 
 `depth_to_uint8`: per-image min-max, 0 nearest .. 255 farthest), `Label/<name>.png` (0 unlabelled,
 1 + index into the config's `class_names`), `train.txt` / `test.txt` (lines `RGB/<name>.jpg`).
 Every image has its own random stream derived from (seed, split, index), so the output does not
-depend on the number of images generated or on the machine.
-
-    python -m utils.synthetic --config local_configs.Synthetic.DFormer_Tiny   # what train.sh runs
-    python -m utils.synthetic --out datasets/Synthetic --num-train 400 --num-test 100 \\
-        --height 128 --width 160 --seed 12345
-
-The folder also gets `synthetic.json`, the settings it was made with. `--config` generates the
-config's data set when it is missing and regenerates it when those settings differ from the
-config's (image size, counts, seed, classes); loading a data set whose settings differ from the
-config stops with a message naming that command, instead of silently training on stale data.
+depend on the number of images generated or on the machine. The folder also gets `synthetic.json`,
+the settings it was made with (`manifest.py`).
 """
-import argparse
 import json
 import os
 import shutil
@@ -28,11 +19,11 @@ import shutil
 import cv2
 import numpy as np
 
-from local_configs._base_ import DATASETS, SHARED, SYNTHETIC_CLASSES
-from utils.entry import load_config, main_guard
-from utils.errors import UserError
-from utils.synthetic_scene import ROOM_FACES, random_scene
-from utils.transforms import depth_to_uint8
+from local_configs._base_ import SYNTHETIC_CLASSES
+from utils.dataloader.transforms import depth_to_uint8
+
+from .manifest import SETTINGS_FILE, config_settings, stale_settings
+from .rooms import ROOM_FACES, random_scene
 
 FOCAL = 0.81  # focal length / image width, as NYUDepthv2's Kinect (518.8 px at 640 px)
 JPEG_QUALITY = 90
@@ -205,10 +196,6 @@ def write_sample(out, name, rgb, depth, label):
     cv2.imwrite(os.path.join(out, "Label", f"{name}.png"), label)
 
 
-SETTINGS_FILE = "synthetic.json"
-MISSING = "it does not exist"
-
-
 def generate_dataset(out, num_train, num_test, height, width, seed, class_names=SYNTHETIC_CLASSES):
     """Write the data set and its `synthetic.json` into folder `out` (created; files are overwritten).
 
@@ -229,41 +216,6 @@ def generate_dataset(out, num_train, num_test, height, width, seed, class_names=
                     class_names=list(class_names))
     with open(os.path.join(out, SETTINGS_FILE), "w") as f:
         json.dump(settings, f, indent=1)
-
-
-def config_settings(C):
-    """The `synthetic.json` content that config `C` needs: `generate_dataset`'s arguments."""
-    return dict(num_train=C.num_train_imgs, num_test=C.num_eval_imgs, height=C.image_height,
-                width=C.image_width, seed=C.seed, class_names=list(C.class_names))
-
-
-def stale_settings(C):
-    """None when `C.dataset_path` holds the data set `C` needs, else what differs (a sentence).
-
-    Raises `UserError` for a folder this module did not write, which is never replaced.
-    """
-    path = os.path.join(C.dataset_path, SETTINGS_FILE)
-    if not os.path.isfile(path):
-        if os.path.exists(C.dataset_path):
-            raise UserError(f"{C.dataset_path} exists but was not written by utils.synthetic (no {SETTINGS_FILE}); "
-                            "delete it or point the config elsewhere to generate the synthetic data")
-        return MISSING
-    with open(path) as f:
-        found = json.load(f)
-    wanted = config_settings(C)
-    changed = [f"{key} {found.get(key)} instead of {value}" for key, value in wanted.items() if found.get(key) != value]
-    return f"it was generated with {', '.join(changed)}" if changed else None
-
-
-def check_synthetic_dataset(C):
-    """Raise `UserError` with the command to run unless `C.dataset_path` holds the data `C` needs."""
-    problem = stale_settings(C)
-    command = f"python -m utils.synthetic --config {C.get('config_name', '<this config>')}"
-    if problem == MISSING:
-        raise UserError(f"synthetic data set not found: {C.dataset_path}. Generate it with: {command}")
-    if problem:
-        raise UserError(f"the synthetic data set {C.dataset_path} does not fit the config: {problem}. "
-                        f"Regenerate it with: {command}")
 
 
 def ensure_synthetic_dataset(C):
@@ -290,27 +242,3 @@ def ensure_synthetic_dataset(C):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-
-
-def main(argv=None):
-    defaults = DATASETS["Synthetic"]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="generate what this config needs, where it looks (if not done yet)")
-    parser.add_argument("--out", default="datasets/Synthetic", help="output folder (created)")
-    parser.add_argument("--num-train", type=int, default=defaults["num_train_imgs"])
-    parser.add_argument("--num-test", type=int, default=defaults["num_eval_imgs"])
-    parser.add_argument("--height", type=int, default=defaults["image_height"])
-    parser.add_argument("--width", type=int, default=defaults["image_width"])
-    parser.add_argument("--seed", type=int, default=SHARED["seed"])
-    args = parser.parse_args(argv)
-    if args.config:
-        C = load_config(args.config)
-        ensure_synthetic_dataset(C)
-        print(f"synthetic data set for {args.config}: {C.dataset_path}")
-        return
-    generate_dataset(args.out, args.num_train, args.num_test, args.height, args.width, args.seed)
-    print(f"wrote {args.num_train} train + {args.num_test} test samples to {args.out}")
-
-
-if __name__ == "__main__":
-    main_guard(main)

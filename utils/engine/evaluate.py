@@ -49,8 +49,10 @@ def describe_mode(C, mode, scales, flip):
     return f"{mode} ({' + '.join(parts)})"
 
 
-def _resize(x, size, align_corners):
-    return nn.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+def resize_align_corners(x, size):
+    """Bilinear resize with align_corners=True, as upstream's evaluation resizes (the model's own
+    `models.layers.resize` uses align_corners=False, as upstream's model does)."""
+    return nn.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 class _SeededForward:
@@ -76,8 +78,8 @@ def slide_inference(forward, rgb, depth, C):
     """Average of window logits over an `eval_crop_size` grid (upstream `slide_inference`)."""
     crop_h, crop_w = C.eval_crop_size
     if crop_h > rgb.shape[2] or crop_w > rgb.shape[3]:
-        rgb = _resize(rgb, (crop_h, crop_w), True)
-        depth = _resize(depth, (crop_h, crop_w), True)
+        rgb = resize_align_corners(rgb, (crop_h, crop_w))
+        depth = resize_align_corners(depth, (crop_h, crop_w))
     stride_h, stride_w = int(C.eval_stride_rate * crop_h), int(C.eval_stride_rate * crop_w)
     B, _, H, W = rgb.shape
     rows = max(H - crop_h + stride_h - 1, 0) // stride_h + 1
@@ -102,13 +104,13 @@ def predict(forward, rgb, depth, C, mode, scales, flip):
     total = jt.zeros((rgb.shape[0], C.num_classes, H, W))
     for scale in scales:
         size = (math.ceil(int(scale * H) / 32) * 32, math.ceil(int(scale * W) / 32) * 32)
-        scaled = [_resize(rgb, size, True), _resize(depth, size, True)]
+        scaled = [resize_align_corners(rgb, size), resize_align_corners(depth, size)]
         for flipped in ([False, True] if flip else [False]):
             inputs = [jt.flip(x, 3) for x in scaled] if flipped else scaled
             logits = slide_inference(forward, *inputs, C) if mode == "sliding" else forward(*inputs)
             if flipped:
                 logits = jt.flip(logits, 3)
-            total += nn.softmax(_resize(logits, (H, W), True), dim=1)
+            total += nn.softmax(resize_align_corners(logits, (H, W)), dim=1)
     return total
 
 

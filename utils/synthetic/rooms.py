@@ -1,4 +1,4 @@
-"""The random furnished rooms of the synthetic data set (`utils/synthetic.py` renders them).
+"""The random furnished rooms of the synthetic data set (`utils/synthetic/generate.py` renders them).
 
 A room is a box (x right, y up, z forward, one corner at the origin) with doors, windows and
 pictures on its walls and furniture built from axis-aligned boxes: bed with pillows, sofa, table,

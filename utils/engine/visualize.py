@@ -11,10 +11,10 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from local_configs._base_ import IGNORE_LABEL
 from utils.errors import UserError
 
 PANEL_GAP = 4  # white pixels between the panel's images
-IGNORE_INDEX = 255
 
 
 def nyu_palette(n=256):
@@ -35,7 +35,7 @@ def colorize(label):
     return PALETTE[np.asarray(label, np.int64)]
 
 
-def overlay(rgb, label, alpha=0.5, ignore_index=255):
+def overlay(rgb, label, alpha=0.5, ignore_index=IGNORE_LABEL):
     """Blend the colourised `label` over `rgb`; pixels equal to `ignore_index` keep the image."""
     rgb = np.asarray(rgb, np.float32)
     blended = (1 - alpha) * rgb + alpha * colorize(label).astype(np.float32)
@@ -55,7 +55,7 @@ def panel(rgb, depth, label):
 def legend(label, class_names, width):
     """A white (H, width, 3) strip: swatch and name of each class in `label`, most frequent first."""
     label = np.asarray(label, np.int64)
-    ids, counts = np.unique(label[label != IGNORE_INDEX], return_counts=True)
+    ids, counts = np.unique(label[label != IGNORE_LABEL], return_counts=True)
     font = ImageFont.load_default(size=12 if width < 400 else 16)
     line = font.getbbox("Ag")[3] + 4
     pad, swatch = 4, line - 6

@@ -4,7 +4,7 @@ Each fix is a list of exact text replacements that fails loudly when its anchor 
 (another Jittor version) and recognises itself once applied, so applying is idempotent. The first
 change to a file saves the original next to it as `<file>.dformer-orig`, listed with its sha256 in
 `.dformer-doctor.json` in the jittor folder; `revert_fixes` puts those originals back.
-`utils/jittor_doctor.py` decides which fixes the installed CUDA/cuDNN need and is the command line.
+`utils/jittor_doctor/__init__.py` decides which fixes the installed CUDA/cuDNN need and is the command line.
 """
 import hashlib
 import json

@@ -12,7 +12,7 @@ an API cuDNN 9 removed. Any of these aborts `import jittor` or the first trainin
     (all take --jittor-dir DIR to work on another copy of the jittor package)
 
 The fixes themselves, exact and idempotent text replacements with byte-for-byte backups, are in
-`utils/jittor_patches.py`; this module detects what the installed Jittor will find (nvcc, CUDA,
+`utils/jittor_doctor/patches.py`; this module detects what the installed Jittor will find (nvcc, CUDA,
 cuDNN, GPUs) and so which fixes are needed, reports it, and is the command line.
 
 Nothing here imports Jittor: importing it compiles, may download, and is exactly what can fail.
@@ -33,7 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from utils.jittor_patches import (APPLIED, BACKUP_SUFFIX, FIXES, UNKNOWN_SOURCE, PatchError, apply_fixes,
+from models.jittor_env import nvidia_smi_gpus
+from utils.jittor_doctor.patches import (APPLIED, BACKUP_SUFFIX, FIXES, UNKNOWN_SOURCE, PatchError, apply_fixes,
                                   fix_state, read_text, revert_fixes)
 
 FIX_COMMAND = "python -m utils.jittor_doctor --fix"
@@ -53,7 +54,7 @@ class Environment:
     cudnn_headers: list = field(default_factory=list)
     cudnn_libs: list = field(default_factory=list)
     conv_opt: bool = False
-    gpus: Optional[list] = None  # None: not queried, or nvidia-smi missing or failing
+    gpus: Optional[tuple] = None  # ("name, driver", ...); None: not queried, or no nvidia-smi
 
     @property
     def cpu_mode(self):
@@ -147,19 +148,13 @@ def find_cudnn(cuda_home):
     return None, headers, libs
 
 
-def query_gpus():
-    """GPU names with driver versions from nvidia-smi, or None when nvidia-smi is missing or fails."""
-    output = command_output("nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader")
-    return None if output is None else [line.strip() for line in output.splitlines() if line.strip()]
-
-
 def detect_environment(jittor_dir=None, environ=None, with_gpus=True):
     environ = os.environ if environ is None else environ
     jittor_dir = jittor_dir or find_jittor_dir()
     nvcc_path, nvcc_origin = resolve_nvcc(environ)
     env = Environment(jittor_dir=jittor_dir, nvcc_path=nvcc_path, nvcc_origin=nvcc_origin,
                       conv_opt=environ.get("conv_opt", "0") not in ("", "0"),
-                      gpus=query_gpus() if with_gpus else None)
+                      gpus=nvidia_smi_gpus() if with_gpus else None)
     env.jittor_version = read_jittor_version(jittor_dir) if jittor_dir else None
     env.cuda_version = nvcc_version(nvcc_path)
     env.cudnn_version, env.cudnn_headers, env.cudnn_libs = find_cudnn(env.cuda_home)
@@ -172,7 +167,7 @@ def cpu_mode_reason(env):
     else:
         gpus = f"nvidia-smi lists {len(env.gpus)} GPU(s)" if env.gpus else "nvidia-smi lists no GPU"
     if env.nvcc_origin == "env var nvcc_path":
-        chosen = "set by hand" if env.gpus else "as utils/jittor_env.py sets it when no GPU is listed"
+        chosen = "set by hand" if env.gpus else "as models/jittor_env.py sets it when no GPU is listed"
         return f'nvcc_path="" ({chosen}), so Jittor skips CUDA; {gpus}'
     if env.gpus:
         return f"no nvcc was found; {gpus}, so Jittor will try to download its own CUDA bundle: set nvcc_path"
@@ -314,6 +309,3 @@ def main(argv=None):
     print("\n".join(report_lines(env)))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

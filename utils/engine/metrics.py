@@ -1,14 +1,16 @@
 """Segmentation metrics from one confusion matrix, computed like the official `utils/metrics_new.py`.
 
-Rows of the matrix are ground truth, columns predictions; pixels labelled 255 are ignored. As
-upstream, per-class IoU, Acc (recall) and F1 that are undefined (a class with neither ground-truth
-nor predicted pixels) count as 0 and are included in the means; everything is in percent, rounded
-to 2 decimals. Differences from upstream: the matrix is int64 (upstream's float32 rounds counts above
-2^24), and aAcc (overall pixel accuracy, which upstream does not report) is added. To combine
-processes, sum their `.hist` and wrap the sum with `Metrics.from_hist`.
+Rows of the matrix are ground truth, columns predictions; pixels labelled `IGNORE_LABEL` (255) are
+ignored. As upstream, per-class IoU, Acc (recall) and F1 that are undefined (a class with neither
+ground-truth nor predicted pixels) count as 0 and are included in the means; everything is in
+percent, rounded to 2 decimals. Differences from upstream: the matrix is int64 (upstream's float32
+rounds counts above 2^24), and aAcc (overall pixel accuracy, which upstream does not report) is
+added. To combine processes, sum their `.hist` and wrap the sum with `Metrics.from_hist`.
 """
 import numpy as np
 from tabulate import tabulate
+
+from local_configs._base_ import IGNORE_LABEL
 
 
 def _ratio(num, den):
@@ -22,7 +24,7 @@ def _percent(values):
     return (values * 100).round(2).tolist(), round(float(values.mean()) * 100, 2)
 
 
-def summarize(hist):
+def segmentation_scores(hist):
     """aAcc, mIoU, mAcc, mF1 and per-class IoU/Acc/F1 (all in %) of confusion matrix `hist`."""
     tp, gt_count, pred_count = np.diag(hist), hist.sum(1), hist.sum(0)
     iou, miou = _percent(_ratio(tp, gt_count + pred_count - tp))
@@ -35,13 +37,13 @@ def summarize(hist):
 class Metrics:
     """A confusion matrix over `num_classes` classes, filled with `update`."""
 
-    def __init__(self, num_classes, ignore_index=255):
+    def __init__(self, num_classes, ignore_index=IGNORE_LABEL):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.hist = np.zeros((num_classes, num_classes), np.int64)
 
     @classmethod
-    def from_hist(cls, hist, ignore_index=255):
+    def from_hist(cls, hist, ignore_index=IGNORE_LABEL):
         """Metrics around an existing (e.g. summed over processes) confusion matrix."""
         metrics = cls(len(hist), ignore_index)
         metrics.hist = np.asarray(hist, np.int64).copy()
@@ -61,8 +63,8 @@ class Metrics:
         self.hist += np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
 
     def summary(self):
-        """See `summarize`."""
-        return summarize(self.hist)
+        """See `segmentation_scores`."""
+        return segmentation_scores(self.hist)
 
     def format_table(self, class_names, mode_text):
         """Per-class IoU/Acc/F1 and a summary row, mmsegmentation-style, labelled with the eval mode."""
@@ -74,6 +76,7 @@ class Metrics:
         summary = tabulate(overall, headers=["Mode", "aAcc", "mIoU", "mAcc", "mF1"], tablefmt="pretty")
         return f"per-class results ({mode_text}):\n{per_class}\nsummary:\n{summary}"
 
+
 def trivial_baseline(label_counts):
     """Metrics of predicting the most frequent class everywhere, from per-class label pixel counts.
 
@@ -82,4 +85,4 @@ def trivial_baseline(label_counts):
     counts = np.asarray(label_counts, np.int64)
     hist = np.zeros((counts.size, counts.size), np.int64)
     hist[:, counts.argmax()] = counts
-    return dict(summarize(hist), class_index=int(counts.argmax()))
+    return dict(segmentation_scores(hist), class_index=int(counts.argmax()))

@@ -7,18 +7,17 @@ Accepted files:
   preferred as upstream does, else `state_dict`; `args`, `optimizer`, ... beside them) and DFormerv2
   `*_pretrained.pth` (`{'model': backbone}`); these fill the backbone only;
 - checkpoints written by `save_checkpoint` (pickle, `.pkl`).
-The files are read without torch by `utils/torch_reader.py` (both formats `torch.save` writes).
+The files are read without torch by `utils/engine/torch_reader.py` (both formats `torch.save` writes).
 """
-import os
 import pickle
 import re
-import tempfile
 
 import numpy as np
 
 from models.registry import identify
+from utils.errors import UserError
+from utils.files import atomic_open
 
-from .errors import UserError
 from .torch_reader import Opaque, read_checkpoint
 
 # Keys a trained (full segmentor) checkpoint may carry that no model entry receives:
@@ -199,24 +198,10 @@ def load_checkpoint(model, path, backbone_only=False):
 
 
 def save_checkpoint(path, **content):
-    """Pickle `content` (numpy arrays and Python values) to `path` atomically.
-
-    The file is written beside its destination and renamed over it, so an interrupted run
-    never leaves a half-written checkpoint.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pkl")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            pickle.dump(content, file, protocol=4)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Pickle `content` (numpy arrays and Python values) to `path` atomically, so an interrupted
+    run never leaves a half-written checkpoint."""
+    with atomic_open(path) as file:
+        pickle.dump(content, file, protocol=4)
 
 
 def state_dict_numpy(model):

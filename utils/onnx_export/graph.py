@@ -11,7 +11,7 @@ Runtime folds them into constants when the sizes are fixed.
 """
 import numpy as np
 
-from .errors import UserError
+from utils.errors import UserError
 
 MIN_OPSET = 13  # Squeeze/Unsqueeze/Split take their axes as inputs, Softmax works on one axis
 DEFAULT_OPSET = 17

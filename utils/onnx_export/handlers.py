@@ -6,7 +6,7 @@ state_dict prefix, so initializers carry the parameter names (`backbone.stages.0
 ...). Each handler writes the arithmetic of that module's `execute` with `GraphBuilder`; where the
 Jittor module calls a CPU fast path (`models/layers.py`), the handler writes the plain maths that
 the fast path computes. A module type without a handler raises `ExportError` naming it. The
-registry (`HANDLERS`, `handles`) and the handlers of generic layers are in `utils/onnx_layers.py`.
+registry (`HANDLERS`, `handles`) and the handlers of generic layers are in `utils/onnx_export/layers.py`.
 """
 import numpy as np
 
@@ -16,8 +16,8 @@ from models.decoders.ham_head import NMF2D, Hamburger, LightHamHead
 from models.encoders import DFormer as v1
 from models.encoders import DFormerv2 as v2
 
-from .onnx_graph import ExportError
-from .onnx_layers import HANDLERS, handles
+from .graph import ExportError
+from .layers import HANDLERS, handles
 
 
 class Exporter:
@@ -39,7 +39,7 @@ class Exporter:
             cls = type(module)
             raise ExportError(f"cannot export module {self.name(module) or 'model'} ({cls.__module__}."
                               f"{cls.__qualname__}): no ONNX handler for this module type "
-                              "(register one with `handles`, see utils/onnx_layers.py)")
+                              "(register one with `handles`, see utils/onnx_export/layers.py)")
         outer, self.g.scope = self.g.scope, self.name(module)
         try:
             return handler(self, module, *inputs, **options)

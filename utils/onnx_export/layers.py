@@ -3,7 +3,7 @@
 A handler `handler(exporter, module, *inputs)` writes the evaluation-mode arithmetic of one module
 type's `execute` with the exporter's `GraphBuilder` and returns the output name(s); `handles(*classes)`
 registers it in `HANDLERS`. The DFormer / DFormerv2 / decode-head handlers and the `Exporter` that
-walks a model are in `utils/onnx_handlers.py`.
+walks a model are in `utils/onnx_export/handlers.py`.
 """
 from jittor import nn
 

@@ -1,0 +1,1 @@
+"""The training engine: evaluation, metrics, checkpoints (and the torch-file reader), visualisation."""
