@@ -12,12 +12,13 @@ Same parameters and buffers (`weight`, `bias`, `running_mean`, `running_var`), s
   SyncBatchNorm): the mean of the per-process means, then the mean of the per-process centred
   variances about that global mean, so equal per-process batches give the full-batch values;
   n counts the pixels of all processes.
-On the CPU (float32) the same numbers come from multi-threaded kernels (`cpu_float64.py`).
+On the CPU (float32) the same numbers come from multi-threaded kernels (`models/kernels/float64.py`).
 """
 import jittor as jt
 from jittor import nn
 
-from . import cpu_float64, cpu_kernels
+from . import kernels
+from .kernels import float64 as cpu_float64
 
 
 class BatchNorm2d(nn.BatchNorm):
@@ -27,7 +28,7 @@ class BatchNorm2d(nn.BatchNorm):
         if not self.is_train:
             return super().execute(x)
         sync = self.sync and jt.in_mpi
-        if cpu_kernels.applies(x):  # multi-threaded kernels, same numbers
+        if kernels.applies(x):  # multi-threaded kernels, same numbers
             y, mean, var = cpu_float64.batch_norm_train(x, self.weight, self.bias, self.eps, sync)
         else:
             y, mean, var = self.stock_forward(x, sync)

@@ -9,7 +9,7 @@ The rest is CPU speed, same maths: on the CPU Jittor's own kernels are single-th
 2-D products and convolutions reach oneDNN. `resize`, `PointwiseConv2d` and `bmm` turn work into
 2-D oneDNN products; on the CPU (float32, training and inference alike) `ChannelsLastConv2d`,
 `layer_norm`, `gelu`, `axial_attention`, `full_attention` and `pooled_attention` run the multi-threaded kernels of
-`cpu_kernels.py` and `cpu_attention.py`, each with its own backward pass (`cpu_kernels.applies`
+`kernels/ops.py` and `kernels/attention.py`, each with its own backward pass (`kernels.applies`
 decides). The GPU takes the stock Jittor ops and changes layouts only through `layout.py`, so that
 no op of its graph runs on the host.
 """
@@ -20,7 +20,9 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from . import cpu_attention, cpu_kernels
+from . import kernels
+from .kernels import attention as cpu_attention
+from .kernels import ops as cpu_ops
 from .batchnorm import BatchNorm2d
 from .layout import conv_nhwc, matmul, permute
 
@@ -30,10 +32,10 @@ def layer_norm(x, weight, bias, eps):
 
     Why not `jt.nn.LayerNorm`: it computes E[x^2] - E[x]^2, which loses digits on the large
     residual-stream activations of deep stages and breaks 1e-4 parity. On the CPU one
-    multi-threaded kernel each way (`cpu_kernels.layer_norm`).
+    multi-threaded kernel each way (`cpu_ops.layer_norm`).
     """
-    if cpu_kernels.applies(x):
-        return cpu_kernels.layer_norm(x, weight, bias, eps)
+    if kernels.applies(x):
+        return cpu_ops.layer_norm(x, weight, bias, eps)
     xc = x - x.mean(-1, keepdims=True)
     var = (xc * xc).mean(-1, keepdims=True)
     return xc / jt.sqrt(var + eps) * weight + bias
@@ -41,7 +43,7 @@ def layer_norm(x, weight, bias, eps):
 
 def gelu(x):
     """GELU (erf form); on the CPU one multi-threaded kernel each way."""
-    return cpu_kernels.gelu(x) if cpu_kernels.applies(x) else nn.gelu(x)
+    return cpu_ops.gelu(x) if kernels.applies(x) else nn.gelu(x)
 
 
 class GELU(nn.Module):
@@ -66,7 +68,7 @@ def resize(x, size):
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    if not cpu_kernels.enabled():
+    if not kernels.enabled():
         return nn.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     (h, w), (H, W) = x.shape[-2:], size
     rows = jt.array(_bilinear_matrix(int(h), int(H)))  # (H, h)
@@ -121,7 +123,7 @@ def rotate_pairs(x):
     with full-size zero tensors and `setitem`s in their backward (~80 ms of a DFormerv2-B
     training step at 8x120x160). The GPU keeps the slices.
     """
-    if cpu_kernels.applies(x):
+    if kernels.applies(x):
         return x @ jt.array(_pair_rotation_matrix(int(x.shape[-1])))
     x1, x2 = x[..., ::2], x[..., 1::2]
     return jt.stack([-x2, x1], dim=-1).reshape(x.shape)
@@ -154,7 +156,7 @@ def adaptive_avg_pool_nhwc(x, out):
     B, H, W, C = x.shape
     pool_h = jt.array(_adaptive_pool_matrix(H, out))  # (out, H)
     pool_w = jt.array(_adaptive_pool_matrix(W, out))  # (out, W)
-    if not cpu_kernels.enabled():  # the GPU: two batched products, no transposes
+    if not kernels.enabled():  # the GPU: two batched products, no transposes
         x = matmul(pool_h.broadcast((B, out, H), [0]), x.reshape(B, H, W * C))  # pool rows: (B, out_h, W*C)
         x = matmul(pool_w.broadcast((B * out, out, W), [0]), x.reshape(B * out, W, C))  # (B*out_h, out_w, C)
         return x.reshape(B, out, out, C)
@@ -170,7 +172,7 @@ class ChannelsLastConv2d(nn.Conv2d):
 
     Why: Jittor's convolution is NCHW, so a channels-last block would pay two transposes around
     every convolution, and oneDNN's depthwise backward passes are slow. On the CPU this is
-    `cpu_kernels.conv_nhwc`: oneDNN with NHWC ("acdb") input and output, an OpenMP kernel for wide
+    `cpu_ops.conv_nhwc`: oneDNN with NHWC ("acdb") input and output, an OpenMP kernel for wide
     3x3 depthwise convs, and OpenMP kernels for depthwise gradients. The GPU runs cuDNN on the NHWC
     tensor (`layout.conv_nhwc`), not Jittor's depthwise kernel (one thread block per channel and
     image); only without cuDNN the stock convolution of an NCHW copy.
@@ -179,8 +181,8 @@ class ChannelsLastConv2d(nn.Conv2d):
     def execute(self, x, residual_gelu=False):
         """conv(x), or with `residual_gelu` gelu(conv(x) + x) (DFormer's MLP position encoding and
         activation, fused into the depthwise kernel in inference)."""
-        if cpu_kernels.applies_with_onednn(x):
-            return cpu_kernels.conv_nhwc(x, self, residual_gelu)
+        if kernels.applies_with_onednn(x):
+            return cpu_ops.conv_nhwc(x, self, residual_gelu)
         y = conv_nhwc(x, self)
         if y is None:  # no library for channels-last convolutions loaded
             y = permute(super().execute(permute(x, 0, 3, 1, 2)), 0, 2, 3, 1)
@@ -204,7 +206,7 @@ class TapSumConv2d(nn.Conv2d):
     """
 
     def execute(self, x):
-        if not (self.is_training() and cpu_kernels.applies_with_onednn(x)) or self.groups != 1:
+        if not (self.is_training() and kernels.applies_with_onednn(x)) or self.groups != 1:
             return super().execute(x)
         B, C, H, W = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -212,7 +214,7 @@ class TapSumConv2d(nn.Conv2d):
         taps = x.reindex([kh * kw, B, OH, OW, C], [  # (kh*kw, B, OH, OW, C), zero in the padding
             "i1", "i4", f"i2*{sh}+i0/{kw}-{ph}", f"i3*{sw}+i0%{kw}-{pw}"]).reshape(kh * kw, B * OH * OW, C)
         weight = self.weight.permute(2, 3, 1, 0).reshape(kh * kw, C, self.out_channels)  # (kh*kw, C, out)
-        y = cpu_kernels.batched_matmul(taps, weight).sum(0)  # (B*OH*OW, out)
+        y = cpu_ops.batched_matmul(taps, weight).sum(0)  # (B*OH*OW, out)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(B, OH, OW, self.out_channels).permute(0, 3, 1, 2)
@@ -223,18 +225,18 @@ class PointwiseConv2d(nn.Conv2d):
 
     Why: Jittor's CPU convolution wraps oneDNN's in layout reorders; a 1x1 convolution is a plain
     GEMM, (out, in) @ (in, H*W), and runs about twice as fast as one (the whole decode head but
-    NMF is 1x1 convolutions). On the CPU `cpu_kernels.batched_matmul`, the GPU keeps cuDNN.
+    NMF is 1x1 convolutions). On the CPU `cpu_ops.batched_matmul`, the GPU keeps cuDNN.
     """
 
     def __init__(self, in_channels, out_channels, bias=True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def execute(self, x):
-        if not cpu_kernels.applies_with_onednn(x):
+        if not kernels.applies_with_onednn(x):
             return super().execute(x)
         B, C, H, W = x.shape
         weight = self.weight.reshape(1, self.out_channels, C)
-        y = cpu_kernels.batched_matmul(weight, x.reshape(B, C, H * W))  # (B, out, H*W)
+        y = cpu_ops.batched_matmul(weight, x.reshape(B, C, H * W))  # (B, out, H*W)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1)
         return y.reshape(B, self.out_channels, H, W)
@@ -244,13 +246,13 @@ def bmm(a, b, transpose_a=False, transpose_b=False):
     """Batched product op_a(a) @ op_b(b), op = transpose when asked: (B, n, m) @ (B, m, k) -> (B, n, k).
 
     Why not `jt.bmm` on the CPU: Jittor runs any batched product as one single-threaded
-    broadcast-multiply-sum loop; `cpu_kernels.batched_matmul` runs one multi-threaded oneDNN sgemm
+    broadcast-multiply-sum loop; `cpu_ops.batched_matmul` runs one multi-threaded oneDNN sgemm
     per batch entry (transposed operands read in place), in one op. On the GPU one cuBLAS product
     with transpose flags (`layout.matmul`).
     """
-    if not cpu_kernels.applies_with_onednn(a):
+    if not kernels.applies_with_onednn(a):
         return matmul(a, b, transpose_a, transpose_b)
-    return cpu_kernels.batched_matmul(a, b, transpose_a, transpose_b)
+    return cpu_ops.batched_matmul(a, b, transpose_a, transpose_b)
 
 
 def axial_attention(q, k, v, mask_w, mask_h):
@@ -262,7 +264,7 @@ def axial_attention(q, k, v, mask_w, mask_h):
     """
     B, n, H, W, d = q.shape
     C = n * d
-    if cpu_kernels.applies(q):
+    if kernels.applies(q):
         qk_rows = (n * H * W * d, H * W * d, W * d, d)  # groups (b, head, row), position = column
         qk_cols = (n * H * W * d, H * W * d, d, W * d)  # groups (b, head, column), position = row
         v_rows = (H * W * C, d, W * C, C)  # v (B, H, W, n*d) seen as groups (b, head, row)
@@ -287,7 +289,7 @@ def full_attention(q, k, v, mask):
     """
     B, n, H, W, d = q.shape
     C = n * d
-    if cpu_kernels.applies(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
+    if kernels.applies(q):  # one group per (b, head); v and the output read as (B, HW, n, d)
         qk, vo = (n * H * W * d, H * W * d, 0, d), (H * W * C, d, 0, C)
         return cpu_attention.attention(q, k, v, mask, (B, n, 1), [qk, qk, vo, vo], (B, H, W, C), d)
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
@@ -305,7 +307,7 @@ def pooled_attention(q, kv):
     """
     B, Lq, n, d = q.shape
     Lk = kv.shape[1]
-    if cpu_kernels.applies(q):  # one group per (b, head)
+    if kernels.applies(q):  # one group per (b, head)
         q_view, out_view = (Lq * n * d, d, 0, n * d), (n * Lq * d, Lq * d, 0, d)
         k_view, v_view = (Lk * 2 * n * d, d, 0, 2 * n * d), (Lk * 2 * n * d, d, 0, 2 * n * d, n * d)
         return cpu_attention.attention(q, kv, kv, None, (B, n, 1), [q_view, k_view, v_view, out_view], (B, n, Lq, d), d)

@@ -12,11 +12,11 @@ runs the GPU's graph):
   transposes around it, as PyTorch does for the official model's permuted tensors;
 - `argmax` is a max, a compare and a min (Jittor's argmax is CPU-only without CUB, and transposes
   its input when the axis is not the last).
-On the CPU fast path (`cpu_kernels.enabled`) each is Jittor's stock op, as before.
+On the CPU fast path (`kernels.enabled`) each is Jittor's stock op, as before.
 """
 import jittor as jt
 
-from . import cpu_kernels
+from . import kernels
 
 _NHWC = dict(xformat="acdb", wformat="oihw", yformat="acdb")  # (B, H, W, C) in and out, (out, in, kh, kw) weight
 
@@ -25,7 +25,7 @@ def permute(x, *axes):
     """`x.permute(*axes)` that never becomes a CPU-only `TransposeOp` off the CPU fast path."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    return x.permute(*axes) if cpu_kernels.enabled() else x.fuse_transpose(axes)
+    return x.permute(*axes) if kernels.enabled() else x.fuse_transpose(axes)
 
 
 def _swap_last_two(x):
@@ -89,7 +89,7 @@ def conv_nhwc(x, conv):
 
 def argmax(x, dim):
     """Index (int32) of the first maximum along `dim`, as `jt.argmax(x, dim)[0]`."""
-    if cpu_kernels.enabled():
+    if kernels.enabled():
         return jt.argmax(x, dim)[0]
     first = jt.index(x.shape, dim) + (x != x.max(dim, keepdims=True)).int32() * x.shape[dim]
     return first.min(dim)

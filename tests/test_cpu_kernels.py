@@ -1,4 +1,4 @@
-"""The CPU kernels of `models/cpu_kernels.py` against Jittor's stock ops: values and gradients.
+"""The CPU kernels of `models/kernels/ops.py` against Jittor's stock ops: values and gradients.
 
 On the CPU the models run these kernels in training and inference alike; the stock ops (what
 the GPU runs) are forced here with the switch DFORMER_CPU_KERNELS=0.
@@ -14,12 +14,12 @@ def stock_path(monkeypatch):
     """A context in which the models take the stock Jittor ops (the GPU's)."""
     import contextlib
 
-    from models import cpu_kernels
+    from models import kernels
 
     @contextlib.contextmanager
     def stock():
         with monkeypatch.context() as patch:
-            patch.setenv(cpu_kernels.SWITCH, "0")
+            patch.setenv(kernels.SWITCH, "0")
             yield
 
     return stock
@@ -222,7 +222,7 @@ def test_cross_entropy_sum():
 
 def test_batch_norm_train():
     """Train-mode BatchNorm's kernels against its stock ops: output, float64 statistics, gradients."""
-    from models import cpu_float64
+    from models.kernels import float64 as cpu_float64
     from models.batchnorm import BatchNorm2d
 
     bn = BatchNorm2d(6, eps=1e-3)

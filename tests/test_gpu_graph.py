@@ -1,6 +1,6 @@
 """The op graph a GPU runs has no op without a CUDA implementation, tested on the CPU.
 
-With DFORMER_CPU_KERNELS=0 the CPU takes the GPU's ops (`models.cpu_kernels.enabled`). For each
+With DFORMER_CPU_KERNELS=0 the CPU takes the GPU's ops (`models.kernels.enabled`). For each
 of the 7 models an eval forward at 1x64x64 and a training step (`utils.train.train_step`: forward,
 loss, backward, AdamW) run under Jittor's profiler; none of the executed ops may be one that Jittor
 would run on the host inside a CUDA graph (`utils.gpu_graph.CPU_ONLY_OPS`: `transpose`, `jt.code`
@@ -25,11 +25,11 @@ def reference():
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_KEYS))
 def test_gpu_graph_runs_no_cpu_only_op(name, reference, monkeypatch):
-    from models import cpu_kernels
+    from models import kernels
     from utils.gpu_graph import cpu_only_ops, eval_forward, profile, training_step
     from utils.gpu_jittor import build_with_weights
 
-    monkeypatch.setenv(cpu_kernels.SWITCH, "0")
+    monkeypatch.setenv(kernels.SWITCH, "0")
     model, C = build_with_weights(name)
     found = {}
     logits = []
@@ -46,11 +46,11 @@ def test_gpu_graph_runs_no_cpu_only_op(name, reference, monkeypatch):
 
 def test_profile_sees_cpu_kernels():
     """The same check with the CPU kernels on finds them: the detector is not blind to `jt.code`."""
-    from models import cpu_kernels
+    from models import kernels
     from utils.gpu_graph import cpu_only_ops, eval_forward, profile
     from utils.gpu_jittor import build_with_weights
 
-    assert cpu_kernels.enabled()
+    assert kernels.enabled()
     model, _ = build_with_weights("DFormer-Tiny")
     assert cpu_only_ops(profile(lambda: eval_forward(model, SHAPE))).get("code", 0) > 0
 
@@ -80,10 +80,10 @@ def test_layout_ops_match_stock_ops(monkeypatch):
     convolution of an NCHW copy, values and gradients."""
     import jittor as jt
 
-    from models import cpu_kernels, layout
+    from models import kernels, layout
     from models.layers import ChannelsLastConv2d
 
-    monkeypatch.setenv(cpu_kernels.SWITCH, "0")
+    monkeypatch.setenv(kernels.SWITCH, "0")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 4, (2, 5, 6, 7)).astype(np.float32)  # many ties
     for dim in range(4):
@@ -111,7 +111,7 @@ def test_mlp_decoder(monkeypatch):
     gives the CPU path's values and gradients."""
     import jittor as jt
 
-    from models import cpu_kernels
+    from models import kernels
     from models.decoders.MLPDecoder import DecoderHead
     from utils.gpu_graph import cpu_only_ops, profile
 
@@ -127,7 +127,7 @@ def test_mlp_decoder(monkeypatch):
         return [y.numpy()] + [g.numpy() for g in jt.grad((y * y).sum(), inputs + params)]
 
     cpu = run()
-    monkeypatch.setenv(cpu_kernels.SWITCH, "0")
+    monkeypatch.setenv(kernels.SWITCH, "0")
     gpu_graph = []
     assert cpu_only_ops(profile(lambda: gpu_graph.extend(run()))) == {}
     for a, b in zip(cpu, gpu_graph):

@@ -8,13 +8,13 @@ copies the outputs back (`src/executor.cc`). In Jittor 1.3.11 these are (rows of
   an empty stub); a permute that keeps the last axis is a `fuse_transpose`, which has a kernel;
 - `arg_reduce`, `argsort`: CPU-only unless CUB is loaded, and then they transpose their input
   whenever the reduced axis is not the last one;
-- `code`: a `jt.code` kernel; those of the models (`cpu_kernels.py` and its siblings) have CPU
+- `code`: a `jt.code` kernel; those of the models (`models/kernels/`) have CPU
   source only, and a CPU run cannot tell the others apart, so every one counts;
 - `numpy_code`: a numpy callback.
 (`random` has no CUDA kernel either, but with CUDA Jittor makes it a cuRAND op, and cuRAND loads
 wherever Jittor imports with CUDA.)
 On a GPU `jt.flags.use_cuda = 2` makes any of them an error (`run_under_use_cuda_2`). On the CPU,
-DFORMER_CPU_KERNELS=0 (`models.cpu_kernels.SWITCH`) makes the models take the GPU's ops, so the
+DFORMER_CPU_KERNELS=0 (`models.kernels.SWITCH`) makes the models take the GPU's ops, so the
 profile of a CPU run lists what a GPU would run on the host (`cpu_only_ops`); products and
 convolutions run there as oneDNN ops, on the GPU as cuBLAS/cuDNN ops.
 """
@@ -23,7 +23,7 @@ import contextlib
 
 import numpy as np
 
-from models import cpu_kernels
+from models import kernels
 from utils.synthetic_weights import synthetic_inputs
 
 CPU_ONLY_OPS = ("transpose", "arg_reduce", "argsort", "code", "numpy_code")
@@ -107,15 +107,15 @@ def gpu_op_graph():
     """On the CPU, the models take the GPU's ops (DFORMER_CPU_KERNELS=0) inside this block."""
     import os
 
-    saved = os.environ.get(cpu_kernels.SWITCH)
-    os.environ[cpu_kernels.SWITCH] = "0"
+    saved = os.environ.get(kernels.SWITCH)
+    os.environ[kernels.SWITCH] = "0"
     try:
         yield
     finally:
         if saved is None:
-            del os.environ[cpu_kernels.SWITCH]
+            del os.environ[kernels.SWITCH]
         else:
-            os.environ[cpu_kernels.SWITCH] = saved
+            os.environ[kernels.SWITCH] = saved
 
 
 def eval_forward(model, shape, seed=STEP_SEED):

@@ -5,11 +5,12 @@ per-pixel losses by a float32 mean of the label mask, and Jittor's float32 reduc
 sequential sums, so the mean of a 2.5M-pixel mask of ones comes out as 1.015; the loss (and every
 gradient) of an official 8x480x640 batch is ~1.7% too small. Here the per-pixel losses are summed
 in float64 and divided by the exact integer count of labelled pixels. On the CPU (float32) one
-multi-threaded kernel each way computes the same sums (`models/cpu_float64.py`).
+multi-threaded kernel each way computes the same sums (`models/kernels/float64.py`).
 """
 import jittor as jt
 
-from models import cpu_float64, cpu_kernels
+from models import kernels
+from models.kernels import float64 as cpu_float64
 
 
 def cross_entropy_sum(logits, label, ignore_index):
@@ -17,7 +18,7 @@ def cross_entropy_sum(logits, label, ignore_index):
 
     logits: (B, K, H, W) float32; label: (B, H, W) integers, `ignore_index` = unlabelled.
     """
-    if cpu_kernels.applies(logits) and logits.ndim == 4:
+    if kernels.applies(logits) and logits.ndim == 4:
         return cpu_float64.cross_entropy_sum(logits, label, ignore_index)
     return stock_cross_entropy_sum(logits, label, ignore_index)
 

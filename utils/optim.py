@@ -16,7 +16,8 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from models import cpu_kernels
+from models import kernels
+from models.kernels import ops as cpu_ops
 from models.batchnorm import SyncBatchNorm
 from utils.errors import UserError
 
@@ -54,7 +55,7 @@ class AdamW(jt.optim.AdamW):
         if loss is not None:
             self.backward(loss, retain_graph)
         self.n_step += 1
-        if not cpu_kernels.enabled():
+        if not kernels.enabled():
             return super().step()
         self.pre_step(None)  # the CPU: the same update in one multi-threaded kernel per parameter
         n = float(self.n_step)
@@ -67,7 +68,7 @@ class AdamW(jt.optim.AdamW):
             for p, g, v, m in zip(group["params"], group["grads"], group["values"], group["m"]):
                 if p.is_stop_grad():
                     continue
-                new_p, new_m, new_v = cpu_kernels.adamw_update(p, g, m, v, scalars)
+                new_p, new_m, new_v = cpu_ops.adamw_update(p, g, m, v, scalars)
                 p.update(new_p)
                 m.update(new_m)
                 v.update(new_v)

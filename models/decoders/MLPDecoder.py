@@ -6,7 +6,7 @@ names. Its BN gets eps `bn_eps` (1e-3), as upstream's `init_weight` sets for the
 import jittor as jt
 from jittor import nn
 
-from .. import cpu_kernels
+from .. import kernels
 from ..batchnorm import BatchNorm2d
 from ..layout import matmul, permute
 from ..layers import resize
@@ -26,7 +26,7 @@ class MLP(nn.Module):
     def execute(self, x):
         B, C, H, W = x.shape
         x = x.reshape(B, C, H * W)
-        if cpu_kernels.enabled():
+        if kernels.enabled():
             return permute(self.proj(permute(x, 0, 2, 1)), 0, 2, 1).reshape(B, -1, H, W)
         weight = self.proj.weight.broadcast((B, *self.proj.weight.shape), [0])  # (B, E, C)
         return (matmul(weight, x) + self.proj.bias.reshape(1, -1, 1)).reshape(B, -1, H, W)  # (B, E, HW)

@@ -2,39 +2,14 @@
 
 Why: on the CPU Jittor compiles every element-wise and reduction op into a single-threaded loop,
 and oneDNN's depthwise-convolution gradients are slow. Here: channels-last convolutions (oneDNN in
-NHWC, OpenMP depthwise kernels), GELU and LayerNorm (the DFormerv2 attention is in
-`cpu_attention.py`). Each computes the same maths as the stock Jittor ops it replaces (tested to
+NHWC, OpenMP depthwise kernels), GELU, LayerNorm and the AdamW update (the attention is in
+`attention.py`). Each computes the same maths as the stock Jittor ops it replaces (tested to
 ~1e-5, values and gradients); each is a `jt.Function`, so autograd uses the kernel's own backward.
-CPU and float32 only. `applies` below is the one decision where they (and the other CPU fast paths)
-run; the GPU takes the stock ops.
+CPU and float32 only: callers run them where `models.kernels.applies` holds; the GPU takes the
+stock ops.
 """
-import os
-
 import jittor as jt
 import numpy as np
-
-SWITCH = "DFORMER_CPU_KERNELS"  # "0" in the environment: the CPU runs the op graph a GPU runs
-
-
-def enabled():
-    """Whether the CPU fast path is on: Jittor runs on the CPU and DFORMER_CPU_KERNELS is not "0".
-
-    The one decision behind every CPU-only path: the kernels of this file, `cpu_attention.py` and
-    `cpu_float64.py`, and the oneDNN products, resizes and layout choices of `layers.py`. With the
-    switch at "0" the CPU takes the GPU's ops instead (tests/test_gpu_graph.py runs the models so).
-    """
-    return not jt.flags.use_cuda and os.environ.get(SWITCH, "1") != "0"
-
-
-def applies(x):
-    """`enabled()` for a tensor `x`: the kernels are float32 only."""
-    return enabled() and x.dtype == "float32"
-
-
-def applies_with_onednn(x):
-    """`applies(x)` for the kernels that call oneDNN (`conv_nhwc`, `batched_matmul`)."""
-    return applies(x) and onednn_available()
-
 
 # ----------------------------------------------------------------------------- channels-last convolution
 
@@ -111,10 +86,6 @@ _DEPTHWISE_CHUNKS = 16  # row chunks of the weight-gradient sums (enough to bala
 # backward passes are slow in every layout (a 3x3 weight gradient over 256 channels at 30x40,
 # batch 8: ~1.4 s), so every stride-1 depthwise conv takes the kernels below for its gradients.
 DEPTHWISE_KERNEL_MIN_ELEMENTS = 2 ** 21
-
-
-def onednn_available():
-    return _MKL_OPS is not None
 
 
 def _is_depthwise_same(conv):

@@ -1,0 +1,40 @@
+"""Multi-threaded CPU kernels with their own backward passes, and the one predicate that decides
+where they run.
+
+`ops.py`: channels-last convolutions, GELU, LayerNorm, the AdamW update; `attention.py`: fused
+attention; `float64.py`: the training loss and train-mode BatchNorm with float64 sums. Jittor on
+the CPU runs element-wise ops, reductions and batched products as single-threaded loops; these
+kernels compute the same maths with OpenMP. `enabled()` / `applies(x)` below is the one decision
+behind every CPU-only path (these kernels and the oneDNN products, resizes and layout choices of
+`models/layers.py`, `layout.py` and the decoders, the loss and the optimiser); every caller uses it.
+"""
+import os
+
+import jittor as jt
+
+SWITCH = "DFORMER_CPU_KERNELS"  # "0" in the environment: the CPU runs the op graph a GPU runs
+
+
+def enabled():
+    """Whether the CPU fast path is on: Jittor runs on the CPU and DFORMER_CPU_KERNELS is not "0".
+
+    With the switch at "0" the CPU takes the GPU's ops instead (tests/test_gpu_graph.py runs the
+    models so).
+    """
+    return not jt.flags.use_cuda and os.environ.get(SWITCH, "1") != "0"
+
+
+def applies(x):
+    """`enabled()` for a tensor `x`: the kernels are float32 only."""
+    return enabled() and x.dtype == "float32"
+
+
+def onednn_available():
+    """Whether this Jittor was built with oneDNN (`use_mkl`), which `ops.conv_nhwc` and
+    `ops.batched_matmul` call."""
+    return getattr(jt, "mkl_ops", None) is not None
+
+
+def applies_with_onednn(x):
+    """`applies(x)` for the kernels that call oneDNN (`ops.conv_nhwc`, `ops.batched_matmul`)."""
+    return applies(x) and onednn_available()
