@@ -12,7 +12,7 @@ Two FLOPs counts, both in multiply-accumulates (GFLOPs = GMACs, as the papers pu
     Conv2d          output elements x in_channels/groups x kh x kw (bias not counted)
     Linear          output elements x in_features
     BatchNorm2d     4 x input elements (2 x, doubled for the affine weight and bias)
-    nn.LayerNorm    4 x input elements (DFormer v1's own LayerNorm class is not an
+    nn.LayerNorm    4 x input elements (DFormer v1's `FrozenLayerNorm` is not an
                     nn.LayerNorm, so thop counts 0 for it, and so do we)
     AdaptiveAvgPool2d (DFormer v1's 7x7 pooled queries; a function here, counted on `attention`)
                     int((H/7 x W/7 + 1) x output elements)

@@ -4,7 +4,7 @@
 over two groups built by module type, exactly as upstream's `group_weight` when its train.py
 calls it: Linear/Conv weights decay; their biases and every BatchNorm/`nn.LayerNorm` weight and
 bias do not. Parameters in neither group are never optimised: upstream this freezes DFormer's
-layer scales and its own `LayerNorm` class, and DFormerv2's `gamma_1/2` and `Geo.weight`.
+layer scales and its own LayerNorm class (`FrozenLayerNorm` here), and DFormerv2's `gamma_1/2` and `Geo.weight`.
 DFormerv2's stem and downsampling BatchNorms are `nn.SyncBatchNorm` upstream (`SyncBatchNorm`
 here): `train.sh`'s `--syncbn` (also the default) hands `group_weight` that type as its norm
 layer, so they train without weight decay; under `--no-syncbn` it gets `nn.BatchNorm2d`, which

@@ -3,7 +3,8 @@ Segmentation", Yin et al., ICLR 2024.
 
 Mirrors the official `models/encoders/DFormer.py` (VCIP-RGBD/DFormer) module for module, with
 identical parameter names so official checkpoints load unchanged. Differences:
-- `execute` instead of `forward`; tensors are NHWC inside the stages exactly as upstream.
+- `execute` instead of `forward`; upstream's own `LayerNorm` class is named `FrozenLayerNorm`
+  (it is never optimised; same keys); tensors are NHWC inside the stages exactly as upstream.
 - The 7x7 adaptive pool of the global-awareness attention uses PyTorch's bins (`layers.py`).
 - The stem and downsampling 3x3 convs are `TapSumConv2d` (same parameters; in CPU training one
   product per kernel tap, for float32 rounding that does not grow with the input width).
@@ -19,11 +20,12 @@ from ..layers import (GELU, ChannelsLastConv2d, TapSumConv2d, adaptive_avg_pool_
                       resize)
 
 
-class LayerNorm(nn.Module):
-    """Upstream's own channels-last LayerNorm (eps 1e-6).
+class FrozenLayerNorm(nn.Module):
+    """Upstream's own channels-last LayerNorm class (eps 1e-6), frozen in training.
 
-    Kept as a class separate from `nn.LayerNorm` because the official optimiser grouping skips
-    it: its weights stay frozen during fine-tuning (see `utils/optim.py`).
+    Not an `nn.LayerNorm`, so upstream's parameter grouping never collects its weight and bias: they
+    keep their pretrained values (`utils/optim.py`). Upstream calls it `LayerNorm`; the state_dict
+    keys are the same.
     """
 
     def __init__(self, dim, eps=1e-6):
@@ -42,7 +44,7 @@ class MLP(nn.Module):
     def __init__(self, dim, mlp_ratio=4):
         super().__init__()
         hidden = dim * mlp_ratio
-        self.norm = LayerNorm(dim)
+        self.norm = FrozenLayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.pos = ChannelsLastConv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.fc2 = nn.Linear(hidden, dim)
@@ -83,8 +85,8 @@ class attention(nn.Module):
             self.short_cut_linear = nn.Linear(dim // 2 * 3, dim // 2)
             self.kv = nn.Linear(dim, dim)
         self.act = GELU()
-        self.norm = LayerNorm(dim)
-        self.norm_e = LayerNorm(dim // 2)
+        self.norm = FrozenLayerNorm(dim)
+        self.norm_e = FrozenLayerNorm(dim // 2)
 
     def global_awareness(self, t, short_cut):
         """Attention of 7x7 pooled RGB-D queries over all positions, upsampled back to (H, W)."""

@@ -8,7 +8,7 @@ walks a model are in `utils/onnx_export/handlers.py`.
 from jittor import nn
 
 from models.batchnorm import BatchNorm2d, SyncBatchNorm
-from models.encoders.DFormer import LayerNorm as DFormerLayerNorm
+from models.encoders.DFormer import FrozenLayerNorm
 from models.layers import GELU, ChannelsLastConv2d, ConvModule, LayerNorm, PointwiseConv2d, TapSumConv2d
 
 
@@ -44,7 +44,7 @@ def linear(ex, m, x):
     return ex.g.linear(x, m.weight.numpy(), None if m.bias is None else m.bias.numpy(), ex.name(m))
 
 
-@handles(LayerNorm, DFormerLayerNorm)
+@handles(LayerNorm, FrozenLayerNorm)
 def layer_norm(ex, m, x):
     return ex.g.layer_norm(x, ex.param(m, "weight"), ex.param(m, "bias"), m.eps)
 
