@@ -58,6 +58,6 @@ class SyncBatchNorm(BatchNorm2d):
     layer and numerics, but its own type, because upstream's type decides what trains: its
     train.py passes `group_weight` the norm layer of its `--syncbn` flag; with `--syncbn` (its
     train.sh, and the default) these train like every BatchNorm, with `--no-syncbn` they are in
-    no group, as an `nn.SyncBatchNorm` is no `nn.BatchNorm2d` (`utils/optim.py`). Their statistics
+    no group, as an `nn.SyncBatchNorm` is no `nn.BatchNorm2d` (`utils/engine/optim.py`). Their statistics
     are synchronised over the processes whatever the flag.
     """

@@ -2,8 +2,8 @@
 
 Mirrors the official `models/builder.py` (VCIP-RGBD/DFormer). Differences: the backbone comes
 from the model registry (`models/registry.py`) instead of an if/elif ladder, and the decoder reads its input
-widths from `backbone.out_channels`; the loss is computed in `utils/train.py`, not here; no
-pretrained file is needed to build the model (load one with `utils.checkpoint`).
+widths from `backbone.out_channels`; the loss is computed in `utils/engine/loss.py`, not here; no
+pretrained file is needed to build the model (load one with `utils.engine.checkpoint`).
 """
 import jittor as jt
 from jittor import nn

@@ -59,7 +59,7 @@ def our_step1(model, C, seed, params, record):
     """Our step-1 gradients of `params` (concatenated) and decode-head ReLU inputs on batch `seed`."""
     import jittor as jt
 
-    from utils.loss import cross_entropy
+    from utils.engine.loss import cross_entropy
 
     rgb, depth, label, bases = training_batch(seed)
     model.decode_head.hamburger.ham.fixed_raw_bases = bases[0]

@@ -9,17 +9,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import utils  # noqa: E402,F401  (Jittor defaults)
+from models.jittor_env import apply_defaults  # noqa: E402
+
+apply_defaults()  # Jittor's environment defaults, before Jittor is imported
 
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from models import build_model  # noqa: E402
-from utils.dataset import RGBXDataset  # noqa: E402
+from utils.dataloader.dataset import RGBXDataset  # noqa: E402
 from utils.entry import load_config  # noqa: E402
-from utils.evaluate import evaluate  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
-from utils.train import seed_epoch, train_step  # noqa: E402
+from utils.engine.evaluate import evaluate  # noqa: E402
+from utils.engine.optim import build_optimizer  # noqa: E402
+from utils.engine.trainer import seed_epoch, train_step  # noqa: E402
 
 config, out_dir = sys.argv[1], sys.argv[2]
 C = load_config(config)

@@ -16,13 +16,15 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import utils  # noqa: E402,F401  (Jittor defaults)
+from models.jittor_env import apply_defaults  # noqa: E402
+
+apply_defaults()  # Jittor's environment defaults, before Jittor is imported
 
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.dataset import RGBXDataset  # noqa: E402
-from utils.train import (broadcast_from_rank0, build_training, load_training_config,  # noqa: E402
+from utils.dataloader.dataset import RGBXDataset  # noqa: E402
+from utils.engine.trainer import (broadcast_from_rank0, build_training, load_training_config,  # noqa: E402
                          micro_batch_groups, seed_epoch, train_step)
 from utils.synthetic_weights import synthetic_state_dict  # noqa: E402
 

@@ -66,7 +66,7 @@ def test_optimizer_key_is_honoured():
     from jittor import nn
 
     from utils.errors import UserError
-    from utils.optim import build_optimizer, optimizer_state, restore_optimizer
+    from utils.engine.optim import build_optimizer, optimizer_state, restore_optimizer
 
     def make(name):
         jt.set_global_seed(0)

@@ -175,7 +175,7 @@ def test_adamw_kernel_matches_jittor_adamw():
     """Three steps of our AdamW (CPU kernel) and Jittor's stock AdamW from the same start, two groups."""
     import jittor as jt
 
-    from utils.optim import AdamW
+    from utils.engine.optim import AdamW
 
     def run(optimizer_class):
         w, b = randn((6, 5), (5,), seed=4)
@@ -199,7 +199,7 @@ def test_cross_entropy_sum():
     labels include unlabelled (255) and out-of-range (7: counted, no loss) pixels."""
     import jittor as jt
 
-    from utils.loss import cross_entropy_sum, stock_cross_entropy_sum
+    from utils.engine.loss import cross_entropy_sum, stock_cross_entropy_sum
 
     (logits,) = randn((2, 5, 7, 9))
     logits = logits * 3

@@ -1,7 +1,7 @@
 """The op graph a GPU runs has no op without a CUDA implementation, tested on the CPU.
 
 With DFORMER_CPU_KERNELS=0 the CPU takes the GPU's ops (`models.kernels.enabled`). For each
-of the 7 models an eval forward at 1x64x64 and a training step (`utils.train.train_step`: forward,
+of the 7 models an eval forward at 1x64x64 and a training step (`utils.engine.trainer.train_step`: forward,
 loss, backward, AdamW) run under Jittor's profiler; none of the executed ops may be one that Jittor
 would run on the host inside a CUDA graph (`utils.gpu_graph.CPU_ONLY_OPS`: `transpose`, `jt.code`
 CPU kernels, ...). The eval logits must still match the official model's (parity fixture).

@@ -29,7 +29,7 @@ def test_loss_of_an_official_size_batch(path):
     mean of the mask): 1.5e-2 on this batch."""
     import jittor as jt
 
-    from utils import loss
+    from utils.engine import loss
 
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((8, 40, 480, 640), dtype=np.float32) * 4

@@ -48,7 +48,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tiny):
-    from utils.train import parse_args, train
+    from utils.engine.trainer import train
+    from utils.train import parse_args
 
     folder, config = tiny
     run_dir = folder / "run"
@@ -71,24 +72,24 @@ def test_training_writes_checkpoints_and_logs(trained):
 
 
 def test_resume_matches_uninterrupted_run(tiny, trained, monkeypatch):
-    import utils.engine.checkpoint
-    from utils.train import parse_args, train
+    from utils.engine import trainer
+    from utils.train import parse_args
 
     folder, config = tiny
     run_dir = folder / "interrupted"
-    save = utils.engine.checkpoint.save_checkpoint
+    save = trainer.save_checkpoint
 
     def save_then_die(path, **state):  # the process is killed right after epoch 1's checkpoint
         save(path, **state)
         if path.endswith("last.pkl") and state["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils.engine.checkpoint, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress"]))
-    monkeypatch.setattr(utils.engine.checkpoint, "save_checkpoint", save)
-    train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress",
-                      "--continue_fpath", str(run_dir / "last.pkl")]))  # upstream's name for --resume
+        trainer.train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress"]))
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    trainer.train(parse_args(["--config", config, "--run-dir", str(run_dir), "--no-progress",
+                              "--continue_fpath", str(run_dir / "last.pkl")]))  # upstream's name for --resume
     resumed, uninterrupted = read_state(run_dir / "last.pkl"), read_state(trained / "last.pkl")
     assert resumed["epoch"] == 2
     for key, value in uninterrupted["model"].items():
@@ -170,7 +171,7 @@ def test_bad_input_gives_one_clear_message(case, tiny, trained, tmp_path):
 def test_worker_processes_load_the_same_batches(tiny, trained):
     from utils.dataloader.dataset import RGBXDataset
     from utils.entry import load_config
-    from utils.train import seed_epoch
+    from utils.engine.trainer import seed_epoch
 
     C = load_config(tiny[1])
     batches = []

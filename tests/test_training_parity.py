@@ -27,7 +27,7 @@ MIN_CLEAN_BATCHES = 3
 def synthetic_model(name, tmp_path, **overrides):
     """Our model of official `name` with the stand-in weights, loaded through `load_checkpoint`."""
     from models import build_model
-    from utils.checkpoint import load_checkpoint, save_checkpoint
+    from utils.engine.checkpoint import load_checkpoint, save_checkpoint
 
     info = OFFICIAL_KEYS[name]
     C = copy.deepcopy(importlib.import_module(info["config"]).C)
@@ -43,8 +43,8 @@ def run_three_steps(model, C, seed, names):
     """Official loop with our loss, optimiser and schedule: losses, the step-1 gradients of the
     parameters `names` (concatenated), the update of those parameters, the final state_dict."""
     import jittor as jt
-    from utils.loss import cross_entropy
-    from utils.optim import WarmUpPolyLR, build_optimizer, set_lr
+    from utils.engine.loss import cross_entropy
+    from utils.engine.optim import WarmUpPolyLR, build_optimizer, set_lr
 
     model.decode_head.dropout.p = 0.0  # decode-head dropout off, as in the fixture
     model.train()
@@ -80,7 +80,7 @@ def test_parameter_groups_match_official(name, training_reference):
     `--no-syncbn` (those are in neither group, so never optimised). The order inside a group does
     not matter to AdamW or SGD."""
     from models import build_model
-    from utils.optim import group_weight
+    from utils.engine.optim import group_weight
 
     model = build_model(importlib.import_module(OFFICIAL_KEYS[name]["config"]).C)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -134,7 +134,7 @@ def test_three_training_steps_match_official(name, training_reference, tmp_path)
 @pytest.mark.parametrize("mode", ["msf", "sliding"])
 def test_evaluation_protocols_match_official(mode, tmp_path):
     import jittor as jt
-    from utils.evaluate import _SeededForward, predict
+    from utils.engine.evaluate import _SeededForward, predict
 
     ref = np.load(os.path.join(FIXTURES, "protocol_parity.npz"))
     model, C = synthetic_model(PROTOCOL_MODEL, tmp_path)

@@ -13,7 +13,7 @@ Then, for each model, with the synthetic stand-in weights of utils/synthetic_wei
   1. eval logits at 1x3x64x96 (NMF bases pinned) against a CPU run of the same weights, made in a
      subprocess started with `nvcc_path=""` (Jittor cannot switch devices reliably inside one
      process): max |diff| <= 1e-3;
-  2. three forward/backward/AdamW steps (utils.train.train_step, utils.optim.build_optimizer) on one
+  2. three forward/backward/AdamW steps (utils.engine.trainer.train_step, utils.engine.optim.build_optimizer) on one
      batch with the same dropout draws each step: the loss must drop;
   3. `jt.argmax(logits, 1)[0]` on the GPU matches the CPU argmax on >= 99 % of the pixels;
   4. latency at 480x640, batch 1 and 8, fp32 (then fp16, informational, if time is left): eval,

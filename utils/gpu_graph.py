@@ -135,11 +135,11 @@ def eval_forward(model, shape, seed=STEP_SEED):
 
 
 def training_step(model, C, shape, seed=STEP_SEED):
-    """One step of `utils.train.train_step` (forward, the training loss, backward, AdamW over the
+    """One step of `utils.engine.trainer.train_step` (forward, the training loss, backward, AdamW over the
     official parameter groups) on synthetic inputs and labels of `shape`; the loss."""
     import jittor as jt
-    from utils.optim import build_optimizer
-    from utils.train import train_step
+    from utils.engine.optim import build_optimizer
+    from utils.engine.trainer import train_step
 
     batch, height, width = shape
     rgb, depth, _ = synthetic_inputs(batch, height, width, seed)

@@ -93,8 +93,8 @@ def eval_logits(model, shape, seed):
 def training_losses(model, C, shape):
     """Losses of TRAIN_STEPS AdamW steps (upstream parameter groups) on one fixed batch."""
     import jittor as jt
-    from utils.optim import build_optimizer
-    from utils.train import train_step
+    from utils.engine.optim import build_optimizer
+    from utils.engine.trainer import train_step
 
     batch, height, width = shape
     rgb, depth, raw_bases = synthetic_inputs(batch, height, width, TRAIN_SEED)

@@ -188,7 +188,7 @@ def measure_training(model, num_classes, batch_size=8, height=480, width=640, wa
                      lr=6e-5, progress=False, optimizer=None):
     """Images/s of forward + cross-entropy + backward + AdamW step on one fixed batch, and peak memory.
 
-    `optimizer`: the one to step (e.g. `utils.optim.build_optimizer`, the official parameter
+    `optimizer`: the one to step (e.g. `utils.engine.optim.build_optimizer`, the official parameter
     groups); by default AdamW over all parameters.
 
     The step is synced (`jt.sync_all(True)`) each iteration: Jittor would otherwise defer the
@@ -197,7 +197,7 @@ def measure_training(model, num_classes, batch_size=8, height=480, width=640, wa
     import jittor as jt
 
     from local_configs._base_ import IGNORE_LABEL
-    from utils.loss import cross_entropy
+    from utils.engine.loss import cross_entropy
 
     model.train()
     optimizer = optimizer or jt.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -325,7 +325,7 @@ def main(argv=None):
         if args.precision != "fp32":
             raise SystemExit("--train measures fp32 training only")
         jt.gc()
-        from utils.optim import build_optimizer
+        from utils.engine.optim import build_optimizer
 
         train = measure_training(model, config.num_classes, args.train_batch_size, args.height, args.width,
                                  iters=args.train_iters, progress=not args.no_progress,

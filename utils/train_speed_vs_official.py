@@ -35,8 +35,8 @@ def jittor_worker(root, config, batch, height, width):
     import jittor as jt
     from models import build_model
     from utils.latency import random_inputs
-    from utils.loss import cross_entropy
-    from utils.optim import build_optimizer
+    from utils.engine.loss import cross_entropy
+    from utils.engine.optim import build_optimizer
 
     C = load_config(f"local_configs.NYUDepthv2.{config}")
     model = build_model(C)

@@ -24,7 +24,7 @@ class FrozenLayerNorm(nn.Module):
     """Upstream's own channels-last LayerNorm class (eps 1e-6), frozen in training.
 
     Not an `nn.LayerNorm`, so upstream's parameter grouping never collects its weight and bias: they
-    keep their pretrained values (`utils/optim.py`). Upstream calls it `LayerNorm`; the state_dict
+    keep their pretrained values (`utils/engine/optim.py`). Upstream calls it `LayerNorm`; the state_dict
     keys are the same.
     """
 

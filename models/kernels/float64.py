@@ -7,7 +7,7 @@ float64 statistics are among the larger ones. Same numbers as the stock ops: the
 arithmetic per element, summed in float64 (the loss in fixed blocks, BatchNorm per channel in the
 stock order, so neither depends on the thread count); tested against the stock ops to ~1e-5,
 values and gradients. Each is a `jt.Function` with its own backward; CPU and float32 only,
-`utils/loss.py` and `models/batchnorm.py` call them where `models.kernels.applies` holds.
+`utils/engine/loss.py` and `models/batchnorm.py` call them where `models.kernels.applies` holds.
 """
 import jittor as jt
 

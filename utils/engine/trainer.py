@@ -1,0 +1,259 @@
+"""The training loop of `utils/train.py`.
+
+The official recipe (`utils/train.py` upstream, as `train.sh` runs it, `--syncbn` included):
+AdamW with upstream's parameter groups, warm-up poly schedule updated after every step,
+cross-entropy over labelled pixels, validation at epoch 1, every 10 epochs and every epoch after
+`checkpoint_start_epoch`. Multi-process with Jittor's MPI:
+`mpirun -np N python utils/train.py ...`; `C.batch_size` is the global (effective) batch, as
+upstream; every process starts from process 0's weights. `--accum-steps N` (`C.accum_steps`)
+accumulates the gradients of N micro-batches per optimiser step, so fewer GPUs reach the same
+effective batch; the schedule counts optimiser steps.
+
+Every epoch ends with `last.pkl` written atomically in the run folder (model, optimiser, epoch),
+so a killed run resumes with `--resume RUN/last.pkl` (upstream's `--continue_fpath` works too)
+and loses at most one epoch; the
+best validation mIoU is kept as `best.pkl`. Randomness is re-seeded from (seed, epoch) at the
+start of every epoch, so a resumed run continues exactly as an uninterrupted one.
+"""
+import os
+
+import jittor as jt
+import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from models import build_model
+from models.batchnorm import BatchNorm2d, SyncBatchNorm
+
+from ..dataloader.dataset import RGBXDataset
+from ..entry import load_config
+from ..errors import UserError
+from .checkpoint import load_checkpoint, save_checkpoint, state_dict_numpy
+from .evaluate import evaluate
+from .loss import cross_entropy
+from .optim import WarmUpPolyLR, build_optimizer, optimizer_state, restore_optimizer, set_lr
+
+
+def should_validate(epoch, C):
+    """Upstream's schedule, plus the last epoch."""
+    return epoch == 1 or epoch % 10 == 0 or epoch > C.checkpoint_start_epoch or epoch == C.nepochs
+
+
+def seed_epoch(seed, epoch, train_set):
+    """Re-seed every random source from (seed, epoch): resuming then replays the same draws."""
+    epoch_seed = seed * 1000 + epoch
+    jt.set_global_seed(epoch_seed)  # random, numpy, jittor (DropPath, NMF bases); + rank under MPI
+    train_set.set_epoch(epoch_seed)  # the loader's shuffle and augmentation
+
+
+def micro_batch_groups(loader, accum_steps):
+    """The loader's batches in lists of `accum_steps` (one optimiser step each)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accum_steps:
+            yield group
+            group = []
+
+
+def labelled_pixels(micro_batches, C):
+    """Labelled pixels in the micro-batches of this optimiser step, summed over all processes."""
+    count = sum(int((batch["label"].numpy() != C.background).sum()) for batch in micro_batches)
+    if jt.in_mpi:
+        count = int(jt.array(np.array([count], np.float64)).mpi_all_reduce("add").numpy()[0])
+    return count
+
+
+def train_step(model, optimizer, micro_batches, C):
+    """One optimiser step: forward and backward of each micro-batch, then one AdamW update.
+
+    The loss is the mean cross-entropy over the labelled pixels of the whole step, all
+    micro-batches of all processes, as one process computes it for the full batch upstream:
+    each micro-batch's loss sum is divided by that global count (times the number of processes,
+    as Jittor averages the gradients of the processes). So accumulated and multi-process
+    gradients equal the full-batch gradient (exactly where BatchNorm does not see the split);
+    upstream's DDP instead averages per-GPU means. Returns the step's loss as a float.
+    """
+
+    normaliser = labelled_pixels(micro_batches, C) / jt.world_size
+    losses = []
+    for batch in micro_batches:
+        logits = model(batch["data"], batch["modal_x"])
+        loss = cross_entropy(logits, batch["label"], C.background, normaliser=normaliser)
+        optimizer.backward(loss)
+        losses.append(loss.mpi_all_reduce("mean") if jt.in_mpi else loss)
+        if len(micro_batches) > 1:
+            jt.sync_all()  # run this backward now: one micro-batch's activations in memory at a time
+    optimizer.step()
+    return sum(float(loss.item()) for loss in losses)
+
+
+def broadcast_from_rank0(model):
+    """Every MPI process takes process 0's parameters and buffers (as PyTorch's DDP at start).
+
+    Why: `jt.set_global_seed` seeds each process differently, so their random initial weights
+    differ, and Jittor's optimiser broadcasts only inside its first step, after the first
+    gradients were computed from those different weights.
+    """
+
+    if not jt.in_mpi:
+        return
+    for value in model.state_dict().values():
+        value.update(value.mpi_broadcast(0))
+    jt.sync_all()
+
+
+def set_batchnorm_sync(model, syncbn):
+    """Which BatchNorms share their statistics over the processes, as upstream's under DDP.
+
+    `--syncbn` builds upstream's configurable norm layers as `nn.SyncBatchNorm`; here every
+    BatchNorm is synchronised then (DFormer's stem too, a plain `nn.BatchNorm2d` upstream), so N
+    processes normalise as one process does the whole batch. `--no-syncbn` builds them as
+    `nn.BatchNorm2d`: each process its own statistics, except DFormerv2's stem and downsampling
+    BatchNorms, `nn.SyncBatchNorm` whatever the flag.
+    """
+
+    for module in model.modules():
+        if isinstance(module, BatchNorm2d) and not isinstance(module, SyncBatchNorm):
+            module.sync = syncbn
+
+
+def init_weights(model, C, args, log):
+    pretrained = None if args.no_pretrained else (args.pretrained or C.pretrained_model)
+    if pretrained is None:
+        log("training from scratch (no pretrained backbone)")
+        return
+    if not os.path.isfile(pretrained):
+        raise UserError(f"pretrained backbone not found: {pretrained}\nPut the official ImageNet file there "
+                        "(see checkpoints/README.md), pass --pretrained FILE, or --no-pretrained.")
+    load_checkpoint(model, pretrained, backbone_only=True)
+    log(f"backbone initialised from {pretrained}")
+
+
+class RunLog:
+    """train.log, the console and TensorBoard, written by process 0 only."""
+    def __init__(self, run_dir):
+        self.main_rank = jt.rank == 0
+        self.file = self.writer = None
+        if self.main_rank:
+            os.makedirs(run_dir, exist_ok=True)
+            self.file = open(os.path.join(run_dir, "train.log"), "a")
+            self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def __call__(self, message):
+        if self.main_rank:
+            tqdm.write(message)
+            self.file.write(message + "\n")
+            self.file.flush()
+
+    def scalar(self, tag, value, step):
+        if self.writer:
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self):
+        if self.main_rank:
+            self.writer.close()
+            self.file.close()
+
+
+def load_training_config(args):
+    """The config with the command-line overrides; checks that the batch splits evenly."""
+    C = load_config(args.config, args.dataset_dir)
+    if args.epochs:
+        C.nepochs = args.epochs
+    if args.accum_steps:
+        C.accum_steps = args.accum_steps
+    C.accum_steps = C.get("accum_steps", 1)
+    if C.accum_steps < 1 or C.batch_size % (C.accum_steps * jt.world_size):
+        raise UserError(f"batch_size {C.batch_size} (the effective global batch) must split into "
+                        f"{jt.world_size} process(es) x {C.accum_steps} accumulation step(s) x a micro-batch")
+    if args.amp and not jt.has_cuda:
+        raise UserError("--amp needs a GPU: Jittor's CPU backend cannot compile float16 kernels")
+    return C
+
+
+def build_training(C, args, seed, log):
+    """Model (every process with process 0's weights), optimiser, schedule, first epoch, best mIoU."""
+    jt.set_global_seed(seed)  # the initial weights
+    model = build_model(C)
+    set_batchnorm_sync(model, args.syncbn)
+    init_weights(model, C, args, log)
+    optimizer = build_optimizer(model, C, args.syncbn)
+    # the schedule counts optimiser steps: niters_per_epoch of them per epoch, whatever accum_steps
+    schedule = WarmUpPolyLR(C.lr, C.lr_power, C.nepochs * C.niters_per_epoch, C.niters_per_epoch * C.warm_up_epoch)
+    start_epoch, best_miou = 1, -1.0
+    if args.resume:
+        state = load_checkpoint(model, args.resume)
+        if not isinstance(state.get("optimizer"), dict) or "n_step" not in state["optimizer"]:
+            # e.g. an official .pth: its torch optimizer state does not map onto Jittor's AdamW
+            raise UserError(f"{args.resume} is not a checkpoint of utils/train.py (no optimizer "
+                            "state to resume); to start from its weights, pass it as --pretrained")
+        restore_optimizer(optimizer, state["optimizer"])
+        start_epoch, best_miou = state["epoch"] + 1, state.get("best_miou", -1.0)
+        log(f"resumed from {args.resume} at epoch {start_epoch}")
+    broadcast_from_rank0(model)
+    return model, optimizer, schedule, start_epoch, best_miou
+
+
+def train_epoch(model, optimizer, schedule, train_set, C, epoch, log, progress):
+    """One epoch of `C.niters_per_epoch` optimiser steps; returns the mean loss."""
+    model.train()
+    bar = tqdm(micro_batch_groups(train_set, C.accum_steps), total=len(train_set) // C.accum_steps,
+               desc=f"epoch {epoch}/{C.nepochs}", disable=not progress or jt.rank != 0, leave=False)
+    loss_sum, steps = 0.0, 0
+    for idx, micro_batches in enumerate(bar):
+        loss = train_step(model, optimizer, micro_batches, C)
+        iteration = (epoch - 1) * C.niters_per_epoch + idx
+        # upstream sets the lr after the step: step 0 runs at the full base lr
+        set_lr(optimizer, schedule.get_lr(iteration))
+        loss_sum, steps = loss_sum + loss, steps + 1
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.lr:.2e}")
+        log.scalar("train/loss", loss, iteration)
+        log.scalar("train/lr", optimizer.lr, iteration)
+    return loss_sum / max(steps, 1)
+
+
+def validate_and_save(model, optimizer, val_set, C, epoch, best_miou, args, run_dir, log):
+    """Validation when the schedule says so, then last.pkl (and best.pkl); returns the best mIoU."""
+    val_mode = args.val_mode or C.val_mode
+    miou = None
+    if should_validate(epoch, C):
+        metrics, mode_text, _ = evaluate(model, val_set, C, val_mode, progress=not args.no_progress)
+        miou = metrics.summary()["mIoU"]
+        log(f"epoch {epoch} validation {mode_text}: mIoU {miou:.2f}")
+        log.scalar("val/mIoU", miou, epoch)
+    state = dict(model=state_dict_numpy(model), optimizer=optimizer_state(optimizer), epoch=epoch,
+                 iteration=epoch * C.niters_per_epoch, config=C.config_name, val_mode=val_mode, miou=miou,
+                 best_miou=max(best_miou, miou if miou is not None else -1.0))
+    if jt.rank == 0:
+        save_checkpoint(os.path.join(run_dir, "last.pkl"), **state)
+        if miou is not None and miou > best_miou:
+            save_checkpoint(os.path.join(run_dir, "best.pkl"), **state)
+            log(f"new best mIoU {miou:.2f}: {os.path.join(run_dir, 'best.pkl')}")
+    return state["best_miou"]
+
+
+def train(args):
+    """Run the training of the parsed command line `args`; returns the run folder."""
+    C = load_training_config(args)
+    seed = C.seed if args.seed is None else args.seed
+    run_dir = args.run_dir or os.path.join("checkpoints", f"{C.dataset_name}_{C.backbone}")
+    log = RunLog(run_dir)
+    if args.amp:
+        jt.flags.auto_mixed_precision_level = 5
+    micro_batch = C.batch_size // C.accum_steps  # global, split over the processes by Jittor
+    train_set = RGBXDataset(C, "train", batch_size=micro_batch)
+    val_set = RGBXDataset(C, "test")
+    model, optimizer, schedule, start_epoch, best_miou = build_training(C, args, seed, log)
+    log(f"config {C.config_name}: {C.backbone}, {C.nepochs} epochs x {C.niters_per_epoch} iterations, "
+        f"effective batch {C.batch_size} = {jt.world_size} process(es) x {micro_batch // jt.world_size}"
+        f"{f' x {C.accum_steps} accumulation steps' if C.accum_steps > 1 else ''}, lr {C.lr}, "
+        f"{'AMP' if args.amp else 'fp32'}, {'' if args.syncbn else 'no '}syncbn, seed {seed}, run folder {run_dir}")
+    for epoch in range(start_epoch, C.nepochs + 1):
+        seed_epoch(seed, epoch, train_set)
+        mean_loss = train_epoch(model, optimizer, schedule, train_set, C, epoch, log, not args.no_progress)
+        log(f"epoch {epoch}: mean loss {mean_loss:.4f}, lr {optimizer.lr:.3e}")
+        best_miou = validate_and_save(model, optimizer, val_set, C, epoch, best_miou, args, run_dir, log)
+    log(f"done: best validation mIoU {best_miou:.2f} ({args.val_mode or C.val_mode}); checkpoints in {run_dir}")
+    log.close()
+    return run_dir
