@@ -14,7 +14,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
-from utils.latency import format_protocol_time, projected_protocol_time  # noqa: E402
+from utils.engine.timing import format_protocol_time, projected_protocol_time  # noqa: E402
 from utils.engine.metrics import trivial_baseline  # noqa: E402
 
 

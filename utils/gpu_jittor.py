@@ -132,7 +132,7 @@ def conv_ops_used():
 def jittor_environment(settings):
     """Versions and the switches that decide Jittor's speed, after `import jittor`."""
     import jittor as jt
-    from utils.latency import device_info
+    from utils.engine.timing import device_info
 
     info = device_info()
     extern = jt.compile_extern
@@ -145,11 +145,11 @@ def jittor_environment(settings):
 
 
 def median_ms(model, batch, settings, precision):
-    from utils.latency import measure_latency, summarize
+    from utils.engine.timing import measure_latency, timing_stats
 
     height, width = settings.latency_size
     run = measure_latency(model, batch, height, width, settings.warmup, settings.iters, precision)
-    return summarize(run["times_s"], batch)["median_ms"]
+    return timing_stats(run["times_s"], batch)["median_ms"]
 
 
 def official_train_size(name):

@@ -34,7 +34,7 @@ def jittor_worker(root, config, batch, height, width):
 
     import jittor as jt
     from models import build_model
-    from utils.latency import random_inputs
+    from utils.engine.timing import random_inputs
     from utils.engine.loss import cross_entropy
     from utils.engine.optim import build_optimizer
 
