@@ -2,7 +2,7 @@
 
 Jittor turns a permute that moves the last axis into a `TransposeOp`, which has no CUDA kernel
 unless the optional cutt library loaded; inside a CUDA graph such an op runs on the host, with a
-device sync and a copy each way (`utils/gpu_graph.py`). The models therefore change layouts only
+device sync and a copy each way (`utils/tools/gpu_graph.py`). The models therefore change layouts only
 through this file. Off the CPU fast path (on a GPU, or on the CPU with DFORMER_CPU_KERNELS=0, which
 runs the GPU's graph):
 - `permute` is a `fuse_transpose`: a CUDA kernel that fuses with its neighbours and whose gradient

@@ -6,7 +6,7 @@ Runs under a Python with torch, mmcv-lite, mmengine and timm (not this repositor
 and imports the official code from the checkout given (never copied here). Patched at run time:
 `NMF2D._build_bases` (it calls `.cuda()`) returns bases this script injects. Every model is built
 as upstream's `utils/train.py` builds it with `train.sh`'s `--syncbn` (`Official.build`) and gets
-the deterministic stand-in weights of `synthetic_weights.py`. Writes into tests/fixtures/:
+the deterministic stand-in weights of `utils/tools/stand_in_weights.py`. Writes into tests/fixtures/:
 
 - parity_logits.npz (tests/test_parity.py): eval-mode decode-head output and 2048 sampled logits
   of all 7 NYUDepthv2 models at 1x64x64, 1x96x128 and 2x72x100.
@@ -49,7 +49,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 # By path: the official checkout's own `utils` package is the one importable here.
 _SPEC = importlib.util.spec_from_file_location(
-    "synthetic_weights", os.path.join(os.path.dirname(HERE), "utils", "synthetic_weights.py"))
+    "stand_in_weights", os.path.join(os.path.dirname(HERE), "utils", "tools", "stand_in_weights.py"))
 _SYNTHETIC = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(_SYNTHETIC)
 synthetic_inputs, synthetic_state_dict = _SYNTHETIC.synthetic_inputs, _SYNTHETIC.synthetic_state_dict

@@ -1,7 +1,7 @@
 """Run by test_mpi.py, as `python tests/steps_worker.py CONFIG OUT` or under `mpirun -np 2`.
 
 Builds the model as utils/train.py does (seeded per process, then process 0's weights everywhere;
-process 0 first replaces its seeded weights with the stand-in weights of utils/synthetic_weights.py, so
+process 0 first replaces its seeded weights with the stand-in weights of utils/tools/stand_in_weights.py, so
 that runs with 1 and 2 processes start alike, and the others receive them by broadcast) and takes optimiser steps with utils/train.py's `train_step` on the same global batches, with
 NMF bases fixed per image (drawn from its name) and drop path and dropout off, so that any number
 of processes and accumulation steps computes the same maths. Process 0 writes OUT/<world>.npz:
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from utils.dataloader.dataset import RGBXDataset  # noqa: E402
 from utils.engine.trainer import (broadcast_from_rank0, build_training, load_training_config,  # noqa: E402
                          micro_batch_groups, seed_epoch, train_step)
-from utils.synthetic_weights import synthetic_state_dict  # noqa: E402
+from utils.tools.stand_in_weights import synthetic_state_dict  # noqa: E402
 
 
 def bases_by_name(nmf, queue):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
-from utils.synthetic_weights import synthetic_state_dict
+from utils.tools.stand_in_weights import synthetic_state_dict
 from utils.engine.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
 from utils.engine.torch_reader import read_checkpoint
 from utils.errors import UserError

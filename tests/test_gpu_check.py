@@ -1,6 +1,6 @@
 """The GPU check script's pipeline, run on the CPU (`--cpu-smoke`), as CI can without a GPU.
 
-`python -m utils.gpu_check --cpu-smoke` runs everything the GPU run does (CPU reference in a
+`python -m utils.tools.gpu_check --cpu-smoke` runs everything the GPU run does (CPU reference in a
 subprocess, eval logits, argmax, training steps, latency, JSON/Markdown report) at 32x48. Here
 both sides are the CPU, so the logits must agree to rounding and the argmax everywhere.
 """
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from utils.gpu_check import MODELS, resolve_models
+from utils.tools.gpu_check import CHECK_MODELS, resolve_models
 
 SMOKE_MODELS = ["DFormer-Tiny", "DFormerv2-Small"]
 
@@ -21,7 +21,7 @@ SMOKE_MODELS = ["DFormer-Tiny", "DFormerv2-Small"]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    command = [sys.executable, "-m", "utils.gpu_check", "--cpu-smoke", "--models", "DFormer-Tiny,DFormerv2-S",
+    command = [sys.executable, "-m", "utils.tools.gpu_check", "--cpu-smoke", "--models", "DFormer-Tiny,DFormerv2-S",
                "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     return done, out
@@ -42,7 +42,7 @@ def test_smoke_report_fields(smoke):
     assert report["environment"]["jittor"]["mode"] == "CPU"
     assert list(report["models"]) == SMOKE_MODELS
     for name, entry in report["models"].items():
-        assert entry["config"] == f"local_configs.NYUDepthv2.{MODELS[name]}"
+        assert entry["config"] == f"local_configs.NYUDepthv2.{CHECK_MODELS[name]}"
         assert entry["errors"] == [], name
         assert entry["checks"] == {"gpu_graph": True, "loss_decreased": True, "diff_vs_cpu": True, "argmax": True,
                                    "latency": True}
@@ -63,7 +63,7 @@ def test_smoke_report_fields(smoke):
 
 
 def test_model_names():
-    assert resolve_models("all") == list(MODELS)
+    assert resolve_models("all") == list(CHECK_MODELS)
     assert resolve_models("DFormer-Tiny, dformerv2-s,DFormerv2_L,DFormer-Tiny") == \
         ["DFormer-Tiny", "DFormerv2-Small", "DFormerv2-Large"]
     with pytest.raises(ValueError, match="unknown model"):
@@ -73,7 +73,7 @@ def test_model_names():
 def test_refuses_without_gpu_outside_smoke_mode(tmp_path):
     """On a machine where Jittor runs on the CPU, the GPU mode stops at once with exit code 2."""
     env = dict(os.environ, nvcc_path="")
-    command = [sys.executable, "-m", "utils.gpu_check", "--models", "DFormer-Tiny", "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "utils.tools.gpu_check", "--models", "DFormer-Tiny", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--cpu-smoke" in done.stderr
@@ -83,8 +83,8 @@ def test_refuses_without_gpu_outside_smoke_mode(tmp_path):
 
 def test_report_tables(tmp_path):
     """The Markdown report carries the measured numbers, ratios and failures (no Jittor needed)."""
-    from utils.gpu_check import Settings, parse_args
-    from utils.gpu_report import Report
+    from utils.tools.gpu_check import Settings, parse_args
+    from utils.tools.gpu_report import Report
 
     settings = Settings.from_args(parse_args(["--models", "DFormer-Tiny,DFormer-Large"]))
     report = Report(str(tmp_path), settings, {"DFormer-Tiny": "cfg.T", "DFormer-Large": "cfg.L"}, time.time(),
@@ -119,7 +119,7 @@ def test_report_tables(tmp_path):
 
 def test_cutt_probe():
     """The probe imports Jittor with cutt in a subprocess and says what became of it (here: no CUDA)."""
-    from utils.gpu_jittor import cutt_loads
+    from utils.tools.gpu_jittor import cutt_loads
 
     loaded, reason = cutt_loads(300)
     assert not loaded and "imports without it" in reason, reason

@@ -3,7 +3,7 @@
 With DFORMER_CPU_KERNELS=0 the CPU takes the GPU's ops (`models.kernels.enabled`). For each
 of the 7 models an eval forward at 1x64x64 and a training step (`utils.engine.trainer.train_step`: forward,
 loss, backward, AdamW) run under Jittor's profiler; none of the executed ops may be one that Jittor
-would run on the host inside a CUDA graph (`utils.gpu_graph.CPU_ONLY_OPS`: `transpose`, `jt.code`
+would run on the host inside a CUDA graph (`utils.tools.gpu_graph.CPU_ONLY_OPS`: `transpose`, `jt.code`
 CPU kernels, ...). The eval logits must still match the official model's (parity fixture).
 """
 import os
@@ -26,8 +26,8 @@ def reference():
 @pytest.mark.parametrize("name", sorted(OFFICIAL_KEYS))
 def test_gpu_graph_runs_no_cpu_only_op(name, reference, monkeypatch):
     from models import kernels
-    from utils.gpu_graph import cpu_only_ops, eval_forward, profile, training_step
-    from utils.gpu_jittor import build_with_weights
+    from utils.tools.gpu_graph import cpu_only_ops, eval_forward, profile, training_step
+    from utils.tools.gpu_jittor import build_with_weights
 
     monkeypatch.setenv(kernels.SWITCH, "0")
     model, C = build_with_weights(name)
@@ -47,8 +47,8 @@ def test_gpu_graph_runs_no_cpu_only_op(name, reference, monkeypatch):
 def test_profile_sees_cpu_kernels():
     """The same check with the CPU kernels on finds them: the detector is not blind to `jt.code`."""
     from models import kernels
-    from utils.gpu_graph import cpu_only_ops, eval_forward, profile
-    from utils.gpu_jittor import build_with_weights
+    from utils.tools.gpu_graph import cpu_only_ops, eval_forward, profile
+    from utils.tools.gpu_jittor import build_with_weights
 
     assert kernels.enabled()
     model, _ = build_with_weights("DFormer-Tiny")
@@ -57,7 +57,7 @@ def test_profile_sees_cpu_kernels():
 
 def test_profile_row_names():
     """Rows of `jt.profile_scope` are sorted into op kinds; CPU-only ones are counted."""
-    from utils.gpu_graph import cpu_only_ops, describe, op_kinds, top_ops
+    from utils.tools.gpu_graph import cpu_only_ops, describe, op_kinds, top_ops
 
     fused = "«opkey0:broadcast_to«Tx:float32«DIM=4«opkey1:binary«Tx:float32«OP:multiply«JIT:1«JIT_cuda:1"
     rows = [("transpose«Tx:float32«DIM=4«AXES0=0«JIT:1«JIT_cpu:1", 3, 0.004), (fused, 10, 0.003),
@@ -113,7 +113,7 @@ def test_mlp_decoder(monkeypatch):
 
     from models import kernels
     from models.decoders.MLPDecoder import DecoderHead
-    from utils.gpu_graph import cpu_only_ops, profile
+    from utils.tools.gpu_graph import cpu_only_ops, profile
 
     rng = np.random.default_rng(0)
     head = DecoderHead([8, 16, 24, 32], num_classes=5, embed_dim=12)

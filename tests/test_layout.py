@@ -10,7 +10,8 @@ import pytest
 
 from conftest import ROOT
 
-CLIS = ["train", "eval", "infer", "latency", "export_onnx"]
+CLIS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "utils"))  # the top-level utils/*.py that run
+              if f.endswith(".py") and "__main__" in open(os.path.join(ROOT, "utils", f)).read())
 SYS_PATH_IDIOM = (
     'if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py\n'
     "    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))\n"
@@ -92,15 +93,20 @@ def touches_sys_path(path):
 
 
 def test_only_the_command_lines_touch_sys_path_all_with_the_same_lines():
+    assert set(CLIS) >= {"train", "eval", "infer", "latency", "export_onnx"}
     for name in CLIS:
         source = open(os.path.join(ROOT, "utils", f"{name}.py")).read()
         assert SYS_PATH_IDIOM in source and source.count("sys.path") == 1, name
-    # everything else in the packages (the maintainer tools at the top of utils/ join a sub-package)
-    subpackages = [os.path.join("utils", d) for d in sorted(os.listdir(os.path.join(ROOT, "utils")))
-                   if os.path.isfile(os.path.join(ROOT, "utils", d, "__init__.py"))]
-    others = python_files("models", "local_configs", *subpackages) + [
-        "benchmark.py", "utils/__init__.py", "utils/entry.py", "utils/errors.py", "utils/files.py"]
+    clis = {os.path.join("utils", f"{name}.py") for name in CLIS}
+    others = [p for p in python_files("models", "local_configs", "utils") if p not in clis] + ["benchmark.py"]
     assert [path for path in others if touches_sys_path(path)] == []
+
+
+def test_kernels_live_in_models_kernels():
+    """The CPU kernels (`jt.code`) are in models/kernels/; the rest of models/ only calls them."""
+    elsewhere = [p for p in python_files("models") if not p.startswith(os.path.join("models", "kernels"))
+                 and "jt.code(" in open(os.path.join(ROOT, p)).read()]
+    assert elsewhere == []
 
 
 @pytest.mark.parametrize("name", CLIS)

@@ -1,6 +1,6 @@
 """ONNX export (utils/export_onnx.py) and the ONNX Runtime backend (infer, latency).
 
-Every model, with the stand-in weights of `utils/synthetic_weights.py`, is exported once with dynamic
+Every model, with the stand-in weights of `utils/tools/stand_in_weights.py`, is exported once with dynamic
 axes and run in ONNX Runtime (CPU) against the Jittor model with the same NMF bases, at a size
 that is a multiple of 32 and at one that is not (batch 2). The command-line tests go through the
 user's path: export a checkpoint, then infer with both backends and compare the files.
@@ -17,7 +17,7 @@ from test_pipeline import run_script
 
 # requirements.txt installs onnx/onnxruntime on Python >= 3.11 only (their newest releases)
 pytest.importorskip("onnxruntime", reason="onnxruntime is installed on Python >= 3.11")
-from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
+from utils.tools.stand_in_weights import synthetic_inputs, synthetic_state_dict
 
 TOLERANCE = 1e-4
 CASES = [(1, 64, 64, 1), (2, 72, 100, 3)]  # (batch, H, W, seed): 72x100 is not a multiple of 32

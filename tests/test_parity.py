@@ -2,7 +2,7 @@
 
 The fixtures in `fixtures/parity_logits.npz` were produced by running the official code
 (VCIP-RGBD/DFormer @814799b, torch 2.14 CPU) outside this repository, with the stand-in weights
-and inputs of `utils/synthetic_weights.py` and those raw NMF bases injected; they hold the decode-head
+and inputs of `utils/tools/stand_in_weights.py` and those raw NMF bases injected; they hold the decode-head
 output (stride 8) in full and 2048 sampled logits of the full-resolution output per case.
 """
 import importlib
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
-from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
+from utils.tools.stand_in_weights import synthetic_inputs, synthetic_state_dict
 
 CASES = [(1, 64, 64, 1), (1, 96, 128, 2), (2, 72, 100, 3)]  # (batch, H, W, seed) as in the fixtures
 TOLERANCE = 1e-4

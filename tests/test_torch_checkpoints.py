@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, OFFICIAL_KEYS
-from utils.synthetic_weights import synthetic_inputs, synthetic_tensor
+from utils.tools.stand_in_weights import synthetic_inputs, synthetic_tensor
 from utils.engine.checkpoint import CheckpointMismatch, extract_state_dict, load_checkpoint
 from utils.engine.torch_reader import read_checkpoint
 from utils.errors import UserError

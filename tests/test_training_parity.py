@@ -17,7 +17,7 @@ from conftest import FIXTURES, OFFICIAL_KEYS
 from make_official_fixtures import (GRAD_SAMPLES, HEAD_GRADS, NAMED_GRADS, PROTOCOL_MODEL, PROTOCOL_SEED, PROTOCOL_SHAPE,
                                     TRAIN_STEPS, TRAIN_TOTAL_ITERS, TRAIN_WARMUP_ITERS, relative_error, sample_index,
                                     training_batch, weighted_relative_error)
-from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
+from utils.tools.stand_in_weights import synthetic_inputs, synthetic_state_dict
 
 FLIP_ERROR = 1e-4  # step-1 gradient error vs float64 of a ReLU flip; rounding alone gives 2e-6 to 8e-6
 UPDATE_ERROR_RATIO = 1.5  # per clean batch; the median over clean batches must be <= 1

@@ -1,10 +1,10 @@
-"""The official PyTorch models, in a process of their own, for the GPU check (`utils/gpu_check.py`).
+"""The official PyTorch models, in a process of their own, for the GPU check (`utils/tools/gpu_check.py`).
 
 The parent (`run_official`) writes a JSON spec and starts this file as a script with the
-interpreter that has torch (`--torch-python`, `--torch-pythonpath`): Jittor needs numpy<2, the
-lent GPU machines' PyTorch numpy 2. The worker puts the official checkout first on `sys.path`
+interpreter that has torch (`--torch-python`, `--torch-pythonpath`): Jittor needs numpy<2, a
+GPU machine's PyTorch may have numpy 2. The worker has the official checkout first on its `PYTHONPATH`
 (it has its own `models` and `utils` packages), builds each model with the same stand-in weights
-as the Jittor side (`synthetic_weights.py`, loaded by path), and writes logits (.npy), latency and
+as the Jittor side (`stand_in_weights.py`, loaded by path), and writes logits (.npy), latency and
 training speed to the spec's result JSON after every model, so a run stopped by its deadline
 still reports what it finished. Only the standard library is imported at module level.
 """
@@ -20,11 +20,11 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SYNTHETIC_WEIGHTS = os.path.join(HERE, "synthetic_weights.py")
+STAND_IN_WEIGHTS = os.path.join(HERE, "stand_in_weights.py")
 
 
 def load_synthetic():
-    spec = importlib.util.spec_from_file_location("synthetic_weights", SYNTHETIC_WEIGHTS)
+    spec = importlib.util.spec_from_file_location("stand_in_weights", STAND_IN_WEIGHTS)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -195,7 +195,6 @@ def worker_main(spec_path):
     """Process body: every model of the spec, the result JSON rewritten after each."""
     with open(spec_path) as file:
         spec = json.load(file)
-    sys.path[:] = [spec["official_dir"]] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
     runner = OfficialRunner(spec)
     result = dict(runner.environment(), models={})
     for spec_model in spec["models"]:
@@ -236,6 +235,8 @@ def run_official(spec, python, pythonpath):
     spec_path = os.path.join(spec["folder"], "official_spec.json")
     with open(spec_path, "w") as file:
         json.dump(spec, file)
+    # the official checkout's own `models` and `utils` packages come first on the worker's path
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(spec["official_dir"]), env.get("PYTHONPATH")) if p)
     process = subprocess.Popen([python, os.path.abspath(__file__), spec_path], cwd=spec["folder"], env=env)
     try:
         process.wait(timeout=max(spec["deadline"] - time.time(), 0) + 30)  # it checks the deadline itself

@@ -1,4 +1,4 @@
-"""The Jittor side of the GPU check (`utils/gpu_check.py`): environment, stand-in models, measurements.
+"""The Jittor side of the GPU check (`utils/tools/gpu_check.py`): environment, stand-in models, measurements.
 
 Everything that imports Jittor does so inside the function: the doctor check must run first, and
 the CPU reference process (`cpu_reference_main`) must start Jittor in CPU mode with its own cache.
@@ -15,11 +15,11 @@ import traceback
 
 from models import registry
 from utils.entry import load_config
-from utils.synthetic_weights import synthetic_inputs, synthetic_state_dict
+from utils.tools.stand_in_weights import synthetic_inputs, synthetic_state_dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Official model name -> config module under local_configs/NYUDepthv2.
-MODELS = {spec.name: spec.config for spec in registry.MODELS.values()}
+CHECK_MODELS = {spec.name: spec.config for spec in registry.MODELS.values()}
 CHECK_SEED, TRAIN_SEED = 7, 11
 TRAIN_STEPS = 3
 ARGMAX_AGREEMENT = 0.99
@@ -44,7 +44,7 @@ def step(messages, what):
 
 
 def config_module(name):
-    return f"local_configs.NYUDepthv2.{MODELS[name]}"
+    return f"local_configs.NYUDepthv2.{CHECK_MODELS[name]}"
 
 
 def config_of(name):
@@ -166,7 +166,7 @@ def train_speed_jittor(runs, settings, report, folder):
             entry["notes"].append("training speed: skipped, time budget used up")
             continue
         batch, height, width = official_train_size(run.name)
-        path = os.path.join(folder, f"train_{MODELS[run.name]}.json")
+        path = os.path.join(folder, f"train_{CHECK_MODELS[run.name]}.json")
         command = [sys.executable, os.path.join(ROOT, "utils", "latency.py"), "--config",
                    config_module(run.name), "--batch-sizes", "1", "--warmup", "1",
                    "--iters", "1", "--height", str(height), "--width", str(width), "--train",
@@ -192,7 +192,7 @@ def train_speed_jittor(runs, settings, report, folder):
 
 
 def reference_paths(folder, name):
-    return os.path.join(folder, f"{MODELS[name]}.npz"), os.path.join(folder, f"{MODELS[name]}.error")
+    return os.path.join(folder, f"{CHECK_MODELS[name]}.npz"), os.path.join(folder, f"{CHECK_MODELS[name]}.error")
 
 
 def cpu_reference_main(spec_path):
@@ -235,7 +235,7 @@ class CpuReference:
             env["cache_name"] = os.environ.get("cache_name", "default") + "-cpu"
         self.log_path = os.path.join(folder, "cpu_reference.log")
         with open(self.log_path, "w") as out:
-            command = [sys.executable, "-m", "utils.gpu_check", "--cpu-reference", spec_path]
+            command = [sys.executable, "-m", "utils.tools.gpu_check", "--cpu-reference", spec_path]
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def result(self, name):
@@ -289,10 +289,10 @@ def environment_or_refuse(settings, report):
 
 
 def apply_gpu_defaults(settings):
-    """Environment defaults for the lent machines, set before Jittor is imported; never overriding.
+    """Environment defaults for a GPU machine without network, set before Jittor is imported; never overriding.
     Returns what became of cutt (a sentence for the report).
 
-    They have no network: Jittor would try to download oneDNN (used only by CPU ops) unless
+    Without network Jittor would try to download oneDNN (used only by CPU ops) unless
     `jittor-offline` carries it, and build MPI/NCCL support a one-GPU check does not need. cutt is
     optional (the models never need it, see models/layout.py): used when it loads, else off. TF32
     stays off unless asked for, in Jittor and PyTorch alike (cuDNN's default math mode would use it
@@ -316,7 +316,7 @@ def cutt_loads(timeout):
     """(whether `import jittor` loads cutt, a sentence), probed in a subprocess: Jittor downloads
     and builds cutt at import unless use_cutt=0, and a download or build that fails makes the import
     itself fail. The probe's core build stays in the cache for the real import."""
-    code = "import utils, jittor; print('cutt loaded:', getattr(jittor.compile_extern, 'cutt_ops', None) is not None)"
+    code = "from models.jittor_env import apply_defaults; apply_defaults(); import jittor; print('cutt loaded:', getattr(jittor.compile_extern, 'cutt_ops', None) is not None)"
     env = dict(os.environ, use_cutt="1")
     try:
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -24,7 +24,7 @@ import contextlib
 import numpy as np
 
 from models import kernels
-from utils.synthetic_weights import synthetic_inputs
+from utils.tools.stand_in_weights import synthetic_inputs
 
 CPU_ONLY_OPS = ("transpose", "arg_reduce", "argsort", "code", "numpy_code")
 STEP_SEED = 5

@@ -1,15 +1,15 @@
 """One-shot check of the seven NYUDepthv2 models on a real NVIDIA GPU: correctness, training, speed.
 
-The lent GPU machines (H100/H200, CUDA 13, cuDNN 9, PyTorch preinstalled, no network) come with a
-few minutes of device time and one prepared script run, so everything is in one command:
+Everything runs in one command, for a GPU machine without network (CUDA 13, cuDNN 9, PyTorch
+installed) and a short time limit:
 
-    python -m utils.jittor_doctor --fix && python -m utils.gpu_check --official-dir .official --out $OUT
+    python -m utils.jittor_doctor --fix && python -m utils.tools.gpu_check --official-dir .official --out $OUT
 
-First, for every model (utils/gpu_graph.py): an eval forward and a training step (forward, loss,
+First, for every model (utils/tools/gpu_graph.py): an eval forward and a training step (forward, loss,
 backward, AdamW) under `jt.flags.use_cuda = 2`, where Jittor stops with an error at any op that
 would run on the CPU (no such op: the "GPU op graph" check); then the 15 slowest ops of one eval
 forward at 1x480x640 of DFormer-Tiny and DFormerv2-S (`jt.profile_scope`, after a warm-up forward).
-Then, for each model, with the synthetic stand-in weights of utils/synthetic_weights.py:
+Then, for each model, with the synthetic stand-in weights of utils/tools/stand_in_weights.py:
   1. eval logits at 1x3x64x96 (NMF bases pinned) against a CPU run of the same weights, made in a
      subprocess started with `nvcc_path=""` (Jittor cannot switch devices reliably inside one
      process): max |diff| <= 1e-3;
@@ -30,16 +30,16 @@ every step, so a run killed half-way still leaves its numbers. Exit code 0 only 
 passed. On a fresh machine Jittor compiles its core at import and every kernel on first use: the
 first minutes and the "first fwd" column are mostly compilation, not model time. fp32 runs without
 TF32 on both sides (NVIDIA_TF32_OVERRIDE=0, cudnn.benchmark on for PyTorch) unless --tf32.
---budget-s (default 480 s on a GPU) stops starting steps early enough to write the report inside
-the device tool's 10-minute command limit.
+--budget-s (default 480 s on a GPU) stops starting steps early enough to write the report within
+a 10-minute time limit.
 
-    python -m utils.gpu_check --cpu-smoke --models DFormer-Tiny,DFormerv2-S --out /tmp/smoke
+    python -m utils.tools.gpu_check --cpu-smoke --models DFormer-Tiny,DFormerv2-S --out /tmp/smoke
 
 runs the same pipeline on the CPU at 32x48 with 1-2 timing iterations, so CI checks the logic
 without a GPU; the "GPU" side is then the CPU too, and the diff must be ~0. The GPU op graph is
 then checked from the profile of a CPU run with the CPU kernels off (DFORMER_CPU_KERNELS=0).
 
-How to prepare and run it on a lent GPU machine (carried wheels, no network): docs/gpu.md.
+How to prepare and run it on a GPU machine without network (carried wheels): docs/gpu.md.
 """
 import argparse
 import math
@@ -50,17 +50,17 @@ import time
 import traceback
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_SEED, MODELS, OFFICIAL_TOLERANCE, START,  # noqa: E402
-                              TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights, config_module,
-                              cpu_reference_main, environment_or_refuse, eval_logits, import_jittor, log,
-                              median_ms, official_train_size, step, train_speed_jittor, training_losses)
-from models.layout import argmax  # noqa: E402
-from models.registry import find_model  # noqa: E402
-from utils.gpu_graph import (cpu_only_ops, eval_forward, gpu_op_graph, model_steps, op_kinds, profile,  # noqa: E402
-                             run_under_use_cuda_2, top_ops)
-from utils.gpu_official import official_cfg, run_official  # noqa: E402
-from utils.gpu_report import Report, dims  # noqa: E402
+from utils.tools.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_MODELS, CHECK_SEED, OFFICIAL_TOLERANCE,  # first
+                                    START, TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights,
+                                    config_module, cpu_reference_main, environment_or_refuse, eval_logits,
+                                    import_jittor, log, median_ms, official_train_size, step, train_speed_jittor,
+                                    training_losses)
+from models.layout import argmax  # noqa: I001  (after gpu_jittor, which sets Jittor's defaults)
+from models.registry import find_model
+from utils.tools.gpu_graph import (cpu_only_ops, eval_forward, gpu_op_graph, model_steps, op_kinds, profile,
+                                   run_under_use_cuda_2, top_ops)
+from utils.tools.gpu_report import Report, dims
+from utils.tools.official import official_cfg, run_official
 
 PROFILED_MODELS = ("DFormer-Tiny", "DFormerv2-Small")
 TOP_OPS = 15
@@ -105,7 +105,7 @@ class Settings:
 def resolve_models(text):
     """Official names for "all" or a comma list of models in any spelling (DFormerv2-S, DFormerv2_S, ...)."""
     if text == "all":
-        return list(MODELS)
+        return list(CHECK_MODELS)
     try:
         names = [find_model(item).name for item in filter(None, (part.strip() for part in text.split(",")))]
     except KeyError as error:
@@ -369,7 +369,7 @@ def run_pipeline(args, settings, names, report, folder):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m utils.gpu_check", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m utils.tools.gpu_check", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="all", help="'all' or a comma list, e.g. DFormer-Tiny,DFormerv2-S")
     parser.add_argument("--out", default=os.path.join("output", "gpu_check"),

@@ -38,7 +38,7 @@ class Report:
         """`configs`: {model name: config module}; `criteria`: one line saying what the checks demand."""
         self.out_dir, self.settings, self.start_time, self.criteria = out_dir, settings, start_time, criteria
         os.makedirs(out_dir, exist_ok=True)
-        self.data = {"script": "python -m utils.gpu_check", "mode": "cpu-smoke" if settings.smoke else "gpu",
+        self.data = {"script": "python -m utils.tools.gpu_check", "mode": "cpu-smoke" if settings.smoke else "gpu",
                      "started": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": asdict(settings),
                      "environment": {}, "checks": {}, "official": None, "official_status": "not requested",
                      "passed": False,

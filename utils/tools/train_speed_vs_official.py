@@ -2,7 +2,7 @@
 side by side: one process per side, one training step at a time, alternating, so both see the
 same machine load.
 
-    python utils/train_speed_vs_official.py --official-dir ../DFormer --torch-python ../torchvenv/bin/python \
+    python -m utils.tools.train_speed_vs_official --official-dir ../DFormer --torch-python ../torchvenv/bin/python \
         --configs DFormer_Tiny DFormerv2_S --sizes 120x160 240x320 --torch-threads 2
 
 A step is forward, cross-entropy over labelled pixels, backward and an AdamW update over the
@@ -21,15 +21,12 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_HERE = os.path.dirname(os.path.abspath(__file__))  # utils/ itself must not shadow top-level names
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def jittor_worker(root, config, batch, height, width):
-    """A `step()` closure for the model of the repository checkout `root` (run under the Jittor Python)."""
-    sys.path.insert(0, root)
-    os.chdir(root)
+    """A `step()` closure for the model of the repository checkout `root` (run under the Jittor Python,
+    with `root` as its working folder and on its PYTHONPATH)."""
     from utils.entry import load_config  # sets Jittor's defaults before importing it
 
     import jittor as jt
@@ -53,8 +50,8 @@ def jittor_worker(root, config, batch, height, width):
 
 
 def torch_worker(official_dir, cfg, batch, height, width, threads):
-    """A `step()` closure for the official model (run under a Python with torch)."""
-    sys.path.insert(0, official_dir)
+    """A `step()` closure for the official model (run under a Python with torch, with `official_dir`
+    on its PYTHONPATH)."""
     import torch
     import torch.nn.functional as F
     import models.decoders.ham_head as ham
@@ -114,9 +111,13 @@ def official_cfg(config):
 
 
 class Worker:
-    def __init__(self, command):
+    def __init__(self, command, root):
+        """Start `command` in folder `root`, whose packages come first on its path."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        root = os.path.abspath(root)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                        cwd=root, env=env)
         self._expect("ready")
 
     def _expect(self, word):
@@ -141,12 +142,14 @@ class Worker:
 
 def compare(args, config, height, width):
     me = [sys.executable, os.path.abspath(__file__), "--batch", str(args.batch), "--size", f"{height}x{width}"]
-    workers = {"jittor": Worker(me + ["--worker", "jittor", "--config", config, "--root", ROOT])}
+    workers = {"jittor": Worker(me + ["--worker", "jittor", "--config", config, "--root", ROOT], ROOT)}
     if args.baseline_root:
-        workers["baseline"] = Worker(me + ["--worker", "jittor", "--config", config, "--root", args.baseline_root])
+        workers["baseline"] = Worker(me + ["--worker", "jittor", "--config", config, "--root", args.baseline_root],
+                                     args.baseline_root)
     workers["torch"] = Worker([args.torch_python] + me[1:] + ["--worker", "torch", "--official-dir", args.official_dir,
                                                    "--torch-threads", str(args.torch_threads),
-                                                   "--cfg", json.dumps(official_cfg(config))])
+                                                   "--cfg", json.dumps(official_cfg(config))],
+                                args.official_dir)
     times = {name: [] for name in workers}
     for round_ in range(args.warmup + args.rounds):  # alternate, swapping who goes first
         for name, worker in list(workers.items())[::1 if round_ % 2 else -1]:
@@ -196,7 +199,6 @@ def main():
         return
     if not (args.official_dir and args.torch_python):
         parser.error("--official-dir and --torch-python are required")
-    sys.path.insert(0, ROOT)
     baseline = " | baseline ms (min) | baseline peak RSS GiB" if args.baseline_root else ""
     print(f"| model | batch x H x W | PyTorch ms (min) | Jittor ms (min) | Jittor / PyTorch | "
           f"peak RSS GiB PyTorch / Jittor{baseline} |")
