@@ -194,15 +194,11 @@ class TapSumConv2d(nn.Conv2d):
     matrix product per kernel tap, summed: for a 3x3 kernel, nine (B*OH*OW, in) @ (in, out).
 
     Why: oneDNN's direct convolution accumulates all in x kh x kw products of an output in one
-    float32 chain, so its rounding error grows with the input channels. Stride-2 convs on random
-    8xCx48x64 inputs (float64 reference): 3.0e-7, 4.3e-7, 6.0e-7 for C = 32, 64, 128, where
-    PyTorch's stays at 2.2e-7; per-tap chains of `in` products give 1.2e-7 to 2.1e-7, and
-    the training steps then follow a float64 run as closely as the official code's (README,
-    "Training parity"). The taps are one `reindex`: taking them as nine strided slices instead
-    crashed 5 of 30 training processes in Jittor's parallel kernel compiler (segfaults, double
-    frees; none of 30 with `use_parallel_op_compiler=0`, none of 80 with `reindex`). It costs
-    about 6% of a training step and holds the taps (kh*kw copies of the input), so it runs in
-    training mode only; inference and the GPU run the stock convolution.
+    float32 chain, so its rounding error grows with the input channels, unlike PyTorch's; per-tap
+    chains keep the training steps as close to a float64 run as the official code's (numbers:
+    docs/training.md). The taps are one `reindex` (nine strided slices trip Jittor's parallel
+    kernel compiler). It holds the taps (kh*kw copies of the input), so it runs in training mode
+    only; inference and the GPU run the stock convolution.
     """
 
     def execute(self, x):

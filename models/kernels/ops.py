@@ -80,11 +80,10 @@ for (int64 k = 0; k < K; k++) {
 """
 _DEPTHWISE_CHUNKS = 16  # row chunks of the weight-gradient sums (enough to balance the threads)
 
-# Measured on the 2-core CPU: the forward kernel is ~2x faster than oneDNN for 3x3 depthwise
-# convs over >= 2M elements (the wide MLP/FFN convs of the first stages, memory-bound); oneDNN
-# wins on smaller maps and on 5x5/7x7 kernels, where arithmetic dominates. oneDNN's depthwise
-# backward passes are slow in every layout (a 3x3 weight gradient over 256 channels at 30x40,
-# batch 8: ~1.4 s), so every stride-1 depthwise conv takes the kernels below for its gradients.
+# The forward kernel beats oneDNN for 3x3 depthwise convs over >= 2M elements (the wide,
+# memory-bound MLP/FFN convs of the first stages); oneDNN wins on smaller maps and on 5x5/7x7
+# kernels, where arithmetic dominates. oneDNN's depthwise backward passes are slow in every
+# layout, so every stride-1 depthwise conv takes the kernels below for its gradients.
 DEPTHWISE_KERNEL_MIN_ELEMENTS = 2 ** 21
 
 

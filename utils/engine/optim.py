@@ -119,9 +119,9 @@ def restore_optimizer(optimizer, state):
     if saved_shapes != shapes:
         raise UserError("the checkpoint's optimiser state does not fit this model's parameter groups "
                         f"(saved sizes {[len(s) for s in saved_shapes]}, here {[len(s) for s in shapes]}); "
-                        "it was written for another model, or with the other --syncbn/--no-syncbn setting "
-                        "(for DFormerv2 they differ; runs from before DFormerv2's stem BatchNorms were trained "
-                        "resume with --no-syncbn); resuming would pair moments with the wrong parameters")
+                        "it was written for another model or with the other --syncbn/--no-syncbn setting "
+                        "(for DFormerv2 they differ): resume with that setting, or start a new run from its "
+                        "weights with --pretrained")
     optimizer.n_step = state["n_step"]
     set_lr(optimizer, state["lr"])
     for group, ms, vs in zip(optimizer.param_groups, state["m"], state["v"]):

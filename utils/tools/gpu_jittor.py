@@ -231,7 +231,7 @@ class CpuReference:
         env = dict(os.environ, nvcc_path="", use_cuda="0")  # Jittor in CPU mode from the start
         if not settings.smoke:
             # Its own cache next to a GPU process: Jittor keeps one jittor_core build per cache
-            # folder, and a CPU build there breaks every later GPU process (seen on an H200).
+            # folder, and a CPU build there breaks every later GPU process.
             env["cache_name"] = os.environ.get("cache_name", "default") + "-cpu"
         self.log_path = os.path.join(folder, "cpu_reference.log")
         with open(self.log_path, "w") as out:
