@@ -50,15 +50,12 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from utils.tools.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_MODELS, CHECK_SEED, OFFICIAL_TOLERANCE,  # first
+from models.registry import find_model
+from utils.tools.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_MODELS, CHECK_SEED, OFFICIAL_TOLERANCE,
                                     START, TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights,
                                     config_module, cpu_reference_main, environment_or_refuse, eval_logits,
                                     import_jittor, log, median_ms, official_train_size, step, train_speed_jittor,
                                     training_losses)
-from models.layout import argmax  # noqa: I001  (after gpu_jittor, which sets Jittor's defaults)
-from models.registry import find_model
-from utils.tools.gpu_graph import (cpu_only_ops, eval_forward, gpu_op_graph, model_steps, op_kinds, profile,
-                                   run_under_use_cuda_2, top_ops)
 from utils.tools.gpu_report import Report, dims
 from utils.tools.official import official_cfg, run_official
 
@@ -128,7 +125,9 @@ class ModelRun:
 def check_gpu_graph(names, settings, report):
     """Phase 0: an eval forward and a training step of every model; no op may leave the GPU. On a
     GPU under `jt.flags.use_cuda = 2`; in the smoke test from the profile of the GPU's op graph."""
-    import jittor as jt
+    import jittor as jt  # imported here, after `apply_gpu_defaults`, as are the models
+
+    from utils.tools.gpu_graph import cpu_only_ops, gpu_op_graph, model_steps, profile, run_under_use_cuda_2
 
     for name in names:
         entry = report.model(name)
@@ -155,7 +154,9 @@ def check_gpu_graph(names, settings, report):
 
 def profile_ops(names, settings, report):
     """Phase 0b: the TOP_OPS slowest ops of one eval forward at batch 1 (after a warm-up forward)."""
-    import jittor as jt
+    import jittor as jt  # imported here, after `apply_gpu_defaults`, as are the models
+
+    from utils.tools.gpu_graph import eval_forward, op_kinds, profile, top_ops
 
     shape = (1, *settings.latency_size)
     for name in [n for n in PROFILED_MODELS if n in names] or names[:1]:
@@ -181,7 +182,9 @@ def profile_ops(names, settings, report):
 
 def check_model(name, settings, report):
     """Phase 1 of a model: build, eval forward (timed: mostly compilation), argmax, training steps."""
-    import jittor as jt
+    import jittor as jt  # imported here, after `apply_gpu_defaults`, as are the models
+
+    from models.layout import argmax
 
     entry = report.model(name)
     log(f"{name}: build, eval forward at {dims(settings.check_shape)}, {TRAIN_STEPS} training steps")

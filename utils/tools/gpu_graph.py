@@ -23,7 +23,6 @@ import contextlib
 
 import numpy as np
 
-from models import kernels
 from utils.tools.stand_in_weights import synthetic_inputs
 
 CPU_ONLY_OPS = ("transpose", "arg_reduce", "argsort", "code", "numpy_code")
@@ -106,6 +105,8 @@ def op_kinds(rows):
 def gpu_op_graph():
     """On the CPU, the models take the GPU's ops (DFORMER_CPU_KERNELS=0) inside this block."""
     import os
+
+    from models import kernels  # imports Jittor: not before the GPU check has set its defaults
 
     saved = os.environ.get(kernels.SWITCH)
     os.environ[kernels.SWITCH] = "0"

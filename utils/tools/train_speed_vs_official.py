@@ -27,16 +27,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def jittor_worker(root, config, batch, height, width):
     """A `step()` closure for the model of the repository checkout `root` (run under the Jittor Python,
     with `root` as its working folder and on its PYTHONPATH)."""
-    from utils.entry import load_config  # sets Jittor's defaults before importing it
-
-    import jittor as jt
     from models import build_model
-    from utils.engine.timing import random_inputs
-    from utils.engine.loss import cross_entropy
-    from utils.engine.optim import build_optimizer
+    from utils.entry import load_config
 
     C = load_config(f"local_configs.NYUDepthv2.{config}")
-    model = build_model(C)
+    model = build_model(C)  # sets Jittor's defaults, then imports it
+
+    import jittor as jt
+
+    from utils.engine.loss import cross_entropy
+    from utils.engine.optim import build_optimizer
+    from utils.engine.timing import random_inputs
+
     model.train()
     optimizer = build_optimizer(model, C)
     rgb, depth = random_inputs(batch, height, width)
@@ -56,13 +58,11 @@ def torch_worker(official_dir, cfg, batch, height, width, threads):
     import torch.nn.functional as F
     import models.decoders.ham_head as ham
     from models.builder import EncoderDecoder
+    from official import AttrDict  # this file's folder leads the path: the official glue (standard library only)
     from utils.init_func import group_weight
 
     torch.set_num_threads(threads)
     ham.NMF2D._build_bases = lambda self, B, S, D, R, cuda=False: F.normalize(torch.rand((B * S, D, R)), dim=1)
-
-    class AttrDict(dict):
-        __getattr__ = dict.__getitem__
 
     criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=255)
     with open(os.devnull, "w") as devnull:  # the official constructors print their settings
@@ -101,13 +101,13 @@ def serve(step):
             return
 
 
-def official_cfg(config):
+def training_cfg(config):
+    """The official model's config (`official.official_cfg`) plus what its training step reads."""
     from utils.entry import load_config
+    from utils.tools.official import official_cfg
 
     C = load_config(f"local_configs.NYUDepthv2.{config}")
-    keys = ("backbone", "decoder", "decoder_embed_dim", "num_classes", "drop_path_rate", "bn_eps",
-            "bn_momentum", "aux_rate", "lr", "weight_decay")
-    return dict({key: C[key] for key in keys}, pretrained_model=None, background=255)
+    return dict(official_cfg(C), lr=C.lr, weight_decay=C.weight_decay, background=255)
 
 
 class Worker:
@@ -148,7 +148,7 @@ def compare(args, config, height, width):
                                      args.baseline_root)
     workers["torch"] = Worker([args.torch_python] + me[1:] + ["--worker", "torch", "--official-dir", args.official_dir,
                                                    "--torch-threads", str(args.torch_threads),
-                                                   "--cfg", json.dumps(official_cfg(config))],
+                                                   "--cfg", json.dumps(training_cfg(config))],
                                 args.official_dir)
     times = {name: [] for name in workers}
     for round_ in range(args.warmup + args.rounds):  # alternate, swapping who goes first
