@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import here)
+from utils.files import atomic_open  # noqa: E402
 from utils.engine.timing import (device_info, format_protocol_time, measure_latency,  # noqa: E402
                                  measure_side_by_side, measure_training, projected_protocol_time, timing_stats)
 
@@ -125,7 +126,7 @@ def time_onnx_next_to_jittor(model, batch_size, args):
 
 def finish(report, args):
     if args.json:
-        with open(args.json, "w") as file:
+        with atomic_open(args.json, "w") as file:
             json.dump(report, file, indent=2)
     return report
 

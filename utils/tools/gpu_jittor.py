@@ -15,6 +15,7 @@ import traceback
 
 from models import registry
 from utils.entry import load_config
+from utils.files import atomic_open
 from utils.tools.stand_in_weights import synthetic_inputs, synthetic_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -210,8 +211,8 @@ def cpu_reference_main(spec_path):
         try:
             model, _ = build_with_weights(name)
             logits = eval_logits(model, tuple(spec["check_shape"]), CHECK_SEED).numpy()
-            np.savez(npz + ".tmp.npz", logits=logits)
-            os.replace(npz + ".tmp.npz", npz)  # whole files only: the parent polls for them
+            with atomic_open(npz) as file:  # whole files only: the parent polls for them
+                np.savez(file, logits=logits)
             print(f"CPU reference {name}: {time.time() - start:.1f}s", flush=True)
         except Exception:  # noqa: BLE001  (reported to the parent, which records it per model)
             with open(error, "w") as file:

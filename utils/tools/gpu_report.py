@@ -10,6 +10,8 @@ from dataclasses import asdict
 
 from tabulate import tabulate
 
+from utils.files import atomic_open
+
 JSON_NAME, MARKDOWN_NAME = "gpu_check.json", "gpu_check.md"
 
 
@@ -19,12 +21,6 @@ def dims(shape):
 
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
-
-
-def write_atomically(path, text):
-    with open(path + ".tmp", "w") as file:
-        file.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def markdown_table(title, header, rows):
@@ -73,8 +69,9 @@ class Report:
         self.data["elapsed_s"] = round(time.time() - self.start_time, 1)
         self.data["failures"] = self.failures()
         self.data["passed"] = not self.data["failures"]
-        write_atomically(os.path.join(self.out_dir, JSON_NAME), json.dumps(self.data, indent=1, default=str))
-        write_atomically(os.path.join(self.out_dir, MARKDOWN_NAME), self.markdown())
+        for name, text in ((JSON_NAME, json.dumps(self.data, indent=1, default=str)), (MARKDOWN_NAME, self.markdown())):
+            with atomic_open(os.path.join(self.out_dir, name), "w") as file:
+                file.write(text)
 
     def markdown(self):
         lines = self.header_lines()
