@@ -34,6 +34,9 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        if cfg.get("aux_rate"):
+            raise ValueError(f"C.aux_rate = {cfg.aux_rate}: upstream's auxiliary FCN head (an extra training "
+                             "loss) is not ported; every official config sets aux_rate = 0")
         self.backbone_name = cfg.backbone
         self.backbone = build_backbone(cfg.backbone, drop_path_rate=cfg.drop_path_rate)
         channels = self.backbone.out_channels

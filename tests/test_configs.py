@@ -93,3 +93,16 @@ def test_optimizer_key_is_honoured():
     assert isinstance(make("AdamW")[1], jt.optim.AdamW)
     with pytest.raises(ValueError, match="SGDM"):
         make("Adam")
+
+
+def test_auxiliary_head_is_refused():
+    """Upstream's `aux_rate > 0` adds an FCN head and a second training loss, which is not ported:
+    such a config stops with a message instead of training without it."""
+    from easydict import EasyDict
+
+    from models import build_model
+
+    C = EasyDict(importlib.import_module("local_configs.NYUDepthv2.DFormer_Tiny").C)
+    C.aux_rate = 0.4
+    with pytest.raises(ValueError, match="aux_rate = 0.4: upstream's auxiliary FCN head"):
+        build_model(C)
