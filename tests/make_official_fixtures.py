@@ -21,7 +21,7 @@ the deterministic stand-in weights of `utils/tools/stand_in_weights.py`. Writes 
   float32 run's losses and its errors against float64 on the same values.
 - protocol_parity.npz (tests/test_training_parity.py): the official `evaluate_msf` (scales 0.5-1.5
   + flip) and its sliding-window variant on DFormer-Tiny, 1x96x128, with NMF bases drawn in forward
-  order from numpy's default_rng(seed), as utils/evaluate.py draws them: argmax map and
+  order from numpy's default_rng(seed), as utils/engine/evaluate.py draws them: argmax map and
   sampled summed probabilities.
 - nmf_parity.npz (tests/test_numerics.py): the official `NMF2D` alone (evaluation, 7 steps) on
   `nmf_inputs` (non-negative 2x512x12x16 maps at two scales, seeded bases), in float64 (sampled
@@ -79,7 +79,7 @@ GRAD_SAMPLES, STEP1_SAMPLES, UPDATE_SAMPLES = 1024, 4096, 16384
 
 PROTOCOL_MODEL, PROTOCOL_SHAPE, PROTOCOL_SEED = "DFormer-Tiny", (1, 96, 128), 11
 PROTOCOL_SCALES, PROTOCOL_CROP, PROBABILITY_SAMPLES = [0.5, 0.75, 1.0, 1.25, 1.5], (64, 64), 4096
-PROTOCOL_BASES_SEED = 12345  # C.seed: utils/evaluate.py draws the bases from default_rng(C.seed)
+PROTOCOL_BASES_SEED = 12345  # C.seed: utils/engine/evaluate.py draws the bases from default_rng(C.seed)
 NMF_SHAPE, NMF_SCALES, NMF_SEED, NMF_SAMPLES = (2, 512, 12, 16), (1.0, 20.0), 5, 16384
 FLIP_SEEDS = range(100, 150)  # batches of the flip statistics (`make_flips`); no test uses them
 RELU_SITES = ("squeeze", "ham_in", "x + ham_out", "align")  # the decode head's ReLU inputs
