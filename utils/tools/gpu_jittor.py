@@ -122,12 +122,14 @@ def conv_ops_used():
     import jittor as jt
     from jittor import nn
 
-    with jt.flag_scope(use_cuda=int(jt.has_cuda), log_silent=1):  # log_silent: no profiler printout
+    from utils.tools.gpu_graph import op_name, profile
+
+    with jt.flag_scope(use_cuda=int(jt.has_cuda)):
         conv = nn.Conv2d(8, 16, 3, padding=1)
         x = jt.rand(1, 8, 16, 16)
-        with jt.no_grad(), jt.profile_scope(0, 1) as report:
-            conv(x).sync()
-    return sorted({row[0].split("«")[0] for row in report[1:] if "conv" in row[0].split("«")[0]})
+        with jt.no_grad():
+            rows = profile(lambda: conv(x).sync())
+    return sorted({op_name(name) for name, _, _ in rows if "conv" in op_name(name)})
 
 
 def jittor_environment(settings):
