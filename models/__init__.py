@@ -11,12 +11,9 @@ from .registry import MODELS, ModelSpec, find_model
 def build_model(C):
     """The EncoderDecoder of config `C`, on the GPU when Jittor has one, its weights computed.
 
-    `use_cuda` is set before construction because Jittor picks its depthwise-conv kernel in
-    `Conv2d.__init__` from the current flag. Jittor's initialisers are lazy: a random draw runs
-    when its value is first needed, from the random generator's state at that moment, so the
-    parameters and buffers are computed here, right after construction: the seed set before
-    `build_model` alone then fixes them, whatever runs next (re-seeding, data loading, a
-    broadcast to other processes).
+    `use_cuda` is set first: Jittor picks its depthwise-conv kernel in `Conv2d.__init__`. The
+    weights are computed right away because Jittor draws lazily, from the generator's state at first
+    use: so the seed set before `build_model` alone fixes them, whatever runs next.
     """
     from .jittor_env import apply_defaults
 

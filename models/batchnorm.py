@@ -1,18 +1,11 @@
-"""BatchNorm2d with PyTorch's training numerics (a drop-in for `jt.nn.BatchNorm2d`).
-
-Same parameters and buffers (`weight`, `bias`, `running_mean`, `running_var`), same
-`isinstance(m, nn.BatchNorm2d)`, same evaluation formula; what differs is training mode:
-- Statistics: Jittor computes var = E[x^2] - E[x]^2 with sequential float32 sums (1.5e-3 off a
-  float64 reference at 8x16x240x320; the subtraction cancels when the mean is large). Here the
-  mean and then the centred variance (two passes) are summed in float64; float64 also costs no
-  time here (the reduction is memory-bound). Output = (x - mean) * scale + bias in float32.
-- `running_var` is updated with the unbiased variance (n / (n - 1)), as `torch.nn.BatchNorm2d`;
-  Jittor uses the biased one.
-- Under MPI the statistics are synchronised like Jittor's own BatchNorm (and upstream's
-  SyncBatchNorm): the mean of the per-process means, then the mean of the per-process centred
-  variances about that global mean, so equal per-process batches give the full-batch values;
-  n counts the pixels of all processes.
-On the CPU (float32) the same numbers come from multi-threaded kernels (`models/kernels/float64.py`).
+"""BatchNorm2d with PyTorch's training numerics, a drop-in for `jt.nn.BatchNorm2d` (same
+parameters, buffers, isinstance and evaluation formula). In training mode:
+- the mean, then the centred variance, are summed in float64 (Jittor's float32 E[x^2] - E[x]^2
+  cancels when the mean is large; numbers in docs/parity.md);
+- `running_var` takes the unbiased variance, as PyTorch's (Jittor's the biased one);
+- under MPI the statistics are the mean over processes of the per-process means, then of the
+  centred variances about that global mean: equal per-process batches give the full-batch values.
+On the CPU the same numbers come from multi-threaded kernels (`kernels/float64.py`).
 """
 import jittor as jt
 from jittor import nn
@@ -54,10 +47,7 @@ class BatchNorm2d(nn.BatchNorm):
 
 
 class SyncBatchNorm(BatchNorm2d):
-    """Where upstream hard-codes `nn.SyncBatchNorm` (DFormerv2's stem and downsampling): the same
-    layer and numerics, but its own type, because upstream's type decides what trains: its
-    train.py passes `group_weight` the norm layer of its `--syncbn` flag; with `--syncbn` (its
-    train.sh, and the default) these train like every BatchNorm, with `--no-syncbn` they are in
-    no group, as an `nn.SyncBatchNorm` is no `nn.BatchNorm2d` (`utils/engine/optim.py`). Their statistics
-    are synchronised over the processes whatever the flag.
+    """Where upstream hard-codes `nn.SyncBatchNorm` (DFormerv2's stem and downsampling): same
+    numerics, but its own type, because upstream's parameter groups go by type: these train only
+    with `--syncbn` (`utils/engine/optim.py`). Their statistics are synchronised whatever the flag.
     """

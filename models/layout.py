@@ -1,18 +1,11 @@
 """Layout changes, transposed products and channels-last convolutions that stay on the GPU.
 
 Jittor turns a permute that moves the last axis into a `TransposeOp`, which has no CUDA kernel
-unless the optional cutt library loaded; inside a CUDA graph such an op runs on the host, with a
-device sync and a copy each way (`utils/tools/gpu_graph.py`). The models therefore change layouts only
-through this file. Off the CPU fast path (on a GPU, or on the CPU with DFORMER_CPU_KERNELS=0, which
-runs the GPU's graph):
-- `permute` is a `fuse_transpose`: a CUDA kernel that fuses with its neighbours and whose gradient
-  is another `fuse_transpose`;
-- `matmul` reads transposed operands through cuBLAS's transpose flags instead of a permuted copy;
-- `conv_nhwc` convolves a channels-last tensor in that layout (cuDNN; oneDNN on the CPU), with no
-  transposes around it, as PyTorch does for the official model's permuted tensors;
-- `argmax` is a max, a compare and a min (Jittor's argmax is CPU-only without CUB, and transposes
-  its input when the axis is not the last).
-On the CPU fast path (`kernels.enabled`) each is Jittor's stock op, as before.
+unless the optional cutt library loaded, so it runs on the host with a sync and a copy each way.
+The models change layouts only through this file; off the CPU fast path (a GPU, or
+DFORMER_CPU_KERNELS=0) `permute` is a fusable `fuse_transpose`, `matmul` uses cuBLAS's transpose
+flags, `conv_nhwc` convolves channels-last tensors in place (cuDNN) and `argmax` is a max, a
+compare and a min (Jittor's is CPU-only without CUB). On the CPU fast path each is the stock op.
 """
 import jittor as jt
 
@@ -33,11 +26,8 @@ def _swap_last_two(x):
 
 
 def matmul(a, b, trans_a=False, trans_b=False):
-    """op_a(a) @ op_b(b) over the last two axes, the leading axes equal; op = transpose when asked.
-
-    On the GPU one cuBLAS batched product that reads the transposed operands in place, and so do
-    its gradients; elsewhere Jittor's product of the permuted operands.
-    """
+    """op_a(a) @ op_b(b) over the last two axes, the leading axes equal; op = transpose when asked
+    (on the GPU one cuBLAS product reading the transposed operands in place, gradients too)."""
     if str(a.dtype) != str(b.dtype):  # mixed precision (AMP): both in the wider type, as cuBLAS needs one
         wider = "float64" if "float64" in (str(a.dtype), str(b.dtype)) else "float32"
         a, b = a.cast(wider), b.cast(wider)

@@ -21,12 +21,8 @@ from ..layers import (GELU, ChannelsLastConv2d, TapSumConv2d, adaptive_avg_pool_
 
 
 class FrozenLayerNorm(nn.Module):
-    """Upstream's own channels-last LayerNorm class (eps 1e-6), frozen in training.
-
-    Not an `nn.LayerNorm`, so upstream's parameter grouping never collects its weight and bias: they
-    keep their pretrained values (`utils/engine/optim.py`). Upstream calls it `LayerNorm`; the state_dict
-    keys are the same.
-    """
+    """Upstream's own channels-last `LayerNorm` class (eps 1e-6; same keys). Not an `nn.LayerNorm`,
+    so upstream's parameter grouping never collects it: it keeps its pretrained values in training."""
 
     def __init__(self, dim, eps=1e-6):
         super().__init__()

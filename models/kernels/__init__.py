@@ -1,12 +1,13 @@
 """Multi-threaded CPU kernels with their own backward passes, and the one predicate that decides
 where they run.
 
-`ops.py`: channels-last convolutions, GELU, LayerNorm, the AdamW update; `attention.py`: fused
-attention; `float64.py`: the training loss and train-mode BatchNorm with float64 sums. Jittor on
-the CPU runs element-wise ops, reductions and batched products as single-threaded loops; these
+`ops.py`: channels-last convolutions, batched oneDNN products, GELU, LayerNorm, the AdamW update;
+`attention.py`: fused attention; `float64.py`: the training loss and train-mode BatchNorm with
+float64 sums; `layers.py`: the CPU versions of `models/layers.py`'s blocks, built on these. Jittor
+on the CPU runs element-wise ops, reductions and batched products as single-threaded loops; these
 kernels compute the same maths with OpenMP. `enabled()` / `applies(x)` below is the one decision
-behind every CPU-only path (these kernels and the oneDNN products, resizes and layout choices of
-`models/layers.py`, `layout.py` and the decoders, the loss and the optimiser); every caller uses it.
+behind every CPU-only path (these kernels and the layout choices of `models/layers.py`,
+`layout.py` and the decoders, the loss and the optimiser); every caller uses it.
 """
 import os
 

@@ -3,9 +3,8 @@
 Used by DFormerv2's masked axial and full attention and by DFormer's global awareness (49 pooled
 queries over all positions, no mask). Why: on the CPU Jittor runs batched products as
 single-threaded broadcast-multiply-sum loops and a softmax as three more passes over the logits.
-Same maths as the stock ops (tested to ~1e-5, values and gradients); `models/layers.py`
-(`axial_attention`, `full_attention`, `pooled_attention`) calls it where `models.kernels.applies` holds
-and keeps the stock ops for the GPU.
+Same maths as the stock ops (tested to ~1e-5, values and gradients); `layers.py` here
+(`axial_attention`, `full_attention`, `pooled_attention`) calls it where `models.kernels.applies` holds.
 """
 import jittor as jt
 import numpy as np

@@ -200,7 +200,7 @@ class GraphBuilder:
         """Bilinear resize of NCHW `x` to `size` (int64 (2,) tensor), align_corners=False.
 
         ONNX `half_pixel` linear resize is PyTorch's formula: source = (i + 0.5) * in/out - 0.5,
-        clamped at the border, no antialiasing (what `models.layers.resize` computes as matrices).
+        clamped at the border, no antialiasing (what `models.kernels.layers.resize` computes as matrices).
         """
         sizes = self.concat([self.dims(x, 0, 2), size], axis=0)
         return self.op("Resize", x, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
