@@ -1,4 +1,4 @@
-"""benchmark.py: params and thop-compatible FLOPs of all 7 NYUDepthv2 models at 480x640.
+"""benchmark.py (utils/speed/flops.py): params and thop-compatible FLOPs of all 7 NYUDepthv2 models at 480x640.
 
 The count runs the forward lazily (shapes only), so the whole file takes seconds on a CPU.
 THOP_480x640 holds what `thop.profile` (0.1.1) gives on the official PyTorch models at 480x640
@@ -10,6 +10,7 @@ import pytest
 
 import benchmark
 from models.registry import MODELS
+from utils.speed import flops
 THOP_480x640 = {  # name: (MACs, params)
     "DFormer-Tiny": (11749408224, 6003912), "DFormer-Small": (25673487744, 18747144),
     "DFormer-Base": (41937024576, 29524840), "DFormer-Large": (65696154720, 39030392),
@@ -25,7 +26,7 @@ def counts():
     result = {}
     for name, spec in MODELS.items():
         model = build_model(importlib.import_module(spec.config_module()).C)
-        result[name] = (benchmark.count_params(model), benchmark.count_macs(model, 480, 640))
+        result[name] = (flops.count_params(model), flops.count_macs(model, 480, 640))
     return result
 
 
@@ -55,6 +56,18 @@ def test_counting_computes_nothing():
 
     model = build_model(importlib.import_module("local_configs.NYUDepthv2.DFormer_Tiny").C)
     start = time.perf_counter()
-    macs = benchmark.count_macs(model, 2048, 2048)
+    macs = flops.count_macs(model, 2048, 2048)
     assert time.perf_counter() - start < 20
     assert macs["module"]["total"] > 11e9 * (2048 * 2048) / (480 * 640) * 0.9
+
+
+def test_command_line(capsys, tmp_path):
+    """`python benchmark.py --config ... --json ...` prints the table and writes the counts."""
+    import json
+
+    results = benchmark.main(["--config", "local_configs.NYUDepthv2.DFormer_Tiny", "--sizes", "480x640",
+                              "--json", str(tmp_path / "flops.json")])
+    table = capsys.readouterr().out
+    assert "DFormer-Tiny" in table and "6.00" in table and "11.75" in table
+    saved = json.loads((tmp_path / "flops.json").read_text())
+    assert saved == results and saved[0]["macs"]["480x640"]["module"]["total"] == THOP_480x640["DFormer-Tiny"][0]

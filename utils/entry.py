@@ -1,16 +1,9 @@
 """What every entry point (train, eval, infer, latency, export_onnx, benchmark) does first, written once.
 
-`main_guard` sets Jittor's environment defaults and checks the Jittor setup before Jittor is
-imported, and turns `UserError`s into one clear message instead of a traceback; `load_config`
-imports a config module by dotted name.
-
-The command lines in utils/ run as `python utils/X.py` and as `python -m utils.X`. For the first
-they put the repository on `sys.path` with the same two lines, before importing anything from it
-(Python puts the script's own folder there, where utils/ files would shadow top-level names); no
-other module edits `sys.path`:
-
-    if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
-        sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+`main_guard` sets Jittor's defaults and checks its setup before Jittor is imported, and prints a
+`UserError` as one message. The command lines in utils/ also run as `python utils/X.py`; only they edit
+`sys.path`, all with the same two lines, replacing the script's folder (whose files would shadow
+top-level names) with the repository.
 """
 import importlib
 import importlib.util

@@ -1,9 +1,7 @@
 """Evaluate a checkpoint: `python utils/eval.py --config CFG --checkpoint CKPT [--mode ss|msf|sliding]`.
 
-Prints the per-class IoU/Acc/F1 table with class names and aAcc, mIoU, mAcc, mF1, each labelled
-with the evaluation protocol, then the speed and the projected time of the full official protocol.
-Modes (see `utils/engine/evaluate.py`): `ss` single scale; `msf` multi-scale + flip (scales from the
-config, upstream's 0.5-1.5 by default); `sliding` msf with sliding windows, upstream's `eval.sh`.
+Prints per-class and summary tables labelled with the protocol (modes: `utils/engine/evaluate.py`),
+the speed, and the projected time of the full official protocol.
 """
 import argparse
 import json
@@ -14,7 +12,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
-from utils.engine.timing import format_protocol_time, projected_protocol_time  # noqa: E402
+from utils.speed.timing import format_protocol_time, projected_protocol_time  # noqa: E402
 from utils.engine.metrics import trivial_baseline  # noqa: E402
 
 

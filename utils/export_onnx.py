@@ -1,13 +1,10 @@
 """Export a DFormer / DFormerv2 segmentor to ONNX, built from the model's own modules and weights.
 
-    python utils/export_onnx.py --config local_configs.NYUDepthv2.DFormer_Large \
-        --checkpoint checkpoints/trained/NYUv2_DFormer_Large.pth --output dformer_large.onnx
-    python utils/export_onnx.py --config CFG --checkpoint CKPT --output model.onnx --dynamic --verify
+    python utils/export_onnx.py --config CFG --checkpoint CKPT --output model.onnx [--dynamic] [--verify]
 
-The file has inputs `rgb` and `depth`, float32 (B, 3, H, W), normalised exactly as for
-`model(rgb, depth)`, and the output `logits` (B, K, H, W). Without `--dynamic` B=1 and H, W are
-`--height`/`--width`; with it, batch, height and width are free. How the graph is written and how
-it differs from the Jittor forward: `utils/onnx_export/export.py`.
+Inputs `rgb`, `depth` float32 (B, 3, H, W), normalised as for `model(rgb, depth)`; output `logits`
+(B, K, H, W); B=1, H=`--height`, W=`--width` unless `--dynamic`. How the graph differs from the
+Jittor forward: `utils/onnx_export/export.py`.
 """
 import argparse
 import os

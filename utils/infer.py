@@ -1,19 +1,10 @@
 """Predict and visualise: on a dataset split, a folder of RGB+depth pairs, or one pair.
 
-    python utils/infer.py --config CFG --checkpoint CKPT --split test --output-dir OUT
     python utils/infer.py --config CFG --checkpoint CKPT --input-dir DIR --output-dir OUT
-    python utils/infer.py --config CFG --checkpoint CKPT --rgb a.jpg --depth a.png --output-dir OUT
-    python utils/infer.py --config CFG --backend onnx --onnx model.onnx --input-dir DIR --output-dir OUT
 
-With `--backend onnx --onnx model.onnx` (a file of `utils/export_onnx.py`, no checkpoint needed)
-the forward runs in ONNX Runtime; reading, normalisation, the evaluation protocol and the output
-files are the same code as for the Jittor model.
-
-A folder holds `RGB/` and `Depth/` with files of the same name (no labels or list files). Depth is
-8-bit grey in the official convention (0 near .. 255 far) or a 16-bit PNG of raw depth (e.g.
-millimetres), converted per image (see `utils.dataloader.transforms.depth_to_uint8`). For every image the
-output folder gets `<name>.png` (palette label map, NYU colours), `<name>_overlay.png` and
-`<name>_panel.png` (RGB | depth | prediction). On a labelled split the metrics are printed too.
+A folder holds `RGB/` and `Depth/` with files of the same name. Each image gets `<name>.png` (palette
+label map), `<name>_overlay.png` and `<name>_panel.png`; a labelled split also prints its metrics.
+`--backend onnx --onnx FILE` runs the forward of a `utils/export_onnx.py` file in ONNX Runtime instead.
 """
 import argparse
 import os
@@ -23,6 +14,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+from utils.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -45,8 +37,6 @@ def parse_args(argv=None):
 
 
 def check_writable(folder):
-    from utils.errors import UserError
-
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, ".write-test")
@@ -62,7 +52,6 @@ def main(args):
     import cv2
 
     from utils.dataloader.dataset import InferenceDataset, RGBXDataset, list_inference_pairs
-    from utils.errors import UserError
     from utils.engine.evaluate import evaluate
     from utils.engine.visualize import save_prediction
 

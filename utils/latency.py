@@ -1,15 +1,9 @@
 """Inference latency and training throughput of a config's model.
 
-    python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Large
-    python utils/latency.py --config local_configs.NYUDepthv2.DFormerv2_S --batch-sizes 1 8 \
-        --height 480 --width 640 --warmup 10 --iters 30 --json latency.json
-    python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny --train   # batch 8
-    python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny --onnx    # + ONNX Runtime
+    python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny --batch-sizes 1 8 [--train | --onnx]
 
-With `--onnx` the same model is exported to ONNX (`utils/export_onnx.py`, fixed input size) and
-ONNX Runtime is timed next to Jittor on the same inputs, the two forwards alternating in every
-iteration so that a noisy, shared machine slows both alike.
-The timing itself is `utils/engine/timing.py`.
+`--onnx` times the model exported to ONNX in ONNX Runtime, alternating with Jittor in every iteration
+so that a noisy, shared machine slows both alike. The timing itself is `utils/speed/timing.py`.
 """
 import argparse
 import json
@@ -21,11 +15,9 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
 
 from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import here)
 from utils.files import atomic_open  # noqa: E402
-from utils.engine.timing import (device_info, format_protocol_time, measure_latency,  # noqa: E402
+from utils.speed.timing import (device_info, format_protocol_time, measure_latency,  # noqa: E402
                                  measure_side_by_side, measure_training, projected_protocol_time, timing_stats)
 
-
-# ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],

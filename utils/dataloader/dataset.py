@@ -1,15 +1,8 @@
 """Datasets: labelled RGB-D splits (`RGBXDataset`) and unlabelled RGB+depth input for inference.
 
-Reading follows the official `utils/dataloader/RGBXDataset.py` and the preprocessing follows its
-`TrainPre`/`ValPre` (see `utils/dataloader/transforms.py`), so the arrays equal upstream's for the same files
-and random draws. Both classes are `jittor.dataset.Dataset`s: `len()` is the number of batches,
-iteration yields collated batches of `jt.Var`s, and under MPI each rank reads its own share.
-`__getitem__` uses numpy/OpenCV only, so it can run in loader worker processes.
-
-Depth maps are single grey images in the official convention, 0 nearest .. 255 farthest. A 16-bit
-(or float) depth map is converted per image with `utils.dataloader.transforms.depth_to_uint8`.
-
-Problems with the user's files raise `UserError` with the file name and what to do.
+Mirrors upstream's `utils/dataloader/RGBXDataset.py`, so the arrays equal upstream's for the same files
+and random draws. Both are `jittor.dataset.Dataset`s (`len()` counts batches; under MPI each rank reads
+its share); problems with the user's files raise `UserError` naming the file and what to do.
 """
 import os
 import random
@@ -21,12 +14,7 @@ from jittor.dataset import Dataset
 from PIL import Image
 
 from local_configs._base_ import IGNORE_LABEL
-from utils.dataloader.transforms import (
-    SUN_PAD_SHAPE,
-    depth_to_uint8,
-    eval_transform,
-    train_transform,
-)
+from utils.dataloader.transforms import SUN_PAD_SHAPE, depth_to_uint8, eval_transform, train_transform
 from utils.errors import UserError
 from utils.synthetic.manifest import check_synthetic_dataset
 
@@ -54,13 +42,9 @@ def dataset_help(C):
 
 
 def file_problem(path):
-    """None for a readable image file, else "missing" or "truncated" (JPEG and PNG files).
-
-    OpenCV decodes a truncated JPEG anyway, the missing part grey, with only a libjpeg warning on
-    stderr, and the model would train or predict on it as if it were whole. A JPEG or PNG whose
-    end marker (EOI, IEND) is not near the end of the file is decoded once more by Pillow, which
-    refuses truncated data; files with extra bytes after the marker pass.
-    """
+    """None for a readable image file, else "missing" or "truncated". OpenCV decodes a truncated JPEG
+    silently (the rest grey), so a JPEG or PNG without its end marker near the end goes to Pillow,
+    which refuses truncated data."""
     if not os.path.isfile(path):
         return "missing"
     with open(path, "rb") as file:
@@ -101,10 +85,7 @@ def imread(path, flags, kind):
 
 
 def read_rgb(path, bgr=True):
-    """An 8-bit colour image as HxWx3 uint8, in BGR order (cv2's, as upstream) unless `bgr=False`.
-
-    Grey and BGRA files are converted to 3 channels (upstream would fail on them).
-    """
+    """An 8-bit image as HxWx3 uint8, BGR (as upstream) unless `bgr=False`; grey and BGRA files too."""
     img = imread(path, cv2.IMREAD_UNCHANGED, "RGB")
     if img.dtype != np.uint8:
         raise UserError(f"RGB file {path} is {img.dtype}, expected an 8-bit image; convert it")
@@ -116,35 +97,22 @@ def read_rgb(path, bgr=True):
 
 
 def read_depth(path, strict=False):
-    """A depth map as HxW uint8 in the official convention (0 nearest .. 255 farthest).
-
-    8-bit files are read as grey exactly like upstream (`IMREAD_GRAYSCALE`, which `IMREAD_ANYDEPTH`
-    equals for 8-bit files) and used as they are. 16-bit files (e.g. millimetres, 0 = no
-    measurement) and float files are converted with `depth_to_uint8`. With `strict` (inference on
-    user files), an 8-bit colour image whose channels differ is refused: it is probably a
-    colour-mapped visualisation, not a depth map.
-    """
+    """A depth map as HxW uint8, 0 nearest .. 255 farthest: 8-bit files as upstream reads them, 16-bit
+    and float ones through `depth_to_uint8`. `strict` refuses colour images (a visualisation?)."""
     depth = imread(path, cv2.IMREAD_ANYDEPTH, "depth")
     if depth.dtype != np.uint8:
         return depth_to_uint8(depth)
     if strict:
         full = imread(path, cv2.IMREAD_UNCHANGED, "depth")
-        if full.ndim == 3 and full.shape[2] >= 3 and not (
-            np.array_equal(full[..., 0], full[..., 1]) and np.array_equal(full[..., 0], full[..., 2])
-        ):
-            raise UserError(
-                f"depth file {path} is a colour image; expected a grey depth map (8-bit, 0 nearest .. "
-                "255 farthest) or a 16-bit PNG of raw depth (e.g. millimetres, 0 = no measurement)"
-            )
+        if full.ndim == 3 and full.shape[2] >= 3 and not (full[..., :3] == full[..., :1]).all():
+            raise UserError(f"depth file {path} is a colour image; expected a grey depth map (8-bit, 0 nearest .. "
+                            "255 farthest) or a 16-bit PNG of raw depth (e.g. millimetres, 0 = no measurement)")
     return depth
 
 
 def read_label(path, gt_transform):
-    """A label map as HxW uint8; with `gt_transform`, 0 (unlabelled) becomes 255 and k becomes k-1.
-
-    The shift is done in uint8 on purpose, as upstream: `0 - 1` wraps around to 255, the ignore
-    index, so unlabelled pixels are skipped by the loss and the metrics.
-    """
+    """A label map as HxW uint8; `gt_transform` shifts k to k-1 in uint8 as upstream, so 0
+    (unlabelled) wraps to 255, the ignore index."""
     gt = imread(path, cv2.IMREAD_GRAYSCALE, "label")
     return gt - np.uint8(1) if gt_transform else gt
 
@@ -163,10 +131,8 @@ def check_label_values(gt, num_classes, gt_transform, path):
     if bad.size:
         stored = (bad.astype(np.int64) + 1) % 256 if gt_transform else bad
         valid = f"1..{num_classes} (0 = unlabelled)" if gt_transform else f"0..{num_classes - 1} (255 = ignore)"
-        raise UserError(
-            f"label file {path} contains values {stored.tolist()} but the config has {num_classes} classes, "
-            f"so stored labels must be {valid}; fix the labels or C.class_names / C.gt_transform"
-        )
+        raise UserError(f"label file {path} contains values {stored.tolist()} but the config has {num_classes} "
+                        f"classes, so stored labels must be {valid}; fix the labels or C.class_names / C.gt_transform")
 
 
 def entry_name(line, rgb_folder):
@@ -189,28 +155,13 @@ def read_list(list_file, rgb_folder):
 
 
 class RGBXDataset(Dataset):
-    """A labelled split of an RGB-D segmentation dataset laid out like NYUDepthv2.
+    """A labelled split ("train": train.txt, augmented; "val"/"test": test.txt) laid out like NYUDepthv2.
 
-    Items are dicts: `data` float32 (3, H, W) normalised RGB (BGR order unless `C.bgr_input` is
-    False), `modal_x` float32 (3, H, W) normalised depth, `label` int32 (H, W) with 255 = ignore,
-    `fn` the sample name.
-
-    Args:
-        C: the config (`C.dataset_path`, folder/format keys, normalisation, image size, ...).
-        split: "train" (reads train.txt, random augmentation) or "val"/"test" (reads test.txt,
-            no augmentation; with `C.pad_SUNRGBD` padded to 531x730).
-        batch_size: default `C.batch_size` for train and one image per process for eval (sizes
-            may differ per image).
-        shuffle, drop_last: default True for train, False for eval.
-        num_workers: loader processes, default `C.num_workers`.
-        file_length: number of samples per epoch. The train default is upstream's
-            `C.batch_size * C.niters_per_epoch`: the list repeated, then filled up with samples
-            drawn at random on every access. The eval default is the list length.
-
-    Randomness: until `set_epoch` is called, augmentation draws from Python's global `random`, in
-    upstream's order. After `set_epoch(seed)` (training calls it every epoch), the shuffle
-    order comes from `seed` and item `index` draws from its own generator seeded with (seed,
-    index), so the augmentation does not depend on which loader worker reads which item.
+    Items: `data` (3, H, W) float32 normalised RGB (BGR unless `C.bgr_input` is False), `modal_x` (3, H, W)
+    float32 normalised depth, `label` (H, W) int32 with 255 ignored, `fn` the sample name. A train epoch has
+    by default upstream's `C.batch_size * C.niters_per_epoch` samples (the list repeated, then random fill).
+    Augmentation draws from Python's `random` in upstream's order until `set_epoch(seed)`; after it,
+    item `index` draws from its own generator seeded with (seed, index), whichever worker reads it.
     """
 
     def __init__(self, C, split, batch_size=None, shuffle=None, drop_last=None, num_workers=None,
@@ -239,11 +190,8 @@ class RGBXDataset(Dataset):
         )
 
     def set_epoch(self, epoch_seed):
-        """Seed this epoch's shuffle order and augmentation from `epoch_seed` (an int).
-
-        Jittor's loader shuffles with its own generator, `_shuffle_rng`, which no public call
-        seeds; `reset()` makes the loader workers fork again, so they see the new seed.
-        """
+        """Seed this epoch's shuffle and augmentation from `epoch_seed` (an int): no public call seeds
+        Jittor's `_shuffle_rng`, and `reset()` makes the loader workers fork again with the new seed."""
         self.epoch_seed = epoch_seed
         self._shuffle_rng = np.random.default_rng(epoch_seed)
         self.reset()
@@ -253,9 +201,8 @@ class RGBXDataset(Dataset):
         """The path of train.txt / test.txt, after checking that the dataset folder exists."""
         if not os.path.isdir(C.dataset_path):
             raise UserError(f"dataset folder not found: {C.dataset_path} (C.dataset_path)\n{dataset_help(C)}")
-        list_file = C.get("train_source" if split == "train" else "eval_source") or os.path.join(
-            C.dataset_path, f"{split}.txt"
-        )
+        source = C.get("train_source" if split == "train" else "eval_source")
+        list_file = source or os.path.join(C.dataset_path, f"{split}.txt")
         if not os.path.isfile(list_file):
             raise UserError(f"list file not found: {list_file}\n{dataset_help(C)}")
         return list_file
@@ -263,19 +210,16 @@ class RGBXDataset(Dataset):
     def paths(self, name):
         """(rgb, depth, label) file paths of sample `name`."""
         C = self.C
-        return (
-            os.path.join(C.dataset_path, C.rgb_folder, name + C.rgb_format),
-            os.path.join(C.dataset_path, C.x_folder, name + C.x_format),
-            os.path.join(C.dataset_path, C.gt_folder, name + C.gt_format),
-        )
+        return (os.path.join(C.dataset_path, C.rgb_folder, name + C.rgb_format),
+                os.path.join(C.dataset_path, C.x_folder, name + C.x_format),
+                os.path.join(C.dataset_path, C.gt_folder, name + C.gt_format))
 
     def name_at(self, index, np_rng=np.random):
         """Upstream's epoch order: the list repeated, then a random fill for the remainder."""
         n = len(self.names)
         if index < n * (self.total_len // n):
             return self.names[index % n]
-        # Upstream re-draws a torch.randperm on every access; numpy's RNG here leaves Python's
-        # `random` (used by the augmentation) untouched, as torch's RNG did upstream.
+        # upstream draws from torch's RNG; numpy's leaves Python's `random` (the augmentation's) untouched
         return self.names[np_rng.randint(n)]
 
     def read_sample(self, name):
@@ -292,10 +236,8 @@ class RGBXDataset(Dataset):
             raise UserError(f"{err}\n(sample {name!r} listed in {self.list_file})") from None
         too_big = rgb.shape[0] > SUN_PAD_SHAPE[0] or rgb.shape[1] > SUN_PAD_SHAPE[1]
         if not self.is_train and C.pad_SUNRGBD and too_big:
-            raise UserError(
-                f"{rgb_path} is {rgb.shape[0]}x{rgb.shape[1]}, larger than the SUNRGBD pad size "
-                f"{SUN_PAD_SHAPE[0]}x{SUN_PAD_SHAPE[1]}; evaluate without pad_SUNRGBD"
-            )
+            raise UserError(f"{rgb_path} is {rgb.shape[0]}x{rgb.shape[1]}, larger than the SUNRGBD pad size "
+                            f"{SUN_PAD_SHAPE[0]}x{SUN_PAD_SHAPE[1]}; evaluate without pad_SUNRGBD")
         return rgb, cv2.merge([depth, depth, depth]), gt
 
     def __getitem__(self, index):
@@ -322,10 +264,8 @@ def _image_files(folder):
             continue
         stem, ext = os.path.splitext(entry)
         if not os.path.isfile(path) or ext.lower() not in IMAGE_EXTENSIONS:
-            raise UserError(
-                f"{path} is not an image file ({'/'.join(IMAGE_EXTENSIONS)}); "
-                f"remove it from {folder} or move it elsewhere"
-            )
+            raise UserError(f"{path} is not an image file ({'/'.join(IMAGE_EXTENSIONS)}); "
+                            f"remove it from {folder} or move it elsewhere")
         if stem in files:
             raise UserError(f"{files[stem]} and {path} have the same name; keep one of them")
         files[stem] = path
@@ -333,13 +273,8 @@ def _image_files(folder):
 
 
 def list_inference_pairs(source, depth=None, rgb_folder="RGB", x_folder="Depth"):
-    """(name, rgb_path, depth_path) for every sample of `source`.
-
-    `source` is either a folder holding `RGB/` and `Depth/` with files of the same stem (e.g.
-    `RGB/a.jpg` + `Depth/a.png`; no labels or list files needed), or one RGB image, in which case
-    `depth` is its depth map. Non-image files in the folders raise `UserError` (dotfiles such as
-    `.DS_Store` are skipped); so does an RGB image without a depth map.
-    """
+    """(name, rgb_path, depth_path) of every sample of `source`: one RGB image (with `depth`), or a
+    folder holding `RGB/` and `Depth/` with files of the same stem (no labels or list files needed)."""
     if os.path.isfile(source):
         if depth is None:
             raise UserError(f"{source} is a single image: also give its depth map")
@@ -348,10 +283,8 @@ def list_inference_pairs(source, depth=None, rgb_folder="RGB", x_folder="Depth")
         return [(os.path.splitext(os.path.basename(source))[0], source, depth)]
     rgb_dir, depth_dir = os.path.join(source, rgb_folder), os.path.join(source, x_folder)
     if not (os.path.isdir(rgb_dir) and os.path.isdir(depth_dir)):
-        raise UserError(
-            f"{source} should be an RGB image (with a depth map) or a folder holding {rgb_folder}/ and "
-            f"{x_folder}/ with files of the same name, e.g. {rgb_folder}/a.jpg and {x_folder}/a.png"
-        )
+        raise UserError(f"{source} should be an RGB image (with a depth map) or a folder holding {rgb_folder}/ and "
+                        f"{x_folder}/ with files of the same name, e.g. {rgb_folder}/a.jpg and {x_folder}/a.png")
     rgbs, depths = _image_files(rgb_dir), _image_files(depth_dir)
     if not rgbs:
         raise UserError(f"no images in {rgb_dir}")
@@ -362,13 +295,8 @@ def list_inference_pairs(source, depth=None, rgb_folder="RGB", x_folder="Depth")
 
 
 def read_inference_pair(C, rgb_path, depth_path):
-    """Read and preprocess one RGB+depth pair for inference.
-
-    Returns `(image, depth, data, modal_x)`: the RGB image in RGB order (uint8 HxWx3, for
-    visualisation), the depth map (uint8 HxW, official convention), and the normalised float32
-    (3, H, W) model inputs (`data` in BGR order unless `C.bgr_input` is False). No SUNRGBD padding:
-    the model takes any size.
-    """
+    """(image, depth, data, modal_x) of one pair: uint8 HxWx3 RGB and HxW depth for visualisation, and
+    the float32 (3, H, W) model inputs as in evaluation but never padded (the model takes any size)."""
     rgb = read_rgb(rgb_path, bgr=C.bgr_input)
     depth = read_depth(depth_path, strict=True)
     check_same_size({rgb_path: rgb.shape, depth_path: depth.shape})
@@ -378,12 +306,8 @@ def read_inference_pair(C, rgb_path, depth_path):
 
 
 class InferenceDataset(Dataset):
-    """Unlabelled RGB+depth pairs from `list_inference_pairs`, preprocessed like evaluation.
-
-    Items are dicts: `data`, `modal_x` (float32 (3, H, W) model inputs), `image` (uint8 HxWx3, RGB
-    order), `depth` (uint8 HxW) and `fn` (the sample name). Images may differ in size, so the
-    default batch size is 1.
-    """
+    """Unlabelled pairs of `list_inference_pairs`; items hold `read_inference_pair`'s arrays and `fn`.
+    Images may differ in size, so the default batch size is 1."""
 
     def __init__(self, C, pairs, batch_size=1, num_workers=0):
         super().__init__()

@@ -1,13 +1,7 @@
-"""Image preprocessing for training and evaluation, numerically identical to upstream.
+"""Image preprocessing, identical to upstream's `utils/transforms.py` and `TrainPre`/`ValPre` (its dataloader).
 
-Mirrors the official `utils/transforms.py` plus `TrainPre`/`ValPre` from
-`utils/dataloader/dataloader.py`. Random draws use Python's `random` module (or a `random.Random`
-passed as `rng`, same algorithm) in upstream's order (mirror, scale, crop row, crop column), so
-seeding `random` reproduces upstream's augmentation draw for draw; `tests/test_data.py` checks
-this against arrays produced by the official code.
-
-Helpers take and return HWC numpy arrays; `train_transform` and `eval_transform` return the
-normalised images as contiguous float32 CHW arrays and the label as HW uint8.
+Random draws come from `random` (or an `rng` of its type) in upstream's order, so seeding reproduces
+upstream's augmentation draw for draw. Helpers take HWC numpy arrays.
 """
 import random
 
@@ -19,8 +13,7 @@ from local_configs._base_ import IGNORE_LABEL
 DEPTH_MEAN = (0.48, 0.48, 0.48)
 DEPTH_STD = (0.28, 0.28, 0.28)
 SUN_PAD_SHAPE = (531, 730)  # the largest SUNRGBD image; upstream --pad_SUNRGBD pads to it
-# matplotlib's "Greys" map (9 ColorBrewer greys, white to black) reversed: the tone curve of the
-# official depth PNGs, which were written with `plt.imsave(png, depth, cmap="Greys_r")`.
+# matplotlib's 9-step "Greys_r": the tone curve of the official depth PNGs (`plt.imsave(png, depth, cmap="Greys_r")`)
 GREYS_R_POINTS = np.array([0, 37, 82, 115, 150, 189, 217, 240, 255]) / 255.0
 GREYS_R_LUT = (np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 9), GREYS_R_POINTS) * 255).astype(np.uint8)
 
@@ -32,18 +25,9 @@ def normalize(img, mean, std):
 
 
 def depth_to_uint8(depth):
-    """Metric depth (any unit) -> the official 8-bit depth convention: 0 nearest .. 255 farthest.
-
-    Reproduces what the authors did to the NYUDepthv2/SUNRGBD depth maps
-    (`plt.imsave(png, depth, cmap="Greys_r")`, read back as grey):
-    1. per-image min-max over the valid pixels (> 0 and finite): x = (d - min) / (max - min);
-       a constant image gives x = 0;
-    2. 256 bins: index = min(int(x * 256), 255);
-    3. the non-linear `Greys_r` tone curve, `GREYS_R_LUT[index]`.
-    Pixels without a measurement (0, negative, NaN/inf) become 255 (far): sensor holes are mostly
-    out-of-range areas, glass, or the parallax shadow behind an object's edge, which all lie behind
-    their surroundings. Units do not matter (min-max), so millimetres and metres give the same map.
-    """
+    """Depth in any unit -> the official 8-bit convention (0 nearest .. 255 farthest), as the authors'
+    `plt.imsave` made it: per-image min-max, 256 bins, the `Greys_r` tone curve. Pixels without a
+    measurement (<= 0, NaN/inf) become 255: sensor holes mostly lie behind their surroundings."""
     depth = np.asarray(depth, np.float64)
     valid = np.isfinite(depth) & (depth > 0)
     out = np.full(depth.shape, 255, np.uint8)
@@ -56,11 +40,8 @@ def depth_to_uint8(depth):
 
 
 def depth_mean_std(C):
-    """Depth statistics: 0.48/0.28 for a grey depth map copied to 3 channels, else ImageNet's.
-
-    Upstream's `ValPre` uses 0.48/0.28 whatever `C.x_is_single_channel` says; every shipped config
-    sets it True, where both rules agree, so train and eval share this one rule here.
-    """
+    """Depth mean/std: 0.48/0.28 for a grey depth map, else the RGB ones. Upstream's `ValPre` always uses
+    0.48/0.28; every shipped config is single-channel, where both agree, so train and eval share this rule."""
     if C.x_is_single_channel:
         return DEPTH_MEAN, DEPTH_STD
     return C.norm_mean, C.norm_std
@@ -74,10 +55,7 @@ def random_mirror(rgb, gt, modal_x, rng=random):
 
 
 def random_scale(rgb, gt, modal_x, scales, rng=random):
-    """Resize by a factor drawn with `rng.choice(scales)` to (int(H*s), int(W*s)).
-
-    Bilinear for the images, nearest for the label so no new label values appear.
-    """
+    """Resize by a factor drawn with `rng.choice(scales)`; nearest for the label (no new values)."""
     scale = rng.choice(scales)
     size = (int(rgb.shape[1] * scale), int(rgb.shape[0] * scale))  # cv2 wants (width, height)
     rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
@@ -87,30 +65,20 @@ def random_scale(rgb, gt, modal_x, scales, rng=random):
 
 
 def random_crop_pos(image_shape, crop_shape, rng=random):
-    """Top-left corner of a random crop; 0 along an axis where the image is not larger.
-
-    Upstream draws `randint(0, h - crop_h + 1)`, whose upper bound is inclusive: the last offset
-    starts one past the final full window, so that crop is one row (column) short and
-    `crop_pad` pads it back. Kept for draw-for-draw parity.
-    """
+    """Top-left corner of a random crop. Upstream's inclusive `randint(0, h - crop_h + 1)` can start one
+    past the last full window (`crop_pad` pads that crop back); kept for draw-for-draw parity."""
     (h, w), (crop_h, crop_w) = image_shape[:2], crop_shape
     pos_h = rng.randint(0, h - crop_h + 1) if h > crop_h else 0
     pos_w = rng.randint(0, w - crop_w + 1) if w > crop_w else 0
     return pos_h, pos_w
 
 
-def pad_centered(img, shape, value):
-    """Pad `img` to at least `shape` with `value`, half the padding before and the rest after."""
-    pad_h = max(shape[0] - img.shape[0], 0)
-    pad_w = max(shape[1] - img.shape[1], 0)
-    top, left = pad_h // 2, pad_w // 2
-    return cv2.copyMakeBorder(img, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=value)
-
-
 def crop_pad(img, pos, crop_shape, value):
-    """Crop `crop_shape` at `pos`, then pad what is missing (centred) with `value`."""
+    """Crop `crop_shape` at `pos`, then pad what is missing with `value`, centred."""
     crop = img[pos[0] : pos[0] + crop_shape[0], pos[1] : pos[1] + crop_shape[1], ...]
-    return pad_centered(crop, crop_shape, value)
+    pad_h, pad_w = crop_shape[0] - crop.shape[0], crop_shape[1] - crop.shape[1]
+    top, left = pad_h // 2, pad_w // 2
+    return cv2.copyMakeBorder(crop, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=value)
 
 
 def pad_bottom_right(img, shape, value):
@@ -127,11 +95,8 @@ def to_chw(img):
 
 
 def train_transform(rgb, gt, modal_x, C, rng=random):
-    """Upstream `TrainPre`: mirror, scale, normalise, random crop/pad to (image_height, image_width).
-
-    Padding happens after normalisation, so padded image pixels are 0 (the mean) and padded label
-    pixels are 255 (ignored).
-    """
+    """Upstream `TrainPre` -> (rgb CHW float32, gt HW uint8, depth CHW float32). Padding follows
+    normalisation, so padded pixels are 0 (the mean), padded labels 255."""
     rgb, gt, modal_x = random_mirror(rgb, gt, modal_x, rng)
     if C.train_scale_array is not None:
         rgb, gt, modal_x, _ = random_scale(rgb, gt, modal_x, C.train_scale_array, rng)
@@ -146,13 +111,8 @@ def train_transform(rgb, gt, modal_x, C, rng=random):
 
 
 def eval_transform(rgb, gt, modal_x, C, pad_sunrgbd=None):
-    """Upstream `ValPre`: no resize, optional SUNRGBD padding, then normalisation.
-
-    The SUNRGBD pad (bottom/right to 531x730, used by the DFormerv2 SUNRGBD checkpoints so images
-    can be batched) is applied *before* normalisation, so padded image pixels become -mean/std, not
-    0; padded label pixels are 255. `gt` may be None (inference). `pad_sunrgbd` defaults to
-    `C.pad_SUNRGBD`.
-    """
+    """Upstream `ValPre`, returning as `train_transform`; `gt` may be None. The SUNRGBD pad (`pad_sunrgbd`,
+    default `C.pad_SUNRGBD`) precedes normalisation, so padded pixels become -mean/std, not 0."""
     if pad_sunrgbd is None:
         pad_sunrgbd = C.pad_SUNRGBD
     if pad_sunrgbd:

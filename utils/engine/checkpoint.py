@@ -1,13 +1,7 @@
 """Load checkpoints strictly into a model, name the model a mismatched file belongs to, save atomically.
 
-Accepted files:
-- official trained checkpoints: `{'model', 'optimizer', 'epoch', 'iteration'}` as the official
-  `Engine.save_checkpoint` writes them (a plain state dict, or one under `state_dict`, also works);
-- official ImageNet-pretrained backbones: DFormer `.pth.tar` (timm's train script: `state_dict_ema`,
-  preferred as upstream does, else `state_dict`; `args`, `optimizer`, ... beside them) and DFormerv2
-  `*_pretrained.pth` (`{'model': backbone}`); these fill the backbone only;
-- checkpoints written by `save_checkpoint` (pickle, `.pkl`).
-The files are read without torch by `utils/engine/torch_reader.py` (both formats `torch.save` writes).
+Reads (without torch, via `torch_reader.py`) the official trained and ImageNet-pretrained files, whose
+layouts docs/checkpoints.md lists, and the `.pkl` files `save_checkpoint` writes.
 """
 import pickle
 import re
@@ -27,21 +21,15 @@ TRAINED_LEFTOVERS = [
 ]
 # ... and what an ImageNet-pretrained file may carry beyond the segmentation backbone:
 PRETRAINED_LEFTOVERS = TRAINED_LEFTOVERS + [
-    # DFormer (RGBD-Pretrain's classifier): `pred` = Linear(3/2 * dims[3], 1000) on the pooled RGB-D
-    r"backbone\.pred\.(weight|bias)",
-    # the last block of DFormer's stage 3 keeps its depth branch in pretraining; the segmentation
-    # model drops it (maintainer, VCIP-RGBD/DFormer issue #36)
+    r"backbone\.pred\.(weight|bias)",  # DFormer's ImageNet classifier (RGBD-Pretrain)
+    # DFormer's last stage-3 block keeps its depth branch only in pretraining (VCIP-RGBD/DFormer issue #36)
     r"backbone\.stages\.3\.\d+\.(attn\.proj_e|layer_scale_1_e|layer_scale_2_e|mlp_e2)(\..*)?",
-    # DFormerv2's ImageNet classifier (its pretraining code is unreleased), as in RMT, the code it
-    # builds on (VisRetNet in qhfan/RMT): proj = Linear(dims[3], 1024), norm = BatchNorm(1024),
-    # head = Linear(1024, 1000); Lorenzo-Mazza/VersatIL, which loads the released HuggingFace
-    # files, skips the same keys and leaves the missing extra_norms (below) at identity
+    # DFormerv2's ImageNet classifier (proj, norm, head) as in RMT (qhfan/RMT), which it builds on
     r"backbone\.(proj|head)\.(weight|bias)",
     r"backbone\.norm\.(weight|bias|running_mean|running_var)",
 ]
-# Backbone entries an ImageNet-pretrained file may lack, with the value upstream leaves them at:
-# DFormerv2's per-stage output norms exist only in the segmentation backbone; the official
-# `init_weights` resets every LayerNorm to weight 1 / bias 0 and then loads non-strictly.
+# Backbone entries a pretrained file may lack, filled as upstream's `init_weights` leaves them:
+# DFormerv2's segmentation-only per-stage norms at LayerNorm identity.
 ABSENT_IN_PRETRAINED = {
     r"backbone\.extra_norms\.\d+\.weight": np.ones,
     r"backbone\.extra_norms\.\d+\.bias": np.zeros,
@@ -94,11 +82,8 @@ def extract_state_dict(obj, path="checkpoint"):
 
 
 def as_model_keys(state_dict):
-    """(state dict with segmentor keys, whether the file holds a backbone only).
-
-    Pretrained files hold backbone-level keys (upstream strips a `backbone.` prefix if present);
-    they get the `backbone.` prefix of the segmentor here.
-    """
+    """(state dict with segmentor keys, whether it holds a backbone only): a pretrained file's
+    backbone-level keys get the segmentor's `backbone.` prefix."""
     if any(k.startswith("decode_head.") for k in state_dict):
         return state_dict, False
     return {k if k.startswith("backbone.") else f"backbone.{k}": v for k, v in state_dict.items()}, True
@@ -134,11 +119,8 @@ def _absent_fill(key):
 
 
 def compare_keys(model_shapes, state_dict, backbone_only):
-    """(missing, unexpected, mismatched) of `state_dict` against {key: shape} of the model.
-
-    backbone_only: the file fills the backbone only (a pretrained file): decoder entries are not
-    required, and the pretraining leftovers and absences listed above are allowed.
-    """
+    """(missing, unexpected, mismatched) of `state_dict` against the model's {key: shape};
+    `backbone_only` requires no decoder entries and allows the pretraining leftovers and absences."""
     leftovers = _PRETRAINED_LEFTOVERS if backbone_only else _TRAINED_LEFTOVERS
     wanted = {k for k in model_shapes if not backbone_only or k.startswith("backbone.")}
     missing = sorted(k for k in wanted - state_dict.keys() if not (backbone_only and _absent_fill(k)))
@@ -166,14 +148,9 @@ def _mismatch_message(path, model_name, state_dict, problems, whole_segmentor_as
 
 
 def load_checkpoint(model, path, backbone_only=False):
-    """Fill `model` from `path`, strictly; returns the whole checkpoint object (for resuming).
-
-    Every parameter and buffer must be filled, and only the leftovers listed above may go unused;
-    anything else raises `CheckpointMismatch` listing missing, unexpected and shape-mismatched
-    keys and naming the model the file belongs to. A file holding a backbone only (the official
-    pretrained files) fills the backbone; `backbone_only=True` (initialising from a pretrained
-    file) takes only the backbone of a file that holds a whole segmentor.
-    """
+    """Fill every entry of `model` from `path` (only the leftovers above may go unused, else
+    `CheckpointMismatch`); returns the whole checkpoint object. A backbone-only file fills the
+    backbone; `backbone_only=True` takes just the backbone of a whole-segmentor file."""
     import jittor as jt
 
     obj = read_checkpoint(path)
@@ -198,8 +175,7 @@ def load_checkpoint(model, path, backbone_only=False):
 
 
 def save_checkpoint(path, **content):
-    """Pickle `content` (numpy arrays and Python values) to `path` atomically, so an interrupted
-    run never leaves a half-written checkpoint."""
+    """Pickle `content` (numpy arrays and Python values) to `path` atomically."""
     with atomic_open(path) as file:
         pickle.dump(content, file, protocol=4)
 

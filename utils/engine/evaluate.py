@@ -1,15 +1,8 @@
-"""The one evaluation function, shared by training-time validation, `eval.py` and `infer.py`.
+"""The one evaluation, shared by training-time validation, `eval.py` and `infer.py` (upstream `utils/val_mm.py`).
 
-Mirrors the official protocol (`utils/val_mm.py`):
-- `ss`: softmax of the logits of the whole image.
-- `msf`: for each scale s, resize rgb/depth to (ceil(int(s*H)/32)*32, ...) with bilinear
-  align_corners=True, predict, resize the logits back (align_corners=True), add the softmax; the
-  same again horizontally flipped; argmax of the sum.
-- `sliding`: as `msf`, but each scaled image is predicted in `eval_crop_size` windows with stride
-  `int(eval_stride_rate * crop)`; window logits are averaged; an image smaller than the crop is
-  first resized to exactly the crop size (upstream's quirk, kept). Upstream's `eval.sh` protocol.
-Evaluation is deterministic: the NMF bases of every forward are drawn from a numpy generator
-seeded with `C.seed`, so the same checkpoint and data give the same numbers in every run.
+Modes: `ss` (whole image), `msf` (softmax summed over scales and flips) and `sliding` (msf over
+`eval_crop_size` windows, upstream's `eval.sh` protocol). NMF bases are drawn from a generator seeded
+with `C.seed`, so the same checkpoint and data give the same numbers in every run.
 """
 import math
 import time
@@ -50,8 +43,7 @@ def describe_mode(C, mode, scales, flip):
 
 
 def resize_align_corners(x, size):
-    """Bilinear resize with align_corners=True, as upstream's evaluation resizes (the model's own
-    `models.layers.resize` uses align_corners=False, as upstream's model does)."""
+    """Bilinear, align_corners=True as upstream's evaluation (the model's own resize uses False)."""
     return nn.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
@@ -75,7 +67,8 @@ class _SeededForward:
 
 
 def slide_inference(forward, rgb, depth, C):
-    """Average of window logits over an `eval_crop_size` grid (upstream `slide_inference`)."""
+    """Average of window logits over an `eval_crop_size` grid (upstream `slide_inference`); an image
+    smaller than the crop is first resized to it, upstream's quirk kept."""
     crop_h, crop_w = C.eval_crop_size
     if crop_h > rgb.shape[2] or crop_w > rgb.shape[3]:
         rgb = resize_align_corners(rgb, (crop_h, crop_w))
@@ -115,12 +108,8 @@ def predict(forward, rgb, depth, C, mode, scales, flip):
 
 
 def repeated_in_last_batch(loader):
-    """How many leading samples of this process's last batch Jittor's MPI split repeats.
-
-    With N processes Jittor cuts an uneven last batch into equal shares and shifts the overhanging
-    shares back, so some processes get samples another one already has; counting them would
-    weight those images twice.
-    """
+    """How many leading samples of this process's last batch another process also has: Jittor's MPI
+    split shifts an uneven last batch's overhanging shares back; they must not count twice."""
     last = loader.total_len % loader.batch_size
     if not jt.in_mpi or loader.drop_last or last == 0:
         return 0
@@ -129,12 +118,8 @@ def repeated_in_last_batch(loader):
 
 
 def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=None, progress=True):
-    """Run the protocol over `loader` and return (Metrics, mode text, images per second).
-
-    `on_prediction(batch, pred)` receives each batch and its (B, H, W) int class map (numpy),
-    e.g. to save visualisations. Under MPI every rank evaluates its share of each batch and the
-    confusion matrices are summed, so every rank returns the same metrics.
-    """
+    """(Metrics, mode text, images per second) of the protocol over `loader`; under MPI every rank
+    returns the summed metrics. `on_prediction(batch, pred)` gets each (B, H, W) numpy class map."""
     scales, flip = eval_settings(C, mode, scales, flip)
     metrics = Metrics(C.num_classes, C.background)
     forward = _SeededForward(model, np.random.default_rng(C.seed))

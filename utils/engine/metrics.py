@@ -1,11 +1,7 @@
-"""Segmentation metrics from one confusion matrix, computed like the official `utils/metrics_new.py`.
+"""Segmentation metrics from one confusion matrix (rows ground truth), as upstream's `utils/metrics_new.py`.
 
-Rows of the matrix are ground truth, columns predictions; pixels labelled `IGNORE_LABEL` (255) are
-ignored. As upstream, per-class IoU, Acc (recall) and F1 that are undefined (a class with neither
-ground-truth nor predicted pixels) count as 0 and are included in the means; everything is in
-percent, rounded to 2 decimals. Differences from upstream: the matrix is int64 (upstream's float32
-rounds counts above 2^24), and aAcc (overall pixel accuracy, which upstream does not report) is
-added. To combine processes, sum their `.hist` and wrap the sum with `Metrics.from_hist`.
+As upstream, undefined per-class scores count as 0 in the means, in percent rounded to 2 decimals.
+Unlike upstream the matrix is int64 (float32 rounds counts above 2^24) and aAcc is added.
 """
 import numpy as np
 from tabulate import tabulate
@@ -44,7 +40,7 @@ class Metrics:
 
     @classmethod
     def from_hist(cls, hist, ignore_index=IGNORE_LABEL):
-        """Metrics around an existing (e.g. summed over processes) confusion matrix."""
+        """Metrics around an existing confusion matrix, e.g. the sum of the processes' `.hist`."""
         metrics = cls(len(hist), ignore_index)
         metrics.hist = np.asarray(hist, np.int64).copy()
         return metrics
@@ -78,10 +74,8 @@ class Metrics:
 
 
 def trivial_baseline(label_counts):
-    """Metrics of predicting the most frequent class everywhere, from per-class label pixel counts.
-
-    The floor a trained model has to beat; e.g. `trivial_baseline(metrics.hist.sum(1))`.
-    """
+    """Metrics of predicting everywhere the most frequent class of `label_counts` (pixels per class):
+    the floor a trained model has to beat, e.g. `trivial_baseline(metrics.hist.sum(1))`."""
     counts = np.asarray(label_counts, np.int64)
     hist = np.zeros((counts.size, counts.size), np.int64)
     hist[:, counts.argmax()] = counts

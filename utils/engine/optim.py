@@ -1,14 +1,7 @@
-"""The official optimiser and learning-rate schedule (`utils/init_func.py`, `utils/lr_policy.py`).
+"""The official optimiser and learning-rate schedule (upstream `utils/init_func.py`, `utils/lr_policy.py`).
 
-`C.optimizer` picks upstream's "AdamW" (every official config) or "SGDM" (SGD with `C.momentum`),
-over two groups built by module type, exactly as upstream's `group_weight` when its train.py
-calls it: Linear/Conv weights decay; their biases and every BatchNorm/`nn.LayerNorm` weight and
-bias do not. Parameters in neither group are never optimised: upstream this freezes DFormer's
-layer scales and its own LayerNorm class (`FrozenLayerNorm` here), and DFormerv2's `gamma_1/2` and `Geo.weight`.
-DFormerv2's stem and downsampling BatchNorms are `nn.SyncBatchNorm` upstream (`SyncBatchNorm`
-here): `train.sh`'s `--syncbn` (also the default) hands `group_weight` that type as its norm
-layer, so they train without weight decay; under `--no-syncbn` it gets `nn.BatchNorm2d`, which
-a SyncBatchNorm is not, and they are in neither group.
+Parameters in neither of the two groups stay frozen, as upstream: DFormer's layer scales and
+`FrozenLayerNorm`, DFormerv2's `gamma_1/2` and `Geo.weight`.
 """
 import math
 
@@ -23,12 +16,13 @@ from utils.errors import UserError
 
 
 def group_weight(model, syncbn=True):
-    """(decay, no_decay) parameter lists following upstream's module-type rules; `syncbn`: its
-    train.py's `--syncbn` (the default) or `--no-syncbn`."""
+    """(decay, no_decay) parameters by module type, as upstream's `group_weight`, whose norm type is
+    `nn.SyncBatchNorm` under `--syncbn` and `nn.BatchNorm2d` under `--no-syncbn`: then DFormerv2's
+    `SyncBatchNorm`s are in neither group."""
     decay, no_decay = [], []
     for module in model.modules():
         if isinstance(module, SyncBatchNorm) and not syncbn:
-            continue  # upstream's --no-syncbn: an nn.SyncBatchNorm is no nn.BatchNorm2d, in neither group
+            continue
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             decay.append(module.weight)
             if module.bias is not None:
@@ -39,12 +33,8 @@ def group_weight(model, syncbn=True):
 
 
 class AdamW(jt.optim.AdamW):
-    """Jittor's AdamW (the same update as `torch.optim.AdamW`) counting optimiser steps.
-
-    Why: Jittor counts `backward()` calls in `n_step`, which sets Adam's bias correction, so
-    accumulating gradients over N micro-batches (`backward` N times, then `step()`) would advance
-    it N times per update. Here `n_step` is the number of `step()` calls, as in PyTorch.
-    """
+    """Jittor's AdamW (`torch.optim.AdamW`'s update) whose `n_step`, which sets Adam's bias correction,
+    counts `step()` calls as PyTorch's does; Jittor's counts `backward()` calls, several per accumulated step."""
 
     def backward(self, loss, retain_graph=False):
         n_step = self.n_step

@@ -1,11 +1,8 @@
-"""Read the files `torch.save` writes, without torch: tensors come back as numpy arrays.
+"""Read the files `torch.save` writes (zip and legacy formats) without torch, tensors as numpy arrays.
 
-Both formats torch writes are read: the zip archive (torch >= 1.6) and the legacy pickle stream
-(`_use_new_zipfile_serialization=False`); so are the plain pickles `utils/engine/checkpoint.py` writes
-(and `jt.save`'s). Files are recognised by content, not by name: the official `*.pth.tar` names
-would send `jt.load` to the wrong reader. Unpickling resolves only the classes a checkpoint needs
-(tensors, containers, argparse.Namespace, numpy scalars); anything else becomes an inert `Opaque`
-stand-in, so a file can never run code here.
+Also reads plain pickles (`save_checkpoint`'s, `jt.save`'s). Files are recognised by content, not name
+(`jt.load` misreads the official `*.pth.tar`); unpickling resolves only the classes a checkpoint needs
+and makes anything else an inert `Opaque`, so a file can never run code here.
 """
 import _compat_pickle
 import argparse
@@ -82,10 +79,6 @@ class Opaque:
         self.state = state
 
 
-def opaque_class(module, name):
-    return type(name, (Opaque,), {"pickled_class": f"{module}.{name}"})
-
-
 _ALLOWED = {  # (module, name) -> object; numpy 2 writes `numpy._core`, numpy 1 reads `numpy.core`
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("argparse", "Namespace"): argparse.Namespace,
@@ -120,7 +113,7 @@ class _SafeUnpickler(pickle.Unpickler):
         if module == "torch" and name.endswith("Storage"):
             return _StorageType(name)
         found = _ALLOWED.get((module, name))
-        return found if found is not None else opaque_class(module, name)
+        return found if found is not None else type(name, (Opaque,), {"pickled_class": f"{module}.{name}"})
 
     def persistent_load(self, saved_id):
         if self.storages is None:

@@ -1,19 +1,8 @@
-"""The training loop of `utils/train.py`.
+"""The training loop of `utils/train.py`: upstream's `utils/train.py` as its `train.sh` runs it.
 
-The official recipe (`utils/train.py` upstream, as `train.sh` runs it, `--syncbn` included):
-AdamW with upstream's parameter groups, warm-up poly schedule updated after every step,
-cross-entropy over labelled pixels, validation at epoch 1, every 10 epochs and every epoch after
-`checkpoint_start_epoch`. Multi-process with Jittor's MPI:
-`mpirun -np N python utils/train.py ...`; `C.batch_size` is the global (effective) batch, as
-upstream; every process starts from process 0's weights. `--accum-steps N` (`C.accum_steps`)
-accumulates the gradients of N micro-batches per optimiser step, so fewer GPUs reach the same
-effective batch; the schedule counts optimiser steps.
-
-Every epoch ends with `last.pkl` written atomically in the run folder (model, optimiser, epoch),
-so a killed run resumes with `--resume RUN/last.pkl` (upstream's `--continue_fpath` works too)
-and loses at most one epoch; the
-best validation mIoU is kept as `best.pkl`. Randomness is re-seeded from (seed, epoch) at the
-start of every epoch, so a resumed run continues exactly as an uninterrupted one.
+`C.batch_size` is the global batch, as upstream, split over `mpirun -np N` processes and
+`C.accum_steps` micro-batches per optimiser step. Every epoch ends with an atomic `last.pkl`, so a
+killed run resumes (`--resume RUN/last.pkl`) exactly as if uninterrupted; the best mIoU is `best.pkl`.
 """
 import os
 
@@ -65,16 +54,9 @@ def labelled_pixels(micro_batches, C):
 
 
 def train_step(model, optimizer, micro_batches, C):
-    """One optimiser step: forward and backward of each micro-batch, then one AdamW update.
-
-    The loss is the mean cross-entropy over the labelled pixels of the whole step, all
-    micro-batches of all processes, as one process computes it for the full batch upstream:
-    each micro-batch's loss sum is divided by that global count (times the number of processes,
-    as Jittor averages the gradients of the processes). So accumulated and multi-process
-    gradients equal the full-batch gradient (exactly where BatchNorm does not see the split);
-    upstream's DDP instead averages per-GPU means. Returns the step's loss as a float.
-    """
-
+    """One optimiser step; returns its loss. Each micro-batch's loss sum is divided by the labelled
+    pixels of the whole step on all processes (x world size: Jittor averages process gradients), so
+    the gradient is upstream's single-process full-batch one (upstream's DDP averages per-GPU means)."""
     normaliser = labelled_pixels(micro_batches, C) / jt.world_size
     losses = []
     for batch in micro_batches:
@@ -89,13 +71,8 @@ def train_step(model, optimizer, micro_batches, C):
 
 
 def broadcast_from_rank0(model):
-    """Every MPI process takes process 0's parameters and buffers (as PyTorch's DDP at start).
-
-    Why: `jt.set_global_seed` seeds each process differently, so their random initial weights
-    differ, and Jittor's optimiser broadcasts only inside its first step, after the first
-    gradients were computed from those different weights.
-    """
-
+    """Every MPI process takes process 0's weights, as DDP at start: `jt.set_global_seed` seeds each
+    process differently, and Jittor's optimiser broadcasts only after the first gradients."""
     if not jt.in_mpi:
         return
     for value in model.state_dict().values():
@@ -104,15 +81,9 @@ def broadcast_from_rank0(model):
 
 
 def set_batchnorm_sync(model, syncbn):
-    """Which BatchNorms share their statistics over the processes, as upstream's under DDP.
-
-    `--syncbn` builds upstream's configurable norm layers as `nn.SyncBatchNorm`; here every
-    BatchNorm is synchronised then (DFormer's stem too, a plain `nn.BatchNorm2d` upstream), so N
-    processes normalise as one process does the whole batch. `--no-syncbn` builds them as
-    `nn.BatchNorm2d`: each process its own statistics, except DFormerv2's stem and downsampling
-    BatchNorms, `nn.SyncBatchNorm` whatever the flag.
-    """
-
+    """`--syncbn`: every BatchNorm syncs over the processes (DFormer's stem too, a plain BatchNorm
+    upstream), as one process normalises the whole batch; `--no-syncbn`: per-process statistics, except
+    DFormerv2's `SyncBatchNorm`s (stem and downsampling), synced whatever the flag as upstream."""
     for module in model.modules():
         if isinstance(module, BatchNorm2d) and not isinstance(module, SyncBatchNorm):
             module.sync = syncbn

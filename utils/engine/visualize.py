@@ -1,10 +1,7 @@
 """Colourised predictions: palette, overlay and an RGB | depth | prediction panel, with a legend.
 
-The palette is the official `utils/nyucmap.npy` (used upstream for NYUDepthv2 and SUNRGBD), which
-is the PASCAL VOC colour map: the bits of the class index are spread over the high bits of R, G and
-B. It is generated here instead of shipped. Class index k gets colour k (wall, index 0, is black),
-as upstream. All images here are RGB order, uint8. The overlay and the panel get a legend strip
-below them: a swatch and the name of every class in the prediction, most frequent first.
+The palette is upstream's `utils/nyucmap.npy` (the PASCAL VOC colour map), generated instead of
+shipped; class k gets colour k as upstream. All images are uint8 in RGB order.
 """
 import os
 
@@ -18,7 +15,7 @@ PANEL_GAP = 4  # white pixels between the panel's images
 
 
 def nyu_palette(n=256):
-    """(n, 3) uint8 colours; `nyu_palette()` equals the official `utils/nyucmap.npy`."""
+    """(n, 3) uint8 colours: the class index's bits spread over the high bits of R, G and B."""
     index = np.arange(n)
     palette = np.zeros((n, 3), np.uint8)
     for bit in range(8):
@@ -83,12 +80,8 @@ def with_legend(image, label, class_names):
 
 
 def save_prediction(out_dir, name, rgb, depth, pred, class_names=(), alpha=0.5):
-    """Write `<name>.png` (palette PNG of the class indices), `<name>_overlay.png` and `<name>_panel.png`.
-
-    `rgb` is the RGB image (uint8 HxWx3, RGB order), `depth` the uint8 depth map and `pred` the
-    HxW class indices; the legends name class k `class_names[k]` ("class k" beyond the list).
-    Returns the written paths; raises `UserError` if `out_dir` can't be written.
-    """
+    """Write `<name>.png` (palette PNG of the HxW class indices `pred`), `<name>_overlay.png` and
+    `<name>_panel.png` from uint8 `rgb` (HxWx3) and `depth` (HxW); returns the written paths."""
     base = os.path.join(out_dir, name)
     label = Image.fromarray(np.asarray(pred, np.uint8))
     label.putpalette(PALETTE.tobytes())  # turns the grey image into a palette ("P") image

@@ -17,7 +17,7 @@ Then, for each model, with the synthetic stand-in weights of utils/tools/stand_i
      batch with the same dropout draws each step: the loss must drop;
   3. `jt.argmax(logits, 1)[0]` on the GPU matches the CPU argmax on >= 99 % of the pixels;
   4. latency at 480x640, batch 1 and 8, fp32 (then fp16, informational, if time is left): eval,
-     no_grad, 10 synced warm-up iterations, median of 30 synced ones (utils.engine.timing.measure_latency);
+     no_grad, 10 synced warm-up iterations, median of 30 synced ones (utils.speed.timing.measure_latency);
   5. with --official-dir (a VCIP-RGBD/DFormer checkout) and an importable torch: the official
      PyTorch model in a subprocess, same weights, timed the same way in the same run, and its
      logits compared with Jittor's GPU logits (<= 1e-3).

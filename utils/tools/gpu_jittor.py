@@ -135,7 +135,7 @@ def conv_ops_used():
 def jittor_environment(settings):
     """Versions and the switches that decide Jittor's speed, after `import jittor`."""
     import jittor as jt
-    from utils.engine.timing import device_info
+    from utils.speed.timing import device_info
 
     info = device_info()
     extern = jt.compile_extern
@@ -148,7 +148,7 @@ def jittor_environment(settings):
 
 
 def median_ms(model, batch, settings, precision):
-    from utils.engine.timing import measure_latency, timing_stats
+    from utils.speed.timing import measure_latency, timing_stats
 
     height, width = settings.latency_size
     run = measure_latency(model, batch, height, width, settings.warmup, settings.iters, precision)

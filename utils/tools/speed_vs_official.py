@@ -1,16 +1,19 @@
-"""Training speed and peak memory of this Jittor model next to the official PyTorch model, measured
-side by side: one process per side, one training step at a time, alternating, so both see the
-same machine load.
+"""Training or inference speed and peak memory of this Jittor model next to the official PyTorch
+model, measured side by side: one process per side, one step at a time, alternating, so both see
+the same machine load.
 
-    python -m utils.tools.train_speed_vs_official --official-dir ../DFormer --torch-python ../torchvenv/bin/python \
-        --configs DFormer_Tiny DFormerv2_S --sizes 120x160 240x320 --torch-threads 2
+    python -m utils.tools.speed_vs_official --official-dir ../DFormer --torch-python ../torchvenv/bin/python \
+        --configs DFormer_Tiny DFormerv2_S --sizes 120x160 240x320          # training, batch 8
+    python -m utils.tools.speed_vs_official ... --mode infer                # inference, 1x480x640
 
-A step is forward, cross-entropy over labelled pixels, backward and an AdamW update over the
-official parameter groups, on one fixed random batch (B, 3, H, W) rgb and depth, as
-`utils/latency.py --train` does. The official code is imported from `--official-dir` by the
-PyTorch worker only (it is never copied here); its NMF bases are drawn on the CPU instead of
-upstream's `.cuda()`. Peak memory is each worker process's peak RSS. Jittor uses its default
-threads (all cores), PyTorch `--torch-threads`.
+A training step (`--mode train`, built as upstream's train.py with train.sh's `--syncbn`) is
+forward, cross-entropy over labelled pixels, backward and an AdamW update over the official
+parameter groups; an inference step (`--mode infer`, built as upstream's eval.py) is one forward
+in eval mode without gradients. Both run on one fixed random batch (B, 3, H, W) rgb and depth, as
+`utils/latency.py` does. The official code is imported from `--official-dir` by the PyTorch worker
+only (it is never copied here); its NMF bases are drawn on the CPU instead of upstream's `.cuda()`.
+Peak memory is each worker process's peak RSS. Jittor uses its default threads (all cores),
+PyTorch `--torch-threads`.
 """
 import argparse
 import json
@@ -24,9 +27,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def jittor_worker(root, config, batch, height, width):
-    """A `step()` closure for the model of the repository checkout `root` (run under the Jittor Python,
-    with `root` as its working folder and on its PYTHONPATH)."""
+def jittor_worker(config, mode, batch, height, width):
+    """A `step()` closure for the model of the repository checkout this worker runs in (under the
+    Jittor Python, with the checkout as its working folder and on its PYTHONPATH)."""
     from models import build_model
     from utils.entry import load_config
 
@@ -37,11 +40,20 @@ def jittor_worker(root, config, batch, height, width):
 
     from utils.engine.loss import cross_entropy
     from utils.engine.optim import build_optimizer
-    from utils.engine.timing import random_inputs
+    from utils.speed.timing import random_inputs
 
+    rgb, depth = random_inputs(batch, height, width)
+    if mode == "infer":
+        model.eval()
+
+        def infer():
+            with jt.no_grad():
+                model(rgb, depth).sync()
+            jt.sync_all(True)
+
+        return infer
     model.train()
     optimizer = build_optimizer(model, C)
-    rgb, depth = random_inputs(batch, height, width)
     label = jt.randint(0, C.num_classes, (batch, height, width))
 
     def step():
@@ -51,9 +63,9 @@ def jittor_worker(root, config, batch, height, width):
     return step
 
 
-def torch_worker(official_dir, cfg, batch, height, width, threads):
-    """A `step()` closure for the official model (run under a Python with torch, with `official_dir`
-    on its PYTHONPATH)."""
+def torch_worker(cfg, mode, batch, height, width, threads):
+    """A `step()` closure for the official model (run under a Python with torch, with the official
+    checkout as its working folder and on its PYTHONPATH)."""
     import torch
     import torch.nn.functional as F
     import models.decoders.ham_head as ham
@@ -65,18 +77,27 @@ def torch_worker(official_dir, cfg, batch, height, width, threads):
     ham.NMF2D._build_bases = lambda self, B, S, D, R, cuda=False: F.normalize(torch.rand((B * S, D, R)), dim=1)
 
     criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=255)
+    # as upstream's train.py builds model and groups with train.sh's --syncbn; its eval.py, BatchNorm2d
+    norm_layer = torch.nn.SyncBatchNorm if mode == "train" else torch.nn.BatchNorm2d
     with open(os.devnull, "w") as devnull:  # the official constructors print their settings
         stdout, sys.stdout = sys.stdout, devnull
         try:
-            # as upstream's train.py builds model and groups with train.sh's --syncbn
-            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=torch.nn.SyncBatchNorm, syncbn=True)
-            params = group_weight([], model, torch.nn.SyncBatchNorm, cfg["lr"])
+            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=norm_layer, syncbn=mode == "train")
+            params = group_weight([], model, norm_layer, cfg["lr"])
         finally:
             sys.stdout = stdout
-    model.train()
-    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
     torch.manual_seed(0)
     rgb, depth = torch.rand(batch, 3, height, width), torch.rand(batch, 3, height, width)
+    if mode == "infer":
+        model.eval()
+
+        def infer():
+            with torch.no_grad():
+                model(rgb, depth)
+
+        return infer
+    model.train()
+    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
     label = torch.randint(0, cfg["num_classes"], (batch, height, width))
 
     def step():
@@ -141,12 +162,12 @@ class Worker:
 
 
 def compare(args, config, height, width):
-    me = [sys.executable, os.path.abspath(__file__), "--batch", str(args.batch), "--size", f"{height}x{width}"]
-    workers = {"jittor": Worker(me + ["--worker", "jittor", "--config", config, "--root", ROOT], ROOT)}
+    me = [sys.executable, os.path.abspath(__file__), "--mode", args.mode, "--batch", str(args.batch),
+          "--size", f"{height}x{width}"]
+    workers = {"jittor": Worker(me + ["--worker", "jittor", "--config", config], ROOT)}
     if args.baseline_root:
-        workers["baseline"] = Worker(me + ["--worker", "jittor", "--config", config, "--root", args.baseline_root],
-                                     args.baseline_root)
-    workers["torch"] = Worker([args.torch_python] + me[1:] + ["--worker", "torch", "--official-dir", args.official_dir,
+        workers["baseline"] = Worker(me + ["--worker", "jittor", "--config", config], args.baseline_root)
+    workers["torch"] = Worker([args.torch_python] + me[1:] + ["--worker", "torch",
                                                    "--torch-threads", str(args.torch_threads),
                                                    "--cfg", json.dumps(training_cfg(config))],
                                 args.official_dir)
@@ -156,7 +177,7 @@ def compare(args, config, height, width):
             seconds = worker.ask("step")
             if round_ >= args.warmup:
                 times[name].append(seconds)
-    row = {"config": config, "batch": args.batch, "height": height, "width": width}
+    row = {"config": config, "mode": args.mode, "batch": args.batch, "height": height, "width": width}
     for name, worker in workers.items():
         row[name] = {"median_ms": 1e3 * statistics.median(times[name]), "min_ms": 1e3 * min(times[name]),
                      "peak_rss_bytes": worker.close(), "times_s": times[name]}
@@ -177,8 +198,9 @@ def main():
     parser.add_argument("--torch-python", help="a Python interpreter with torch, mmcv-lite, mmengine, timm")
     parser.add_argument("--configs", nargs="+", default=["DFormer_Tiny", "DFormerv2_S", "DFormer_Large"],
                         help="NYUDepthv2 config names")
-    parser.add_argument("--sizes", nargs="+", default=["120x160"], help="HxW")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--mode", choices=["train", "infer"], default="train")
+    parser.add_argument("--sizes", nargs="+", help="HxW (default: 120x160 to train, 480x640 to infer)")
+    parser.add_argument("--batch", type=int, help="default: 8 to train, 1 to infer")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=2)
@@ -188,15 +210,17 @@ def main():
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--cfg", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
-    parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         height, width = map(int, args.size.split("x"))
         if args.worker == "jittor":
-            serve(jittor_worker(args.root, args.config, args.batch, height, width))
+            serve(jittor_worker(args.config, args.mode, args.batch, height, width))
         else:
-            serve(torch_worker(args.official_dir, json.loads(args.cfg), args.batch, height, width, args.torch_threads))
+            serve(torch_worker(json.loads(args.cfg), args.mode, args.batch, height, width, args.torch_threads))
         return
+    training = args.mode == "train"
+    args.sizes = args.sizes or (["120x160"] if training else ["480x640"])
+    args.batch = args.batch or (8 if training else 1)
     if not (args.official_dir and args.torch_python):
         parser.error("--official-dir and --torch-python are required")
     baseline = " | baseline ms (min) | baseline peak RSS GiB" if args.baseline_root else ""
