@@ -1,9 +1,10 @@
 """Building blocks shared by the encoders and decode heads, each computing what its PyTorch/mmcv
 counterpart computes (where Jittor's own op differs, the docstring says how).
 
-Each block is the portable maths; where `kernels.applies` holds (CPU, float32) it calls its CPU
-version in `kernels/` (same maths, multi-threaded or oneDNN). The GPU takes the stock ops and
-changes layouts only through `layout.py`, so no op of its graph runs on the host.
+Each block is the portable maths; on the CPU fast path (the `kernels` predicates: `enabled`,
+`applies` for float32, `applies_with_onednn` where oneDNN is called) it calls its CPU version in
+`kernels/` (same maths, multi-threaded or oneDNN). The GPU takes the stock ops and changes layouts
+only through `layout.py`, so no op of its graph runs on the host.
 """
 import math
 
@@ -129,7 +130,7 @@ class TapSumConv2d(nn.Conv2d):
 
     def execute(self, x):
         if self.is_training() and self.groups == 1 and kernels.applies_with_onednn(x):
-            return cpu_layers.tap_sum_conv(self, x)
+            return cpu_layers.tap_sum_conv(x, self)
         return super().execute(x)
 
 
@@ -141,7 +142,7 @@ class PointwiseConv2d(nn.Conv2d):
 
     def execute(self, x):
         if kernels.applies_with_onednn(x):
-            return cpu_layers.pointwise_conv(self, x)
+            return cpu_layers.pointwise_conv(x, self)
         return super().execute(x)
 
 

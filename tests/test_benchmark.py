@@ -11,6 +11,7 @@ import pytest
 import benchmark
 from models.registry import MODELS
 from utils.speed import flops
+
 THOP_480x640 = {  # name: (MACs, params)
     "DFormer-Tiny": (11749408224, 6003912), "DFormer-Small": (25673487744, 18747144),
     "DFormer-Base": (41937024576, 29524840), "DFormer-Large": (65696154720, 39030392),

@@ -17,6 +17,6 @@ def test_jittor_worker(mode, batch):
     worker = Worker(command, ROOT)
     seconds = [worker.ask("step") for _ in range(2)]
     peak = worker.close()
-    assert all(0 < s < 120 for s in seconds), seconds
+    assert all(s > 0 for s in seconds), seconds
     assert 2**26 < peak < 2**35, peak  # bytes: more than the interpreter alone, less than 32 GiB
     assert worker.process.returncode == 0

@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
 from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import here)
 from utils.files import atomic_open  # noqa: E402
 from utils.speed.timing import (device_info, format_protocol_time, measure_latency,  # noqa: E402
-                                 measure_side_by_side, measure_training, projected_protocol_time, timing_stats)
+                                measure_side_by_side, measure_training, projected_protocol_time, timing_stats)
 
 
 def parse_args(argv=None):

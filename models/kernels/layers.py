@@ -1,5 +1,5 @@
 """The CPU side of `models/layers.py`: each function here computes the block of the same name
-there, with the same maths, where `models.kernels.applies` (or `enabled`) holds.
+there, with the same maths, where that block's `models.kernels` predicate holds.
 
 Why: on the CPU Jittor's own kernels are single-threaded and only 2-D products and convolutions
 reach oneDNN. So resizes, the rotary pair swap and adaptive pooling become 2-D oneDNN products;
@@ -18,9 +18,8 @@ from . import attention, ops
 
 def resize(x, size):
     """Bilinear NCHW resize, align_corners=False, as two products with PyTorch's interpolation
-    weights, rows then columns (Jittor's `interpolate` is a single-threaded gather; the final
-    logits upsampling, 40x60x80 -> 40x480x640, takes half the time on one core and scales with
-    cores). Same result to rounding (~5e-7); differentiable."""
+    weights, rows then columns: Jittor's `interpolate` is a single-threaded gather, the products
+    run in oneDNN. Same result to rounding; differentiable."""
     (h, w), (H, W) = x.shape[-2:], size
     rows = jt.array(_bilinear_matrix(int(h), int(H)))  # (H, h)
     cols = jt.array(_bilinear_matrix(int(w), int(W)))  # (W, w)
@@ -47,7 +46,7 @@ def _bilinear_matrix(size, out):
 def rotate_pairs(x):
     """One product with a fixed signed permutation matrix (exact: each output is one input times
     +-1). The stock strided slices and `stack` are single-threaded copies, with full-size zero
-    tensors and `setitem`s in their backward (~80 ms of a DFormerv2-B training step at 8x120x160)."""
+    tensors and `setitem`s in their backward."""
     return x @ jt.array(_pair_rotation_matrix(int(x.shape[-1])))
 
 
@@ -61,7 +60,8 @@ def _pair_rotation_matrix(d):
 
 
 def adaptive_avg_pool_nhwc(x, pool_h, pool_w):
-    """NHWC `x` pooled with the (out, H) and (out, W) averaging matrices as 2-D products: (B, out, out, C)."""
+    """NHWC `x` pooled with the block's (out, H) and (out, W) averaging matrices, as 2-D products:
+    (B, out, out, C)."""
     B, H, W, C = x.shape
     out = pool_h.shape[0]
     x = x.permute(0, 2, 3, 1).reshape(B * W * C, H)  # (B*W*C, H)
@@ -71,7 +71,7 @@ def adaptive_avg_pool_nhwc(x, pool_h, pool_w):
     return x.permute(0, 2, 3, 1)  # (B, out_h, out_w, C)
 
 
-def tap_sum_conv(conv, x):
+def tap_sum_conv(x, conv):
     """`conv(x)` (groups 1, NCHW) as one (B*OH*OW, in) @ (in, out) product per kernel tap, summed.
 
     oneDNN's direct convolution accumulates all in x kh x kw products of an output in one float32
@@ -91,9 +91,9 @@ def tap_sum_conv(conv, x):
     return y.reshape(B, OH, OW, conv.out_channels).permute(0, 3, 1, 2)
 
 
-def pointwise_conv(conv, x):
+def pointwise_conv(x, conv):
     """A 1x1 `conv(x)` (NCHW) as one (out, in) @ (in, H*W) product per image: Jittor's CPU
-    convolution wraps oneDNN's in layout reorders, and a plain GEMM runs about twice as fast."""
+    convolution wraps oneDNN's in layout reorders, which a plain GEMM avoids."""
     B, C, H, W = x.shape
     weight = conv.weight.reshape(1, conv.out_channels, C)
     y = ops.batched_matmul(weight, x.reshape(B, C, H * W))  # (B, out, H*W)

@@ -2,7 +2,8 @@
 
 `C.batch_size` is the global batch, as upstream, split over `mpirun -np N` processes and
 `C.accum_steps` micro-batches per optimiser step. Every epoch ends with an atomic `last.pkl`, so a
-killed run resumes (`--resume RUN/last.pkl`) exactly as if uninterrupted; the best mIoU is `best.pkl`.
+killed run loses at most one epoch and resumes (`--resume RUN/last.pkl`) exactly as if uninterrupted;
+the best mIoU is `best.pkl`.
 """
 import os
 

@@ -6,14 +6,15 @@ the same machine load.
         --configs DFormer_Tiny DFormerv2_S --sizes 120x160 240x320          # training, batch 8
     python -m utils.tools.speed_vs_official ... --mode infer                # inference, 1x480x640
 
-A training step (`--mode train`, built as upstream's train.py with train.sh's `--syncbn`) is
-forward, cross-entropy over labelled pixels, backward and an AdamW update over the official
-parameter groups; an inference step (`--mode infer`, built as upstream's eval.py) is one forward
-in eval mode without gradients. Both run on one fixed random batch (B, 3, H, W) rgb and depth, as
-`utils/latency.py` does. The official code is imported from `--official-dir` by the PyTorch worker
+The official model is built as upstream's train.py and eval.py build it with their default
+`--syncbn`. A training step (`--mode train`) is forward, cross-entropy over labelled pixels,
+backward and an AdamW update over the official parameter groups; an inference step (`--mode
+infer`) is one forward in eval mode without gradients. Both run on one fixed random batch
+(B, 3, H, W) rgb and depth, uniform in [0, 1). The official code is imported from `--official-dir` by the PyTorch worker
 only (it is never copied here); its NMF bases are drawn on the CPU instead of upstream's `.cuda()`.
 Peak memory is each worker process's peak RSS. Jittor uses its default threads (all cores),
-PyTorch `--torch-threads`.
+PyTorch `--torch-threads`. `--baseline-root` times a third side, another checkout of this
+repository with the same `utils/engine/` layout.
 """
 import argparse
 import json
@@ -40,9 +41,9 @@ def jittor_worker(config, mode, batch, height, width):
 
     from utils.engine.loss import cross_entropy
     from utils.engine.optim import build_optimizer
-    from utils.speed.timing import random_inputs
 
-    rgb, depth = random_inputs(batch, height, width)
+    jt.set_global_seed(0)
+    rgb, depth = jt.rand((batch, 3, height, width)), jt.rand((batch, 3, height, width))
     if mode == "infer":
         model.eval()
 
@@ -77,13 +78,10 @@ def torch_worker(cfg, mode, batch, height, width, threads):
     ham.NMF2D._build_bases = lambda self, B, S, D, R, cuda=False: F.normalize(torch.rand((B * S, D, R)), dim=1)
 
     criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=255)
-    # as upstream's train.py builds model and groups with train.sh's --syncbn; its eval.py, BatchNorm2d
-    norm_layer = torch.nn.SyncBatchNorm if mode == "train" else torch.nn.BatchNorm2d
     with open(os.devnull, "w") as devnull:  # the official constructors print their settings
         stdout, sys.stdout = sys.stdout, devnull
-        try:
-            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=norm_layer, syncbn=mode == "train")
-            params = group_weight([], model, norm_layer, cfg["lr"])
+        try:  # as upstream's train.py and eval.py build it with their default --syncbn
+            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=torch.nn.SyncBatchNorm, syncbn=True)
         finally:
             sys.stdout = stdout
     torch.manual_seed(0)
@@ -97,6 +95,7 @@ def torch_worker(cfg, mode, batch, height, width, threads):
 
         return infer
     model.train()
+    params = group_weight([], model, torch.nn.SyncBatchNorm, cfg["lr"])
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
     label = torch.randint(0, cfg["num_classes"], (batch, height, width))
 
@@ -122,7 +121,7 @@ def serve(step):
             return
 
 
-def training_cfg(config):
+def official_model_cfg(config):
     """The official model's config (`official.official_cfg`) plus what its training step reads."""
     from utils.entry import load_config
     from utils.tools.official import official_cfg
@@ -169,7 +168,7 @@ def compare(args, config, height, width):
         workers["baseline"] = Worker(me + ["--worker", "jittor", "--config", config], args.baseline_root)
     workers["torch"] = Worker([args.torch_python] + me[1:] + ["--worker", "torch",
                                                    "--torch-threads", str(args.torch_threads),
-                                                   "--cfg", json.dumps(training_cfg(config))],
+                                                   "--cfg", json.dumps(official_model_cfg(config))],
                                 args.official_dir)
     times = {name: [] for name in workers}
     for round_ in range(args.warmup + args.rounds):  # alternate, swapping who goes first
