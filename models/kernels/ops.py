@@ -16,6 +16,25 @@ import numpy as np
 _MKL_OPS = getattr(jt, "mkl_ops", None)  # Jittor's oneDNN ops; None when built with use_mkl=0
 _NHWC = dict(xformat="acdb", wformat="oihw", yformat="acdb")
 
+# The taps of output pixel (b, oh, ow) that fall inside the input, `xi` pointing at the tap's C
+# channels of x (in0, (B, H, W, C)); `body` runs once per tap. Shared by both depthwise kernels.
+_FOR_EACH_TAP = """
+for (int kh = 0; kh < @KH; kh++) {
+    const int64 ih = oh - @PH + kh;
+    if (ih < 0 || ih >= H) continue;
+    for (int kw = 0; kw < @KW; kw++) {
+        const int64 iw = ow - @PW + kw;
+        if (iw < 0 || iw >= W) continue;
+        const float32 *xi = in0_p + ((b * H + ih) * W + iw) * C;
+        @BODY
+    }
+}"""
+
+
+def _for_each_tap(body):
+    return _FOR_EACH_TAP.replace("@BODY", body)
+
+
 _DEPTHWISE_SRC = """
 // Depthwise KHxKW conv, stride 1, zero padding PH/PW, of an NHWC tensor, bias included, then
 // the epilogue (nothing, or gelu(conv(x) + x), fused for inference).
@@ -27,19 +46,11 @@ for (int64 oh = 0; oh < OH; oh++)
 for (int64 ow = 0; ow < OW; ow++) {
     float32 *o = out0_p + ((b * OH + oh) * OW + ow) * C;
     for (int64 c = 0; c < C; c++) o[c] = in2_p[c];
-    for (int kh = 0; kh < @KH; kh++) {
-        const int64 ih = oh - @PH + kh;
-        if (ih < 0 || ih >= H) continue;
-        for (int kw = 0; kw < @KW; kw++) {
-            const int64 iw = ow - @PW + kw;
-            if (iw < 0 || iw >= W) continue;
-            const float32 *xi = in0_p + ((b * H + ih) * W + iw) * C, *wk = in1_p + (kh * @KW + kw) * C;
-            for (int64 c = 0; c < C; c++) o[c] += wk[c] * xi[c];
-        }
-    }
+    @FOR_EACH_TAP
     @EPILOGUE
 }
-"""
+""".replace("@FOR_EACH_TAP", _for_each_tap(
+    "const float32 *wk = in1_p + (kh * @KW + kw) * C; for (int64 c = 0; c < C; c++) o[c] += wk[c] * xi[c];"))
 # Optional epilogue: gelu(conv(x) + x), with Jittor's gelu formula (erf(v / sqrt 2) + 1) * v * 0.5.
 _RESIDUAL_GELU = """{
         const float32 *xc = in0_p + ((b * H + oh) * W + ow) * C;
@@ -63,21 +74,12 @@ for (int64 k = 0; k < K; k++) {
         const int64 b = r / OH, oh = r % OH;
         for (int64 ow = 0; ow < OW; ow++) {
             const float32 *d = in1_p + (r * OW + ow) * C;
-            for (int kh = 0; kh < @KH; kh++) {
-                const int64 ih = oh - @PH + kh;
-                if (ih < 0 || ih >= H) continue;
-                for (int kw = 0; kw < @KW; kw++) {
-                    const int64 iw = ow - @PW + kw;
-                    if (iw < 0 || iw >= W) continue;
-                    const float32 *xi = in0_p + ((b * H + ih) * W + iw) * C;
-                    float32 *a = acc + (kh * @KW + kw) * C;
-                    for (int64 c = 0; c < C; c++) a[c] += d[c] * xi[c];
-                }
-            }
+            @FOR_EACH_TAP
         }
     }
 }
-"""
+""".replace("@FOR_EACH_TAP", _for_each_tap(
+    "float32 *a = acc + (kh * @KW + kw) * C; for (int64 c = 0; c < C; c++) a[c] += d[c] * xi[c];"))
 _DEPTHWISE_CHUNKS = 16  # row chunks of the weight-gradient sums (enough to balance the threads)
 
 # The forward kernel beats oneDNN for 3x3 depthwise convs over >= 2M elements (the wide,
