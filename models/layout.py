@@ -37,7 +37,7 @@ def matmul(a, b, trans_a=False, trans_b=False):
     return jt.matmul(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
 
 
-def _library_conv_ops(x):
+def library_conv_ops(x):
     """(forward, input-gradient, weight-gradient) ops of the library that convolves NHWC tensors
     here: cuDNN on the GPU, oneDNN on the CPU (float32); None without one."""
     if jt.flags.use_cuda:
@@ -49,27 +49,36 @@ def _library_conv_ops(x):
     return tuple(getattr(ops, f"{prefix}_conv{suffix}") for suffix in ("", "_backward_x", "_backward_w"))
 
 
+def library_conv(ops, x, weight, conv):
+    """`conv` (no bias) of NHWC `x`, NHWC out, by the forward op of `library_conv_ops`."""
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    return ops[0](x, weight, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+
+
+def library_conv_grads(ops, x, weight, dy, conv):
+    """(dx, dweight) of `library_conv` for the output gradient `dy`, by the library's gradient ops."""
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    (kh, kw), (_, H, W, _) = conv.kernel_size, x.shape
+    dx = ops[1](weight, dy, H, W, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+    return dx, ops[2](x, dy, kh, kw, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+
+
 class _LibraryConvNHWC(jt.Function):
     """A convolution of an NHWC tensor, NHWC out, and its gradients, by the library's own ops."""
 
     def execute(self, x, weight, conv, ops):
         self.saved = (x, weight, conv, ops)
-        (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-        return ops[0](x, weight, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+        return library_conv(ops, x, weight, conv)
 
     def grad(self, dy):
         x, weight, conv, ops = self.saved
-        (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-        (kh, kw), (_, H, W, _) = conv.kernel_size, x.shape
-        dx = ops[1](weight, dy, H, W, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
-        dweight = ops[2](x, dy, kh, kw, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
-        return dx, dweight, None, None
+        return (*library_conv_grads(ops, x, weight, dy, conv), None, None)
 
 
 def conv_nhwc(x, conv):
     """`conv` (an `nn.Conv2d`'s parameters) of an NHWC tensor, NHWC out, bias included, by cuDNN on
     the GPU (oneDNN on the CPU); None where no library is loaded for it."""
-    ops = _library_conv_ops(x)
+    ops = library_conv_ops(x)
     if ops is None:
         return None
     weight = conv.weight if conv.weight.dtype == x.dtype else conv.weight.cast(x.dtype)  # AMP, fp16

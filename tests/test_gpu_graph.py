@@ -100,7 +100,7 @@ def test_layout_ops_match_stock_ops(monkeypatch):
 
         library = run()
         with monkeypatch.context() as patch:
-            patch.setattr(layout, "_library_conv_ops", lambda x: None)
+            patch.setattr(layout, "library_conv_ops", lambda x: None)
             stock = run()
         for a, b in zip(library, stock):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

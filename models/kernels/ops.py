@@ -11,10 +11,9 @@ stock ops.
 import jittor as jt
 import numpy as np
 
-# ----------------------------------------------------------------------------- channels-last convolution
+from ..layout import library_conv, library_conv_grads, library_conv_ops
 
-_MKL_OPS = getattr(jt, "mkl_ops", None)  # Jittor's oneDNN ops; None when built with use_mkl=0
-_NHWC = dict(xformat="acdb", wformat="oihw", yformat="acdb")
+# ----------------------------------------------------------------------------- channels-last convolution
 
 # The taps of output pixel (b, oh, ow) that fall inside the input, `xi` pointing at the tap's C
 # channels of x (in0, (B, H, W, C)); `body` runs once per tap. Shared by both depthwise kernels.
@@ -141,8 +140,7 @@ class _ConvNHWC(jt.Function):
         self.saved = (x, weight, bias is not None, conv)
         if _depthwise_kernel_applies(x, conv):
             return _depthwise_nhwc(x, weight, bias, residual_gelu)
-        (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-        y = _MKL_OPS.mkl_conv(x, weight, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+        y = library_conv(library_conv_ops(x), x, weight, conv)  # oneDNN
         y = y if bias is None else y + bias
         return gelu(y, x) if residual_gelu else y
 
@@ -154,10 +152,7 @@ class _ConvNHWC(jt.Function):
             flipped = weight.reindex(weight.shape, ["i0", "i1", f"{k - 1}-i2", f"{k - 1}-i3"])
             dx = _depthwise_nhwc(dy, flipped, None)
             return dx, _depthwise_weight_grad(x, dy, k), dbias, None, None
-        (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-        (kh, kw), (_, H, W, _) = conv.kernel_size, x.shape
-        dx = _MKL_OPS.mkl_conv_backward_x(weight, dy, H, W, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
-        dweight = _MKL_OPS.mkl_conv_backward_w(x, dy, kh, kw, sh, sw, ph, pw, dh, dw, conv.groups, **_NHWC)
+        dx, dweight = library_conv_grads(library_conv_ops(x), x, weight, dy, conv)  # oneDNN
         return dx, dweight, dbias, None, None
 
 
