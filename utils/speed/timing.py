@@ -42,6 +42,8 @@ def device_info():
     """Device and library versions a latency number is meaningless without."""
     import jittor as jt
 
+    from models import kernels
+
     info = {"jittor": jt.__version__, "python": platform.python_version(), "cpu": cpu_model(),
             "cpu_threads": os.cpu_count(), "mode": "GPU" if jt.flags.use_cuda else "CPU"}
     if jt.flags.use_cuda:
@@ -52,7 +54,7 @@ def device_info():
         info["cudnn"] = _version_or_none(lambda: str(jt.cudnn.cudnn.cudnnGetVersion()))
     else:
         info["device"] = f"{info['cpu']} ({info['cpu_threads']} threads)"
-        info["onednn"] = getattr(jt, "mkl_ops", None) is not None
+        info["onednn"] = kernels.onednn_available()
     return info
 
 

@@ -135,13 +135,15 @@ def conv_ops_used():
 def jittor_environment(settings):
     """Versions and the switches that decide Jittor's speed, after `import jittor`."""
     import jittor as jt
+
+    from models import kernels
     from utils.speed.timing import device_info
 
     info = device_info()
     extern = jt.compile_extern
     info.update(use_cuda=int(jt.flags.use_cuda), has_cuda=bool(jt.has_cuda),
                 use_tensorcore=int(jt.flags.use_tensorcore), cudnn_loaded=extern.cudnn is not None,
-                cutt=getattr(extern, "cutt_ops", None) is not None, onednn=extern.mkl_ops is not None,
+                cutt=getattr(extern, "cutt_ops", None) is not None, onednn=kernels.onednn_available(),
                 conv_ops=conv_ops_used(), tf32=settings.tf32,
                 nvidia_tf32_override=os.environ.get("NVIDIA_TF32_OVERRIDE"))
     return info
