@@ -26,16 +26,16 @@ def reference():
 @pytest.mark.parametrize("name", sorted(OFFICIAL_KEYS))
 def test_gpu_graph_runs_no_cpu_only_op(name, reference, monkeypatch):
     from models import kernels
-    from utils.tools.gpu_graph import cpu_only_ops, eval_forward, profile, training_step
-    from utils.tools.gpu_jittor import build_with_weights
+    from utils.tools.gpu_graph import cpu_only_ops, profile
+    from utils.tools.gpu_jittor import build_with_weights, eval_logits, training_losses
 
     monkeypatch.setenv(kernels.SWITCH, "0")
     model, C = build_with_weights(name)
     found = {}
     logits = []
-    rows = profile(lambda: logits.append(eval_forward(model, SHAPE, FIXTURE_SEED).numpy()))
+    rows = profile(lambda: logits.append(eval_logits(model, SHAPE, FIXTURE_SEED).numpy()))
     found["eval forward"] = cpu_only_ops(rows)
-    found["training step"] = cpu_only_ops(profile(lambda: training_step(model, C, SHAPE)))
+    found["training step"] = cpu_only_ops(profile(lambda: training_losses(model, C, SHAPE, steps=1)))
     print(f"{name}: CPU-only ops executed: {found}")
     assert found == {"eval forward": {}, "training step": {}}, f"{name} runs ops without a CUDA kernel: {found}"
 
@@ -47,12 +47,12 @@ def test_gpu_graph_runs_no_cpu_only_op(name, reference, monkeypatch):
 def test_profile_sees_cpu_kernels():
     """The same check with the CPU kernels on finds them: the detector is not blind to `jt.code`."""
     from models import kernels
-    from utils.tools.gpu_graph import cpu_only_ops, eval_forward, profile
-    from utils.tools.gpu_jittor import build_with_weights
+    from utils.tools.gpu_graph import cpu_only_ops, profile
+    from utils.tools.gpu_jittor import CHECK_SEED, build_with_weights, eval_logits
 
     assert kernels.enabled()
     model, _ = build_with_weights("DFormer-Tiny")
-    assert cpu_only_ops(profile(lambda: eval_forward(model, SHAPE))).get("code", 0) > 0
+    assert cpu_only_ops(profile(lambda: eval_logits(model, SHAPE, CHECK_SEED))).get("code", 0) > 0
 
 
 def test_profile_row_names():

@@ -21,12 +21,8 @@ convolutions run there as oneDNN ops, on the GPU as cuBLAS/cuDNN ops.
 import collections
 import contextlib
 
-import numpy as np
-
-from utils.tools.stand_in_weights import synthetic_inputs
 
 CPU_ONLY_OPS = ("transpose", "arg_reduce", "argsort", "code", "numpy_code")
-STEP_SEED = 5
 
 
 def op_name(row_name):
@@ -119,47 +115,12 @@ def gpu_op_graph():
             os.environ[kernels.SWITCH] = saved
 
 
-def eval_forward(model, shape, seed=STEP_SEED):
-    """Eval-mode logits (synced) of the synthetic inputs of `shape` = (batch, height, width)."""
-    import jittor as jt
-
-    rgb, depth, raw_bases = synthetic_inputs(*shape, seed)
-    model.eval()
-    model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
-    try:
-        with jt.no_grad():
-            logits = model(jt.array(rgb), jt.array(depth))
-            logits.sync()
-    finally:
-        model.decode_head.hamburger.ham.fixed_raw_bases = None
-    return logits
-
-
-def training_step(model, C, shape, seed=STEP_SEED):
-    """One step of `utils.engine.trainer.train_step` (forward, the training loss, backward, AdamW over the
-    official parameter groups) on synthetic inputs and labels of `shape`; the loss."""
-    import jittor as jt
-    from utils.engine.optim import build_optimizer
-    from utils.engine.trainer import train_step
-
-    batch, height, width = shape
-    rgb, depth, _ = synthetic_inputs(batch, height, width, seed)
-    labels = np.random.default_rng(seed).integers(0, C.num_classes, (batch, height, width)).astype(np.int32)
-    labels[:, :2] = C.background  # some unlabelled pixels
-    data = {"data": jt.array(rgb), "modal_x": jt.array(depth), "label": jt.array(labels)}
-    model.train()
-    try:
-        loss = train_step(model, build_optimizer(model, C), [data], C)
-        jt.sync_all(True)
-    finally:
-        model.eval()
-    return loss
-
-
 def model_steps(model, C, shape):
     """What a GPU runs of a model: an eval forward and a training step at `shape`."""
-    eval_forward(model, shape)
-    training_step(model, C, shape)
+    from utils.tools.gpu_jittor import CHECK_SEED, eval_logits, training_losses
+
+    eval_logits(model, shape, CHECK_SEED)
+    training_losses(model, C, shape, steps=1)
 
 
 def run_under_use_cuda_2(model, C, shape):

@@ -84,15 +84,17 @@ def eval_logits(model, shape, seed):
     rgb, depth, raw_bases = synthetic_inputs(*shape, seed)
     model.eval()
     model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
-    with jt.no_grad():
-        logits = model(jt.array(rgb), jt.array(depth))
-        logits.sync()
-    model.decode_head.hamburger.ham.fixed_raw_bases = None
+    try:
+        with jt.no_grad():
+            logits = model(jt.array(rgb), jt.array(depth))
+            logits.sync()
+    finally:
+        model.decode_head.hamburger.ham.fixed_raw_bases = None
     return logits
 
 
-def training_losses(model, C, shape):
-    """Losses of TRAIN_STEPS AdamW steps (upstream parameter groups) on one fixed batch."""
+def training_losses(model, C, shape, steps=TRAIN_STEPS):
+    """Losses of `steps` AdamW steps (upstream parameter groups) on one fixed batch."""
     import jittor as jt
     from utils.engine.optim import build_optimizer
     from utils.engine.trainer import train_step
@@ -106,7 +108,7 @@ def training_losses(model, C, shape):
     optimizer = build_optimizer(model, C)
     losses = []
     try:
-        for _ in range(TRAIN_STEPS):
+        for _ in range(steps):
             # Same DropPath/dropout draws every step: the loss then moves only through the updates.
             jt.set_global_seed(TRAIN_SEED)
             losses.append(float(train_step(model, optimizer, [data], C)))  # one micro-batch per step
