@@ -50,6 +50,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from models.jittor_env import apply_defaults
 from models.registry import find_model
 from utils.tools.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_MODELS, CHECK_SEED, OFFICIAL_TOLERANCE,
                                     START, TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights,
@@ -411,6 +412,7 @@ def main(argv=None):
                     settings.criteria())
     log(f"gpu_check ({'CPU smoke test' if settings.smoke else 'GPU'}): {', '.join(args.model_names)}; "
         f"results in {os.path.abspath(args.out)}")
+    apply_defaults()  # the project's Jittor defaults, as every entry point sets them, before the doctor looks
     refusal = environment_or_refuse(settings, report)
     report.data["checks"]["environment"] = refusal is None
     if refusal:
