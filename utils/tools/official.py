@@ -44,6 +44,26 @@ class AttrDict(dict):
             raise AttributeError(name) from None
 
 
+def build_official(cfg):
+    """The official EncoderDecoder as upstream's train.py and eval.py build it with their default
+    `--syncbn` (SyncBatchNorm norm layer, CE loss over labelled pixels); run in the torch worker."""
+    import torch
+    from models.builder import EncoderDecoder
+
+    criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=cfg["background"])
+    with contextlib.redirect_stdout(io.StringIO()):  # the official constructors print their settings
+        return EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=torch.nn.SyncBatchNorm, syncbn=True)
+
+
+def official_optimizer(model, cfg):
+    """AdamW over upstream's `group_weight` parameter groups, as its train.py builds it."""
+    import torch
+    from utils.init_func import group_weight  # the official checkout's utils, first on the worker's path
+
+    params = group_weight([], model, torch.nn.SyncBatchNorm, cfg["lr"])
+    return torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
+
+
 class OfficialRunner:
     """The official models in this (PyTorch worker) process: build, logits, latency, training speed."""
 
@@ -73,12 +93,8 @@ class OfficialRunner:
                 "cudnn_benchmark": True, "tf32": self.spec["tf32"]}
 
     def build(self, spec_model):
-        from models.builder import EncoderDecoder
-
         torch = self.torch
-        with contextlib.redirect_stdout(io.StringIO()):  # the official constructors print their settings
-            model = EncoderDecoder(AttrDict(spec_model["cfg"]), criterion=torch.nn.CrossEntropyLoss(),
-                                   norm_layer=torch.nn.BatchNorm2d, syncbn=False)
+        model = build_official(spec_model["cfg"])
         entries = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
         weights = {k: torch.from_numpy(v) for k, v in self.synthetic.synthetic_state_dict(entries).items()}
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -140,7 +156,7 @@ class OfficialRunner:
         batch, height, width = spec_model["train_size"]
         model.to(torch.float32).train()
         self.dtype = torch.float32
-        optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+        optimizer = official_optimizer(model, spec_model["cfg"])
         rgb = torch.rand(batch, 3, height, width, device=self.device)
         depth = torch.rand(batch, 3, height, width, device=self.device)
         label = torch.randint(0, spec_model["cfg"]["num_classes"], (batch, height, width), device=self.device)
@@ -150,7 +166,7 @@ class OfficialRunner:
         times = []
         for index in range(5):
             start = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(rgb, depth), label, ignore_index=255)
+            loss = model(rgb, depth, label)  # upstream's training loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -209,10 +225,12 @@ def worker_main(spec_path):
 # ------------------------------------------------------------------------------------ parent side
 
 def official_cfg(C):
-    """The config fields the official EncoderDecoder reads, from our config of the same model."""
+    """The config fields the official EncoderDecoder and its training step read, from our config of
+    the same model."""
     return {"backbone": C.backbone, "decoder": C.decoder, "decoder_embed_dim": C.decoder_embed_dim,
             "num_classes": C.num_classes, "drop_path_rate": C.drop_path_rate, "bn_eps": C.bn_eps,
-            "bn_momentum": C.bn_momentum, "aux_rate": C.aux_rate, "pretrained_model": None}
+            "bn_momentum": C.bn_momentum, "aux_rate": C.aux_rate, "pretrained_model": None,
+            "background": C.background, "lr": C.lr, "weight_decay": C.weight_decay}
 
 
 def torch_environment(python, pythonpath):

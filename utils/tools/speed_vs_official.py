@@ -58,7 +58,7 @@ def jittor_worker(config, mode, batch, height, width):
     label = jt.randint(0, C.num_classes, (batch, height, width))
 
     def step():
-        optimizer.step(cross_entropy(model(rgb, depth), label, 255))  # the training loss of utils/train.py
+        optimizer.step(cross_entropy(model(rgb, depth), label, C.background))  # the training loss of utils/train.py
         jt.sync_all(True)
 
     return step
@@ -70,20 +70,12 @@ def torch_worker(cfg, mode, batch, height, width, threads):
     import torch
     import torch.nn.functional as F
     import models.decoders.ham_head as ham
-    from models.builder import EncoderDecoder
-    from official import AttrDict  # this file's folder leads the path: the official glue (standard library only)
-    from utils.init_func import group_weight
+    # this file's folder leads the path: the official glue (standard library at import)
+    from official import build_official, official_optimizer
 
     torch.set_num_threads(threads)
     ham.NMF2D._build_bases = lambda self, B, S, D, R, cuda=False: F.normalize(torch.rand((B * S, D, R)), dim=1)
-
-    criterion = torch.nn.CrossEntropyLoss(reduction="none", ignore_index=255)
-    with open(os.devnull, "w") as devnull:  # the official constructors print their settings
-        stdout, sys.stdout = sys.stdout, devnull
-        try:  # as upstream's train.py and eval.py build it with their default --syncbn
-            model = EncoderDecoder(AttrDict(cfg), criterion=criterion, norm_layer=torch.nn.SyncBatchNorm, syncbn=True)
-        finally:
-            sys.stdout = stdout
+    model = build_official(cfg)
     torch.manual_seed(0)
     rgb, depth = torch.rand(batch, 3, height, width), torch.rand(batch, 3, height, width)
     if mode == "infer":
@@ -95,8 +87,7 @@ def torch_worker(cfg, mode, batch, height, width, threads):
 
         return infer
     model.train()
-    params = group_weight([], model, torch.nn.SyncBatchNorm, cfg["lr"])
-    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
+    optimizer = official_optimizer(model, cfg)
     label = torch.randint(0, cfg["num_classes"], (batch, height, width))
 
     def step():
@@ -122,12 +113,11 @@ def serve(step):
 
 
 def official_model_cfg(config):
-    """The official model's config (`official.official_cfg`) plus what its training step reads."""
+    """`official.official_cfg` of a NYUDepthv2 config name."""
     from utils.entry import load_config
     from utils.tools.official import official_cfg
 
-    C = load_config(f"local_configs.NYUDepthv2.{config}")
-    return dict(official_cfg(C), lr=C.lr, weight_decay=C.weight_decay, background=255)
+    return official_cfg(load_config(f"local_configs.NYUDepthv2.{config}"))
 
 
 class Worker:
