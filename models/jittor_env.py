@@ -21,17 +21,20 @@ JITTOR_LOG_VARIABLES = ("log_silent", "log_v", "log_vprefix")  # Jittor's own; s
 
 
 @functools.lru_cache(maxsize=None)
-def nvidia_smi_gpus():
-    """("name, driver version", ...) of the GPUs nvidia-smi lists, or None when nvidia-smi is missing
-    or fails (no NVIDIA driver); asked once per process, the answer does not change."""
-    command = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+def command_output(*command):
+    """stdout of a command, or None when it is missing or fails; cached, the answer won't change."""
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
-        return None
-    return tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
+    return result.stdout if result.returncode == 0 else None
+
+
+def nvidia_smi_gpus():
+    """("name, driver version", ...) of the GPUs nvidia-smi lists, or None when nvidia-smi is missing
+    or fails (no NVIDIA driver)."""
+    out = command_output("nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader")
+    return None if out is None else tuple(line.strip() for line in out.splitlines() if line.strip())
 
 
 def gpu_present():

@@ -19,7 +19,6 @@ Nothing here imports Jittor: importing it compiles, may download, and is exactly
 `check_environment()` is the cheap pre-flight check the entry points call before importing Jittor.
 """
 import argparse
-import functools
 import glob
 import importlib.metadata
 import importlib.util
@@ -28,12 +27,11 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from models.jittor_env import nvidia_smi_gpus
+from models.jittor_env import command_output, nvidia_smi_gpus
 from utils.jittor_doctor.patches import (APPLIED, BACKUP_SUFFIX, FIXES, UNKNOWN_SOURCE, PatchError, apply_fixes,
                                   fix_state, read_text, revert_fixes)
 
@@ -69,16 +67,6 @@ class Environment:
 
 
 # ------------------------------------------------------------------------ environment detection
-
-@functools.lru_cache(maxsize=None)
-def command_output(*command):
-    """stdout of a command, or None when it is missing or fails; cached, the answer won't change."""
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout if result.returncode == 0 else None
-
 
 def find_jittor_dir():
     """The installed jittor package folder, found without importing (and so compiling) Jittor."""
