@@ -89,6 +89,11 @@ def slide_inference(forward, rgb, depth, C):
     return logits_sum / jt.array(counts)
 
 
+def scaled_size(height, width, scale):
+    """Upstream `evaluate_msf`'s input size at `scale`: each side scaled, then rounded up to a multiple of 32."""
+    return math.ceil(int(scale * height) / 32) * 32, math.ceil(int(scale * width) / 32) * 32
+
+
 def predict(forward, rgb, depth, C, mode, scales, flip):
     """Summed class probabilities (B, K, H, W) of one batch under the chosen protocol."""
     H, W = rgb.shape[2:]
@@ -96,7 +101,7 @@ def predict(forward, rgb, depth, C, mode, scales, flip):
         return nn.softmax(forward(rgb, depth), dim=1)
     total = jt.zeros((rgb.shape[0], C.num_classes, H, W))
     for scale in scales:
-        size = (math.ceil(int(scale * H) / 32) * 32, math.ceil(int(scale * W) / 32) * 32)
+        size = scaled_size(H, W, scale)
         scaled = [resize_align_corners(rgb, size), resize_align_corners(depth, size)]
         for flipped in ([False, True] if flip else [False]):
             inputs = [jt.flip(x, 3) for x in scaled] if flipped else scaled

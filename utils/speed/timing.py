@@ -18,11 +18,12 @@ import resource
 import statistics
 import time
 
+from local_configs._base_ import DATASETS
 from models.jittor_env import nvidia_smi_gpus
 
-# The official NYUDepthv2 evaluation: 654 test images, scales 0.5-1.5, each plus its horizontal flip.
-NYU_TEST_IMAGES = 654
-PROTOCOL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+# The official NYUDepthv2 evaluation: its test images at every scale, each plus its horizontal flip.
+NYU_TEST_IMAGES = DATASETS["NYUDepthv2"]["num_eval_imgs"]
+PROTOCOL_SCALES = tuple(DATASETS["NYUDepthv2"]["eval_scale_array"])
 
 
 # ----------------------------------------------------------------------------- environment report
@@ -213,8 +214,10 @@ def measure_training(model, num_classes, batch_size=8, height=480, width=640, wa
 # ----------------------------------------------------------------------------- evaluation cost
 
 def protocol_sizes(height=480, width=640, scales=PROTOCOL_SCALES):
-    """Input sizes of upstream `evaluate_msf`: (ceil(int(s*H)/32)*32, ceil(int(s*W)/32)*32)."""
-    return [(math.ceil(int(s * height) / 32) * 32, math.ceil(int(s * width) / 32) * 32) for s in scales]
+    """Input sizes of upstream `evaluate_msf` at each scale (`evaluate.scaled_size`)."""
+    from utils.engine.evaluate import scaled_size
+
+    return [scaled_size(height, width, s) for s in scales]
 
 
 def projected_protocol_time(images_per_second, height=480, width=640, num_images=NYU_TEST_IMAGES,
