@@ -38,7 +38,10 @@ def parse_args(argv=None):
     parser.add_argument("--onnx-threads", type=int, help="ONNX Runtime threads (default: one per CPU core)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.add_argument("--json", help="write the results to this JSON file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.precision != "fp32" and (args.onnx or args.train):  # refused before the model is built
+        parser.error("--onnx and --train time fp32 only")
+    return args
 
 
 def main(argv=None):
@@ -58,8 +61,6 @@ def main(argv=None):
              f" | oneDNN {'on' if info.get('onednn') else 'off'}")
           + f" | {args.precision}, eval mode, {args.height}x{args.width}, warm-up {args.warmup}, {args.iters} timed")
     if args.onnx:
-        if args.precision != "fp32":
-            raise SystemExit("--onnx times fp32 models only")
         for batch_size in args.batch_sizes:
             report["latency"].append(time_onnx_next_to_jittor(model, batch_size, args))
         return finish(report, args)
@@ -76,8 +77,6 @@ def main(argv=None):
         report["protocol"] = projected_protocol_time(first["images_per_s"])
         print("  " + format_protocol_time(report["protocol"]) + f" (from batch {first['batch_size']})")
     if args.train:
-        if args.precision != "fp32":
-            raise SystemExit("--train measures fp32 training only")
         jt.gc()
         from utils.engine.optim import build_optimizer
 

@@ -20,6 +20,7 @@ import time
 
 from local_configs._base_ import DATASETS
 from models.jittor_env import nvidia_smi_gpus
+from utils.errors import UserError
 
 # The official NYUDepthv2 evaluation: its test images at every scale, each plus its horizontal flip.
 NYU_TEST_IMAGES = DATASETS["NYUDepthv2"]["num_eval_imgs"]
@@ -92,7 +93,7 @@ def measure_latency(model, batch_size=1, height=480, width=640, warmup=10, iters
     model.eval()
     if precision == "fp16":
         if not jt.flags.use_cuda:
-            raise SystemExit("--precision fp16 is for GPUs: on the CPU, Jittor's oneDNN convolution and "
+            raise UserError("--precision fp16 is for GPUs: on the CPU, Jittor's oneDNN convolution and "
                              "GEMM paths are fp32-only, so fp16 would time slow fallback loops")
         model.float16()
     dtype = "float16" if precision == "fp16" else "float32"
