@@ -12,6 +12,7 @@ import json
 
 from models.registry import MODELS
 from utils.entry import main_guard
+from utils.files import atomic_open
 from utils.speed.flops import benchmark_config, format_table
 
 
@@ -33,7 +34,7 @@ def main(argv=None):
           "(counted here with the NYU configs' decoders; the paper's SUN DFormerv2-S/B numbers used a 512 decoder).")
     print(format_table(results, sizes))
     if args.json:
-        with open(args.json, "w") as file:
+        with atomic_open(args.json, "w") as file:
             json.dump(results, file, indent=2)
     return results
 

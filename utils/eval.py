@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
 from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
 from utils.speed.timing import format_protocol_time, projected_protocol_time  # noqa: E402
 from utils.engine.metrics import trivial_baseline  # noqa: E402
+from utils.files import atomic_open  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,7 +59,7 @@ def main(args):
         print(f"speed: {images_per_second:.2f} images/s in this mode; the {len(dataset.names)} test images "
               f"take {len(dataset.names) / images_per_second / 60:.1f} min")
     if args.json:
-        with open(args.json, "w") as file:
+        with atomic_open(args.json, "w") as file:
             json.dump(dict(config=C.config_name, checkpoint=args.checkpoint, mode=mode_text,
                            images_per_second=images_per_second, **result), file, indent=1)
 
