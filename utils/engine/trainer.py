@@ -133,9 +133,7 @@ def load_training_config(args):
     C = load_config(args.config, args.dataset_dir)
     if args.epochs:
         C.nepochs = args.epochs
-    if args.accum_steps:
-        C.accum_steps = args.accum_steps
-    C.accum_steps = C.get("accum_steps", 1)
+    C.accum_steps = args.accum_steps or C.get("accum_steps", 1)
     if C.accum_steps < 1 or C.batch_size % (C.accum_steps * jt.world_size):
         raise UserError(f"batch_size {C.batch_size} (the effective global batch) must split into "
                         f"{jt.world_size} process(es) x {C.accum_steps} accumulation step(s) x a micro-batch")
