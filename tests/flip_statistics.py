@@ -31,7 +31,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import utils  # noqa: E402,F401  (Jittor defaults before Jittor is imported)
+from models.jittor_env import apply_defaults  # noqa: E402
+
+apply_defaults()  # Jittor's environment defaults, before Jittor is imported
 
 from make_official_fixtures import (RELU_SITES, SITE_SAMPLES, STEP1_SAMPLES, TRAIN_MODELS,  # noqa: E402
                                     relative_error, sample_index, training_batch, wrong_side)
