@@ -56,6 +56,8 @@ def draw_training(results, path):
     """Chart 1 from train_vs_official.py's results; returns the figure's models."""
     from utils.tools.train_vs_official import run_name, steps_equal, summary
 
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     runs = results["runs"]
     models = list(dict.fromkeys(run["model"] for run in runs.values()))
@@ -93,10 +95,10 @@ def draw_training(results, path):
                             color=COLOURS[framework], linewidth=0.7, label=LABELS[framework])
             bottom.set(title=f"shared random draws (seed 0): losses within 0.1% for the first "
                              f"{steps_equal(*shared)} steps", xlabel="optimiser step", ylabel="training loss")
-            bottom.set_yscale("log")
         else:
             bottom.set_axis_off()
         for ax in axes[:, column]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
             ax.grid(alpha=0.3)

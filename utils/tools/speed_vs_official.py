@@ -5,6 +5,8 @@ the same machine load.
     python -m utils.tools.speed_vs_official --official-dir ../DFormer --torch-python ../torchvenv/bin/python \
         --configs DFormer_Tiny DFormerv2_S --sizes 120x160 240x320          # training, batch 8
     python -m utils.tools.speed_vs_official ... --mode infer                # inference, 1x480x640
+    python -m utils.tools.speed_vs_official ... --json speed.jsonl          # rows for Chart 2:
+    python -m utils.tools.charts speed speed.jsonl docs/speed_vs_official.png
 
 The official model is built as upstream's train.py and eval.py build it with their default
 `--syncbn`. A training step (`--mode train`) is forward, cross-entropy over labelled pixels,
