@@ -5,6 +5,8 @@ the same machine load.
     python -m utils.tools.speed_vs_official --official-dir ../DFormer --torch-python ../torchvenv/bin/python \
         --configs DFormer_Tiny DFormerv2_S --sizes 120x160 240x320          # training, batch 8
     python -m utils.tools.speed_vs_official ... --mode infer                # inference, 1x480x640
+    python -m utils.tools.speed_vs_official ... --json speed.jsonl          # rows for Chart 2:
+    python -m utils.tools.charts speed speed.jsonl docs/speed_vs_official.png
 
 The official model is built as upstream's train.py and eval.py build it with their default
 `--syncbn`. A training step (`--mode train`) is forward, cross-entropy over labelled pixels,
@@ -166,7 +168,11 @@ def compare(args, config, height, width):
             seconds = worker.ask("step")
             if round_ >= args.warmup:
                 times[name].append(seconds)
-    row = {"config": config, "mode": args.mode, "batch": args.batch, "height": height, "width": width}
+    from utils.tools.charts import provenance
+
+    # both workers run on the CPU; the chart draws one pair of bars per device
+    row = {"config": config, "mode": args.mode, "batch": args.batch, "height": height, "width": width,
+           "device": "CPU", **provenance()}
     for name, worker in workers.items():
         row[name] = {"median_ms": 1e3 * statistics.median(times[name]), "min_ms": 1e3 * min(times[name]),
                      "peak_rss_bytes": worker.close(), "times_s": times[name]}
@@ -194,7 +200,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--baseline-root", help="another checkout of this repository, timed in the same rounds")
-    parser.add_argument("--json", help="append each result row to this JSON-lines file")
+    parser.add_argument("--json", help="append each result row to this JSON-lines file (Chart 2: "
+                        "python -m utils.tools.charts speed FILE PNG)")
     parser.add_argument("--worker", choices=["jittor", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--cfg", help=argparse.SUPPRESS)
