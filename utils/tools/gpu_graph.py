@@ -141,8 +141,9 @@ def run_under_use_cuda_2(model, C, shape):
 
 def forward_graph_size(model, shape, repeats=3):
     """(ops, seconds): the Jittor ops one eval forward of `model` builds at `shape` (B, H, W),
-    alive after the call and before anything runs, and the Python time it took to build them;
-    medians of `repeats` forwards, each graph dropped unrun. Inputs are made and run first."""
+    alive after the call and before anything runs, and the Python time it took to build them (CPU
+    time of the building thread, which other jobs on the machine barely change); medians of
+    `repeats` forwards, each graph dropped unrun. Inputs are made and run first."""
     import statistics
     import time
 
@@ -155,10 +156,10 @@ def forward_graph_size(model, shape, repeats=3):
     for _ in range(repeats):
         jt.sync_all(True)
         before = jt.liveness_info()["lived_ops"]
-        start = time.perf_counter()
+        start = time.thread_time()
         with jt.no_grad():
             logits = model(rgb, depth)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(time.thread_time() - start)
         counts.append(jt.liveness_info()["lived_ops"] - before)
         del logits
     return statistics.median(counts), statistics.median(seconds)

@@ -5,7 +5,8 @@
 Jittor builds a lazy graph of Python-level ops before anything runs; on a GPU host that is work
 the device waits for. This counts the ops of the GPU's graph (`DFORMER_CPU_KERNELS=0`, run on the
 CPU), alive after the forward call and before anything runs (`jt.liveness_info()["lived_ops"]`),
-and the Python time to build them, median of `--repeats` (`gpu_graph.forward_graph_size`). The
+and the Python time to build them (CPU time of the building thread), median of `--repeats`
+(`gpu_graph.forward_graph_size`). The
 CPU's graph differs from the GPU's in two places, both counted higher here: a batched product is
 one cuBLAS op on the GPU but a broadcast, multiply and sum on the CPU, and a softmax over the last
 axis is one CUDA kernel there but seven ops here.
@@ -31,7 +32,7 @@ def main(argv=None):
     from utils.tools.gpu_graph import forward_graph_size, gpu_op_graph
     from utils.tools.gpu_jittor import build_with_weights
 
-    print(f"| model | ops per eval forward ({args.shape}) | Python ms to build them |")
+    print(f"| model | ops per eval forward ({args.shape}) | Python ms to build them (thread CPU time) |")
     print("|---|---|---|")
     rows = {}
     with gpu_op_graph():
