@@ -27,7 +27,8 @@ def parse_args(argv=None):
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed iterations (include JIT compilation)")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="untimed iterations, at least; more until one compiles no new op")
     parser.add_argument("--iters", type=int, default=30, help="timed iterations")
     parser.add_argument("--train", action="store_true",
                         help="also measure training images/s (forward+backward+AdamW) and peak memory")

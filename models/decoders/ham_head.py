@@ -11,7 +11,8 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from ..layers import ConvModule, PointwiseConv2d, bmm, resize
+from .. import constants
+from ..layers import ConvModule, PointwiseConv2d, bmm, relu, resize
 
 DECODE_HEAD_BN_EPS = 1e-3
 
@@ -40,28 +41,29 @@ class NMF2D(nn.Module):
         else:
             raw = jt.rand((batch * self.S, D, self.R))
         norm = jt.sqrt((raw * raw).sum(1, keepdims=True))
-        return raw / jt.maximum(norm, 1e-12)  # F.normalize(dim=1)
+        return raw / jt.maximum(norm, constants.scalar(1e-12, norm.dtype))  # F.normalize(dim=1)
 
     @staticmethod
     def update_coef(x, bases, coef):
         """coef * (x^T bases) / (coef (bases^T bases))."""
         numerator = bmm(x, bases, transpose_a=True)  # (BS, N, R)
         denominator = bmm(coef, bmm(bases, bases, transpose_a=True))  # (BS, N, R) @ (BS, R, R)
-        return coef * numerator / (denominator + 1e-6)
+        return coef * numerator / (denominator + constants.filled(1e-6, denominator.shape, denominator.dtype))
 
     @staticmethod
     def update_bases(x, bases, coef):
         """bases * (x coef) / (bases (coef^T coef))."""
         numerator = bmm(x, coef)  # (BS, D, R)
         denominator = bmm(bases, bmm(coef, coef, transpose_a=True))  # (BS, D, R) @ (BS, R, R)
-        return bases * numerator / (denominator + 1e-6)
+        return bases * numerator / (denominator + constants.filled(1e-6, denominator.shape, denominator.dtype))
 
     def execute(self, x):
         B, C, H, W = x.shape
         D, N = C // self.S, H * W
         x = x.reshape(B * self.S, D, N)
         bases = self.build_bases(B, D)  # (BS, D, R)
-        coef = nn.softmax(self.inv_t * bmm(x, bases, transpose_a=True), dim=-1)  # (BS, N, R)
+        logits = bmm(x, bases, transpose_a=True)  # (BS, N, R)
+        coef = nn.softmax(logits if self.inv_t == 1 else self.inv_t * logits, dim=-1)
         for _ in range(self.train_steps if self.is_train else self.eval_steps):
             coef = self.update_coef(x, bases, coef)
             bases = self.update_bases(x, bases, coef)
@@ -79,8 +81,8 @@ class Hamburger(nn.Module):
         self.ham_out = ConvModule(ham_channels, ham_channels, act=False, bn_eps=DECODE_HEAD_BN_EPS)
 
     def execute(self, x):
-        enjoy = self.ham_out(self.ham(nn.relu(self.ham_in(x))))
-        return nn.relu(x + enjoy)
+        enjoy = self.ham_out(self.ham(relu(self.ham_in(x))))
+        return relu(x + enjoy)
 
 
 class LightHamHead(nn.Module):

@@ -14,10 +14,11 @@ identical parameter names so official checkpoints load unchanged. Differences:
 import jittor as jt
 from jittor import nn
 
+from .. import constants
 from ..batchnorm import BatchNorm2d
 from ..layout import permute
-from ..layers import (GELU, ChannelsLastConv2d, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm, pooled_attention,
-                      resize)
+from ..layers import (GELU, ChannelsLastConv2d, Linear, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm,
+                      pooled_attention, upsample_nhwc)
 
 
 class FrozenLayerNorm(nn.Module):
@@ -41,9 +42,9 @@ class MLP(nn.Module):
         super().__init__()
         hidden = dim * mlp_ratio
         self.norm = FrozenLayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.pos = ChannelsLastConv2d(hidden, hidden, 3, padding=1, groups=hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def execute(self, x):
         x = self.fc1(self.norm(x))  # (B, H, W, hidden)
@@ -65,21 +66,21 @@ class attention(nn.Module):
         self.num_head = num_head
         self.window = window
         self.drop_depth = drop_depth
-        self.q = nn.Linear(dim, dim)
-        self.q_cut = nn.Linear(dim, dim // 2)
-        self.a = nn.Linear(dim, dim)
-        self.l = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.q_cut = Linear(dim, dim // 2)
+        self.a = Linear(dim, dim)
+        self.l = Linear(dim, dim)
         self.conv = ChannelsLastConv2d(dim, dim, 7, padding=3, groups=dim)
         self.e_conv = ChannelsLastConv2d(dim // 2, dim // 2, 7, padding=3, groups=dim // 2)
-        self.e_fore = nn.Linear(dim // 2, dim // 2)
-        self.e_back = nn.Linear(dim // 2, dim // 2)
+        self.e_fore = Linear(dim // 2, dim // 2)
+        self.e_back = Linear(dim // 2, dim // 2)
         concat_dim = dim * 2 if window != 0 else dim // 2 * 3
-        self.proj = nn.Linear(concat_dim, dim)
+        self.proj = Linear(concat_dim, dim)
         if not drop_depth:
-            self.proj_e = nn.Linear(concat_dim, dim // 2)
+            self.proj_e = Linear(concat_dim, dim // 2)
         if window != 0:
-            self.short_cut_linear = nn.Linear(dim // 2 * 3, dim // 2)
-            self.kv = nn.Linear(dim, dim)
+            self.short_cut_linear = Linear(dim // 2 * 3, dim // 2)
+            self.kv = Linear(dim, dim)
         self.act = GELU()
         self.norm = FrozenLayerNorm(dim)
         self.norm_e = FrozenLayerNorm(dim // 2)
@@ -90,10 +91,10 @@ class attention(nn.Module):
         heads, d = self.num_head, C // self.num_head // 2
         kv = self.kv(t).reshape(B, H * W, 2, heads, d)  # keys and values
         query = self.short_cut_linear(adaptive_avg_pool_nhwc(short_cut, self.window))  # (B, 7, 7, C/2)
-        query = query.reshape(B, -1, heads, d) * d**-0.5  # (B, 49, heads, d)
+        query = query.reshape(B, -1, heads, d) * constants.scalar(d**-0.5, query.dtype)  # (B, 49, heads, d)
         out = pooled_attention(query, kv).reshape(B, heads, self.window, self.window, d)  # (B, heads, 7, 7, d)
-        out = permute(out, 0, 1, 4, 2, 3).reshape(B, C // 2, self.window, self.window)
-        return permute(resize(out, (H, W)), 0, 2, 3, 1)  # (B, H, W, C/2)
+        out = permute(out, 0, 2, 3, 1, 4).reshape(B, self.window, self.window, C // 2)  # (B, 7, 7, C/2)
+        return upsample_nhwc(out, (H, W))  # (B, H, W, C/2)
 
     def execute(self, x, x_e):
         x = self.norm(x)

@@ -9,7 +9,7 @@ from jittor import nn
 
 from models.batchnorm import BatchNorm2d, SyncBatchNorm
 from models.encoders.DFormer import FrozenLayerNorm
-from models.layers import GELU, ChannelsLastConv2d, ConvModule, LayerNorm, PointwiseConv2d, TapSumConv2d
+from models.layers import GELU, ChannelsLastConv2d, ConvModule, LayerNorm, Linear, PointwiseConv2d, TapSumConv2d
 
 
 HANDLERS = {}  # module class -> handler(exporter, module, *inputs) -> output name(s)
@@ -39,7 +39,7 @@ def gelu(ex, m, x):
     return ex.g.gelu(x)
 
 
-@handles(nn.Linear)
+@handles(nn.Linear, Linear)
 def linear(ex, m, x):
     return ex.g.linear(x, m.weight.numpy(), None if m.bias is None else m.bias.numpy(), ex.name(m))
 

@@ -137,3 +137,29 @@ def run_under_use_cuda_2(model, C, shape):
         cause = [line for line in lines if "cuda version" in line or "allocated in cuda" in line]
         return (cause or lines or ["RuntimeError"])[0][:300]
     return None
+
+
+def forward_graph_size(model, shape, repeats=3):
+    """(ops, seconds): the Jittor ops one eval forward of `model` builds at `shape` (B, H, W),
+    alive after the call and before anything runs, and the Python time it took to build them (CPU
+    time of the building thread, which other jobs on the machine barely change); medians of
+    `repeats` forwards, each graph dropped unrun. Inputs are made and run first."""
+    import statistics
+    import time
+
+    import jittor as jt
+
+    model.eval()
+    rgb, depth = jt.rand((shape[0], 3, *shape[1:])), jt.rand((shape[0], 3, *shape[1:]))
+    jt.sync([rgb, depth])
+    counts, seconds = [], []
+    for _ in range(repeats):
+        jt.sync_all(True)
+        before = jt.liveness_info()["lived_ops"]
+        start = time.thread_time()
+        with jt.no_grad():
+            logits = model(rgb, depth)
+        seconds.append(time.thread_time() - start)
+        counts.append(jt.liveness_info()["lived_ops"] - before)
+        del logits
+    return statistics.median(counts), statistics.median(seconds)

@@ -15,8 +15,10 @@ infer`) is one forward in eval mode without gradients. Both run on one fixed ran
 (B, 3, H, W) rgb and depth, uniform in [0, 1). The official code is imported from `--official-dir` by the PyTorch worker
 only (it is never copied here); its NMF bases are drawn on the CPU instead of upstream's `.cuda()`.
 Peak memory is each worker process's peak RSS. Jittor uses its default threads (all cores),
-PyTorch `--torch-threads`. `--baseline-root` times a third side, another checkout of this
-repository with the same `utils/engine/` layout.
+PyTorch `--torch-threads`. The Jittor worker warms up until a step compiles no new op and then
+runs with Jittor's parallel compiler off (`utils.speed.timing.warm_up`, `prepared`), so no timed
+step prepares its ops twice. `--baseline-root` times a third side, another checkout of this
+repository with the same `utils/engine/` layout and `utils/speed/timing.py`'s `warm_up`.
 """
 import argparse
 import json
@@ -210,7 +212,12 @@ def main():
     if args.worker:
         height, width = map(int, args.size.split("x"))
         if args.worker == "jittor":
-            serve(jittor_worker(args.config, args.mode, args.batch, height, width))
+            from utils.speed.timing import prepared, warm_up  # the timing code of the checkout timed
+
+            step = jittor_worker(args.config, args.mode, args.batch, height, width)
+            warm_up(step, 1)  # until no op compiles; then every step prepares its ops once
+            with prepared():
+                serve(step)
         else:
             serve(torch_worker(json.loads(args.cfg), args.mode, args.batch, height, width, args.torch_threads))
         return
