@@ -128,7 +128,8 @@ def check_gpu_graph(names, settings, report):
     GPU under `jt.flags.use_cuda = 2`; in the smoke test from the profile of the GPU's op graph."""
     import jittor as jt  # imported here, after `apply_gpu_defaults`, as are the models
 
-    from utils.tools.gpu_graph import cpu_only_ops, gpu_op_graph, model_steps, profile, run_under_use_cuda_2
+    from utils.tools.gpu_graph import cpu_only_ops, gpu_op_graph, profile
+    from utils.tools.gpu_jittor import model_steps, run_under_use_cuda_2
 
     for name in names:
         entry = report.model(name)
