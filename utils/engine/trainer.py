@@ -3,7 +3,7 @@
 `C.batch_size` is the global batch, as upstream, split over `mpirun -np N` processes and
 `C.accum_steps` micro-batches per optimiser step. Every epoch ends with an atomic `last.pkl`, so a
 killed run loses at most one epoch and resumes (`--resume RUN/last.pkl`) exactly as if uninterrupted;
-the best mIoU is `best.pkl`. `C` is final once `load_config` has applied the command line.
+the best mIoU is `best.pkl`.
 """
 import os
 
@@ -130,7 +130,7 @@ class RunLog:
 
 
 def load_training_config(args):
-    """The config with the command-line overrides; checks that the batch splits evenly."""
+    """The config with the command-line overrides, final from here on; checks that the batch splits evenly."""
     C = load_config(args.config, dict(dataset_path=args.dataset_dir, nepochs=args.epochs, accum_steps=args.accum_steps,
                                       val_mode=args.val_mode, seed=args.seed), args.set)
     if C.accum_steps < 1 or C.batch_size % (C.accum_steps * jt.world_size):
