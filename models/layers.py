@@ -88,10 +88,10 @@ class ConvModule(nn.Module):
     """mmcv's ConvModule (conv, optional BN, optional ReLU; mmcv's names), with mmcv's
     `bias='auto'`: no conv bias when a norm follows, as in every checkpoint."""
 
-    def __init__(self, in_channels, out_channels, norm=True, act=True, bn_eps=1e-5):
+    def __init__(self, in_channels, out_channels, norm=True, act=True):
         super().__init__()
         self.conv = PointwiseConv2d(in_channels, out_channels, bias=not norm)
-        self.bn = BatchNorm2d(out_channels, eps=bn_eps) if norm else None
+        self.bn = BatchNorm2d(out_channels) if norm else None
         self.activate = nn.ReLU() if act else None
 
     def execute(self, x):

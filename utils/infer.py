@@ -63,7 +63,7 @@ def main(args):
         raise UserError("--onnx FILE runs with --backend onnx")
     if args.backend == "onnx" and not args.onnx:
         raise UserError("--backend onnx needs --onnx FILE (written by utils/export_onnx.py)")
-    C = load_config(args.config, args.dataset_dir)
+    C = load_config(args.config, dict(dataset_path=args.dataset_dir))
     if args.backend == "jittor":
         check_checkpoint(C, args.checkpoint)
     check_writable(args.output_dir)

@@ -2,10 +2,9 @@
 as used by every DFormer/DFormerv2 config.
 
 Mirrors the official `models/decoders/ham_head.py` + `decode_head.py` (VCIP-RGBD/DFormer, from
-mmseg/SegNeXt) with identical parameter names. Differences:
-- BN eps of `squeeze`, `hamburger.ham_out` and `align` is 1e-3 at construction; upstream sets it
-  at runtime in `init_weight(..., bn_eps=cfg.bn_eps)` and it is not stored in checkpoints.
-- `NMF2D.fixed_raw_bases` can pin the random bases for exact comparisons (see below).
+mmseg/SegNeXt) with identical parameter names. The BNs' eps and momentum are `C.bn_eps` and
+`C.bn_momentum`, set by `init_decode_head` as upstream's `init_weight`. Difference:
+`NMF2D.fixed_raw_bases` can pin the random bases for exact comparisons (see below).
 """
 import jittor as jt
 import numpy as np
@@ -13,8 +12,6 @@ from jittor import nn
 
 from .. import constants
 from ..layers import ConvModule, PointwiseConv2d, bmm, relu, resize
-
-DECODE_HEAD_BN_EPS = 1e-3
 
 
 class NMF2D(nn.Module):
@@ -78,7 +75,7 @@ class Hamburger(nn.Module):
         super().__init__()
         self.ham_in = ConvModule(ham_channels, ham_channels, norm=False, act=False)
         self.ham = NMF2D(D=ham_channels)
-        self.ham_out = ConvModule(ham_channels, ham_channels, act=False, bn_eps=DECODE_HEAD_BN_EPS)
+        self.ham_out = ConvModule(ham_channels, ham_channels, act=False)
 
     def execute(self, x):
         enjoy = self.ham_out(self.ham(relu(self.ham_in(x))))
@@ -97,9 +94,9 @@ class LightHamHead(nn.Module):
 
     def __init__(self, in_channels, num_classes, channels=512, ham_channels=512, dropout_ratio=0.1):
         super().__init__()
-        self.squeeze = ConvModule(sum(in_channels), ham_channels, bn_eps=DECODE_HEAD_BN_EPS)
+        self.squeeze = ConvModule(sum(in_channels), ham_channels)
         self.hamburger = Hamburger(ham_channels)
-        self.align = ConvModule(ham_channels, channels, bn_eps=DECODE_HEAD_BN_EPS)
+        self.align = ConvModule(ham_channels, channels)
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.conv_seg = PointwiseConv2d(channels, num_classes)
 

@@ -156,7 +156,8 @@ def first_checks(names, settings, report, folder):
 def check_gpu_graph(model, C, settings, entry):
     """An eval forward and a training step; no op may leave the GPU. On a GPU under
     `jt.flags.use_cuda = 2`; in the smoke test from the profile of the GPU's op graph."""
-    from utils.tools.gpu_graph import cpu_only_ops, gpu_op_graph, model_steps, profile, run_under_use_cuda_2
+    from utils.tools.gpu_graph import cpu_only_ops, gpu_op_graph, profile
+    from utils.tools.gpu_jittor import model_steps, run_under_use_cuda_2
 
     entry["checks"]["gpu_graph"] = False
     with step(entry["errors"], "GPU op graph"):

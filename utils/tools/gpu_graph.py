@@ -13,7 +13,7 @@ copies the outputs back (`src/executor.cc`). In Jittor 1.3.11 these are (rows of
 - `numpy_code`: a numpy callback.
 (`random` has no CUDA kernel either, but with CUDA Jittor makes it a cuRAND op, and cuRAND loads
 wherever Jittor imports with CUDA.)
-On a GPU `jt.flags.use_cuda = 2` makes any of them an error (`run_under_use_cuda_2`). On the CPU,
+On a GPU `jt.flags.use_cuda = 2` makes any of them an error (`gpu_jittor.run_under_use_cuda_2`). On the CPU,
 DFORMER_CPU_KERNELS=0 (`models.kernels.SWITCH`) makes the models take the GPU's ops, so the
 profile of a CPU run lists what a GPU would run on the host (`cpu_only_ops`); products and
 convolutions run there as oneDNN ops, on the GPU as cuBLAS/cuDNN ops.
@@ -113,30 +113,6 @@ def gpu_op_graph():
             del os.environ[kernels.SWITCH]
         else:
             os.environ[kernels.SWITCH] = saved
-
-
-def model_steps(model, C, shape):
-    """What a GPU runs of a model: an eval forward and a training step at `shape`."""
-    from utils.tools.gpu_jittor import CHECK_SEED, eval_logits, training_losses
-
-    eval_logits(model, shape, CHECK_SEED)
-    training_losses(model, C, shape, steps=1)
-
-
-def run_under_use_cuda_2(model, C, shape):
-    """On a GPU: `model_steps` with `jt.flags.use_cuda = 2`, where Jittor stops with an error
-    ("Op transpose doesn't have cuda version") at the first op that would run on the CPU.
-    None when every op ran on the GPU, else the error's first line."""
-    import jittor as jt
-
-    try:
-        with jt.flag_scope(use_cuda=2):
-            model_steps(model, C, shape)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        cause = [line for line in lines if "cuda version" in line or "allocated in cuda" in line]
-        return (cause or lines or ["RuntimeError"])[0][:300]
-    return None
 
 
 def forward_graph_size(model, shape, repeats=3):

@@ -119,6 +119,28 @@ def training_losses(model, C, shape, steps=TRAIN_STEPS):
     return losses
 
 
+def model_steps(model, C, shape):
+    """What a GPU runs of a model: an eval forward and a training step at `shape`."""
+    eval_logits(model, shape, CHECK_SEED)
+    training_losses(model, C, shape, steps=1)
+
+
+def run_under_use_cuda_2(model, C, shape):
+    """On a GPU: `model_steps` with `jt.flags.use_cuda = 2`, where Jittor stops with an error
+    ("Op transpose doesn't have cuda version") at the first op that would run on the CPU.
+    None when every op ran on the GPU, else the error's first line."""
+    import jittor as jt
+
+    try:
+        with jt.flag_scope(use_cuda=2):
+            model_steps(model, C, shape)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        cause = [line for line in lines if "cuda version" in line or "allocated in cuda" in line]
+        return (cause or lines or ["RuntimeError"])[0][:300]
+    return None
+
+
 def conv_ops_used():
     """Names of the ops a small convolution runs as ("cudnn_conv..." when cuDNN does the work)."""
     import jittor as jt

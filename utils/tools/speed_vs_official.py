@@ -62,7 +62,7 @@ def jittor_worker(config, mode, batch, height, width):
     label = jt.randint(0, C.num_classes, (batch, height, width))
 
     def step():
-        optimizer.step(cross_entropy(model(rgb, depth), label, C.background))  # the training loss of utils/train.py
+        optimizer.step(cross_entropy(model(rgb, depth), label))  # the training loss of utils/train.py
         jt.sync_all(True)
 
     return step
