@@ -322,7 +322,7 @@ def make_training(official, models=TRAIN_MODELS, batches=None, first_seed=0):
     batches where neither side flipped in any step, so the fixture keeps the first `batches`
     (default TRAIN_BATCHES) seeds from `first_seed` on which the official float32 run flips no
     decode-head ReLU in any step; the seeds it skipped are saved with it. The counts: the official
-    run flips on 23% (DFormer-Tiny) and 61% (DFormerv2-S) of the seeds, this port on up to ~15%
+    run flips on 23% (DFormer-Tiny) and 57% (DFormerv2-S) of the seeds, this port on up to ~15%
     and ~50% of the kept ones, and with 20 and 34 batches fewer than the test's 8 flip-free ones
     has a chance below 1e-3 (docs/parity.md). Per kept batch it saves, besides the losses,
     gradients, update and statistics, each step's positions of every decode-head ReLU input within
