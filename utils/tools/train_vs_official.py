@@ -156,6 +156,10 @@ class CachedBatches:
     def __len__(self):
         return len(self.arrays["label"])
 
+    @property
+    def niters_per_epoch(self):  # what the trainer reads of a loader
+        return len(self)
+
     def __iter__(self):
         import jittor as jt
 
@@ -244,12 +248,13 @@ def jittor_worker(spec):
     from utils.engine.trainer import build_training, load_training_config, seed_epoch, train_epoch
 
     args = argparse.Namespace(config=spec["config"], dataset_dir=spec["dataset_dir"], epochs=spec["epochs"],
-                              accum_steps=1, amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None)
-    C = load_training_config(args)
-    if spec["shared"]:
-        C.drop_path_rate = 0.0
+                              accum_steps=1, amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None,
+                              val_mode=None, seed=None, set=["drop_path_rate=0.0"] if spec["shared"] else None)
+    C = load_training_config(args)  # C.seed stays the data set's
     log = StepRecorder()
-    model, optimizer, schedule, _, _ = build_training(C, args, spec["seed"], log)
+    niters = RGBXDataset(C, "train").niters_per_epoch  # as the trainer counts them (whole global batches)
+    model, optimizer, schedule, _, _ = build_training(C, args, niters, log)
+    jt.set_global_seed(spec["seed"])  # the run's own random draws (drop path, dropout, NMF bases)
     load_checkpoint(model, spec["init"])  # every process: the written initial weights
     nmf = model.decode_head.hamburger.ham
 
@@ -372,6 +377,7 @@ def config_module(name):
 
 def run_one(run, C, config, args, folder, test_path):
     """Start the run's worker, wait for it; its result (epochs, step losses)."""
+    from utils.dataloader.dataset import RGBXDataset
     from utils.engine.checkpoint import TRAINED_LEFTOVERS
     from utils.errors import UserError
     from utils.tools.official import official_cfg
@@ -393,8 +399,9 @@ def run_one(run, C, config, args, folder, test_path):
         cfg = official_cfg(C)
         if run["shared"]:
             cfg["drop_path_rate"] = 0.0
-        spec.update(cfg=cfg, lr_power=C.lr_power, total_iters=C.nepochs * C.niters_per_epoch,
-                    warmup_iters=C.niters_per_epoch * C.warm_up_epoch, niters_per_epoch=C.niters_per_epoch,
+        niters = RGBXDataset(C, "train").niters_per_epoch  # as the trainer counts them
+        spec.update(cfg=cfg, lr_power=C.lr_power, total_iters=C.nepochs * niters,
+                    warmup_iters=niters * C.warm_up_epoch, niters_per_epoch=niters,
                     test_set=test_path, eval_seed=C.seed, leftovers=TRAINED_LEFTOVERS)
         # the official checkout's own `models` and `utils` packages come first on the worker's path
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(args.official_dir), env.get("PYTHONPATH")) if p)
@@ -414,7 +421,7 @@ def run_one(run, C, config, args, folder, test_path):
         if "hist" in epoch:
             from utils.engine.metrics import Metrics
 
-            epoch["miou"] = Metrics.from_hist(epoch.pop("hist"), C.background).summary()["mIoU"]
+            epoch["miou"] = Metrics.from_hist(epoch.pop("hist")).summary()["mIoU"]
     return result
 
 
@@ -426,9 +433,11 @@ def compare_config(name, seeds, epochs, args, results):
     from utils.speed.timing import provenance
 
     config = config_module(name)
-    C = load_training_config(argparse.Namespace(config=config, dataset_dir=None, epochs=epochs,
-                                                accum_steps=1, amp=False))  # whole batches, as upstream
-    C.dataset_path = os.path.abspath(C.dataset_path)  # the workers run in other folders
+    def training_config(dataset_dir):  # whole batches, as upstream
+        return load_training_config(argparse.Namespace(config=config, dataset_dir=dataset_dir, epochs=epochs, accum_steps=1,
+                                                       amp=False, val_mode=None, seed=None, set=None))
+
+    C = training_config(os.path.abspath(training_config(None).dataset_path))  # the workers run in other folders
     ensure_synthetic_dataset(C)
     work = os.path.join(args.work_dir, C.backbone)
     test_path = os.path.join(work, "test.npz")
