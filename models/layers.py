@@ -1,9 +1,9 @@
 """Building blocks shared by the encoders and decode heads, each computing what its PyTorch/mmcv
 counterpart computes (where Jittor's own op differs, the docstring says how).
 
-Each block is the portable maths; on the CPU fast path (the `kernels` predicates: `enabled`,
-`applies` for float32, `applies_with_onednn` where oneDNN is called) it calls its CPU version in
-`kernels/` (same maths, multi-threaded or oneDNN). The GPU takes the stock ops and changes layouts
+Each block is the portable maths, in the dtypes `precision.py` decides; on the CPU fast path (the
+`kernels` predicates: `enabled`, `applies` for float32, `applies_with_onednn` where oneDNN is
+called) it calls its CPU version in `kernels/` (same maths, multi-threaded or oneDNN). The GPU takes the stock ops and changes layouts
 only through `layout.py`, so no op of its graph runs on the host.
 """
 import math
@@ -12,7 +12,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from . import kernels
+from . import kernels, precision
 from .kernels import layers as cpu_layers
 from .kernels import ops as cpu_ops
 from .batchnorm import BatchNorm2d
@@ -21,12 +21,14 @@ from .layout import conv_nhwc, matmul, permute
 
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis with PyTorch's two-pass variance: `jt.nn.LayerNorm`'s
-    E[x^2] - E[x]^2 loses digits on the large activations of deep stages and breaks 1e-4 parity."""
+    E[x^2] - E[x]^2 loses digits on the large activations of deep stages and breaks 1e-4 parity.
+    Computed in float32 whatever the input type, the result in the input's type."""
     if kernels.applies(x):
         return cpu_ops.layer_norm(x, weight, bias, eps)
-    xc = x - x.mean(-1, keepdims=True)
+    wide = precision.widened(x)
+    xc = wide - wide.mean(-1, keepdims=True)
     var = (xc * xc).mean(-1, keepdims=True)
-    return xc / jt.sqrt(var + eps) * weight + bias
+    return precision.like(xc / jt.sqrt(var + eps) * weight + bias, x)
 
 
 def gelu(x):
@@ -42,8 +44,35 @@ class GELU(nn.Module):
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` (same parameters and isinstance) computed with `layer_norm` above."""
 
+    keeps_float32 = True  # its parameters, in float16 inference (`precision.to_float16`)
+
     def execute(self, x):
         return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters and isinstance) whose product takes `precision`'s dtypes."""
+
+    def execute(self, x):
+        x, weight = precision.product_operands(x, self.weight)
+        y = precision.product_result(nn.matmul_transpose(x, weight))
+        return y if self.bias is None else y + precision.like(self.bias, y)
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters and isinstance) whose convolution takes `precision`'s dtypes;
+    the base of the convolutions below."""
+
+    def execute(self, x):
+        if x.dtype == self.weight.dtype and not precision.autocast_enabled():
+            return super().execute(x)
+        x, weight = precision.product_operands(x, self.weight)
+        if hasattr(self, "depthwise_conv"):  # Jittor's CUDA depthwise kernel
+            y = self.depthwise_conv(x, weight)
+        else:
+            y = nn.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+        y = precision.product_result(y)
+        return y if self.bias is None else y + precision.like(self.bias, y).reshape(1, -1, 1, 1)
 
 
 def resize(x, size):
@@ -104,7 +133,7 @@ def adaptive_avg_pool_nhwc(x, out):
     return x.reshape(B, out, out, C)
 
 
-class ChannelsLastConv2d(nn.Conv2d):
+class ChannelsLastConv2d(Conv2d):
     """`nn.Conv2d` (same parameters, state_dict entries and isinstance) on NHWC tensors, NHWC out,
     so channels-last blocks pay no transposes around their convolutions: on the CPU
     `cpu_ops.conv_nhwc`, on the GPU cuDNN on the NHWC tensor (`layout.conv_nhwc`)."""
@@ -120,7 +149,7 @@ class ChannelsLastConv2d(nn.Conv2d):
         return nn.gelu(y + x) if residual_gelu else y
 
 
-class TapSumConv2d(nn.Conv2d):
+class TapSumConv2d(Conv2d):
     """`nn.Conv2d` (same parameters and state_dict entries) whose CPU training forward sums one
     matrix product per kernel tap (`kernels/layers.tap_sum_conv`), so that its float32 rounding
     does not grow with the input channels and training steps stay as close to a float64 run as the
@@ -134,7 +163,7 @@ class TapSumConv2d(nn.Conv2d):
         return super().execute(x)
 
 
-class PointwiseConv2d(nn.Conv2d):
+class PointwiseConv2d(Conv2d):
     """1x1 `nn.Conv2d` (NCHW, same parameters); on the CPU one matrix product per image."""
 
     def __init__(self, in_channels, out_channels, bias=True):
@@ -167,10 +196,12 @@ def axial_attention(q, k, v, mask_w, mask_h):
     C = n * d
     q_w, k_w = permute(q, 0, 2, 1, 3, 4), permute(k, 0, 2, 1, 3, 4)  # (B, H, n, W, d)
     v = permute(v.reshape(B, H, W, n, d), 0, 1, 3, 2, 4)  # (B, H, n, W, d)
-    attn_w = nn.softmax(matmul(q_w, k_w, trans_b=True) + permute(mask_w, 0, 2, 1, 3, 4), dim=-1)  # (B, H, n, W, W)
+    scores_w = precision.widened(matmul(q_w, k_w, trans_b=True)) + permute(mask_w, 0, 2, 1, 3, 4)
+    attn_w = precision.softmax(scores_w, dim=-1)  # (B, H, n, W, W)
     v = permute(matmul(attn_w, v), 0, 3, 2, 1, 4)  # (B, W, n, H, d)
     q_h, k_h = permute(q, 0, 3, 1, 2, 4), permute(k, 0, 3, 1, 2, 4)  # (B, W, n, H, d)
-    attn_h = nn.softmax(matmul(q_h, k_h, trans_b=True) + permute(mask_h, 0, 2, 1, 3, 4), dim=-1)  # (B, W, n, H, H)
+    scores_h = precision.widened(matmul(q_h, k_h, trans_b=True)) + permute(mask_h, 0, 2, 1, 3, 4)
+    attn_h = precision.softmax(scores_h, dim=-1)  # (B, W, n, H, H)
     return permute(matmul(attn_h, v), 0, 3, 1, 2, 4).reshape(B, H, W, C)
 
 
@@ -186,7 +217,7 @@ def full_attention(q, k, v, mask):
     C = n * d
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
     v = permute(v.reshape(B, H * W, n, d), 0, 2, 1, 3)  # (B, n, HW, d)
-    attn = nn.softmax(matmul(q, k, trans_b=True) + mask, dim=-1)  # (B, n, HW, HW)
+    attn = precision.softmax(precision.widened(matmul(q, k, trans_b=True)) + mask, dim=-1)  # (B, n, HW, HW)
     return permute(matmul(attn, v), 0, 2, 1, 3).reshape(B, H, W, C)
 
 
@@ -200,5 +231,5 @@ def pooled_attention(q, kv):
     if kernels.applies(q):
         return cpu_layers.pooled_attention(q, kv)
     kv = permute(kv, 2, 0, 3, 1, 4)  # (2, B, n, Lk, d)
-    attn = nn.softmax(matmul(permute(q, 0, 2, 1, 3), kv[0], trans_b=True), dim=-1)  # (B, n, Lq, Lk)
+    attn = precision.softmax(matmul(permute(q, 0, 2, 1, 3), kv[0], trans_b=True), dim=-1)  # (B, n, Lq, Lk)
     return matmul(attn, kv[1])

@@ -9,7 +9,7 @@ compare and a min (Jittor's is CPU-only without CUB). On the CPU fast path each 
 """
 import jittor as jt
 
-from . import kernels
+from . import kernels, precision
 
 _NHWC = dict(xformat="acdb", wformat="oihw", yformat="acdb")  # (B, H, W, C) in and out, (out, in, kh, kw) weight
 
@@ -27,14 +27,15 @@ def _swap_last_two(x):
 
 def matmul(a, b, trans_a=False, trans_b=False):
     """op_a(a) @ op_b(b) over the last two axes, the leading axes equal; op = transpose when asked
-    (on the GPU one cuBLAS product reading the transposed operands in place, gradients too)."""
-    if str(a.dtype) != str(b.dtype):  # mixed precision (AMP): both in the wider type, as cuBLAS needs one
-        wider = "float64" if "float64" in (str(a.dtype), str(b.dtype)) else "float32"
-        a, b = a.cast(wider), b.cast(wider)
+    (on the GPU one cuBLAS product reading the transposed operands in place, gradients too), in
+    `precision`'s dtypes."""
+    a, b = precision.product_operands(a, b)
     cublas = getattr(jt.compile_extern, "cublas_ops", None) if jt.flags.use_cuda else None
     if cublas is not None:
-        return cublas.cublas_batched_matmul(a, b, bool(trans_a), bool(trans_b))
-    return jt.matmul(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
+        y = cublas.cublas_batched_matmul(a, b, bool(trans_a), bool(trans_b))
+    else:
+        y = jt.matmul(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
+    return precision.product_result(y)
 
 
 def library_conv_ops(x):
@@ -77,13 +78,13 @@ class _LibraryConvNHWC(jt.Function):
 
 def conv_nhwc(x, conv):
     """`conv` (an `nn.Conv2d`'s parameters) of an NHWC tensor, NHWC out, bias included, by cuDNN on
-    the GPU (oneDNN on the CPU); None where no library is loaded for it."""
+    the GPU (oneDNN on the CPU), in `precision`'s dtypes; None where no library is loaded for it."""
+    x, weight = precision.product_operands(x, conv.weight)
     ops = library_conv_ops(x)
     if ops is None:
         return None
-    weight = conv.weight if conv.weight.dtype == x.dtype else conv.weight.cast(x.dtype)  # AMP, fp16
-    y = _LibraryConvNHWC.apply(x, weight, conv, ops)
-    return y if conv.bias is None else y + conv.bias
+    y = precision.product_result(_LibraryConvNHWC.apply(x, weight, conv, ops))
+    return y if conv.bias is None else y + precision.like(conv.bias, y)
 
 
 def argmax(x, dim):

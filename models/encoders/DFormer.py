@@ -16,13 +16,15 @@ from jittor import nn
 
 from ..batchnorm import BatchNorm2d
 from ..layout import permute
-from ..layers import (GELU, ChannelsLastConv2d, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm, pooled_attention,
-                      resize)
+from ..layers import (GELU, ChannelsLastConv2d, Linear, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm,
+                      pooled_attention, resize)
 
 
 class FrozenLayerNorm(nn.Module):
     """Upstream's own channels-last `LayerNorm` class (eps 1e-6; same keys). Not an `nn.LayerNorm`,
     so upstream's parameter grouping never collects it: it keeps its pretrained values in training."""
+
+    keeps_float32 = True  # its parameters, in float16 inference (`precision.to_float16`)
 
     def __init__(self, dim, eps=1e-6):
         super().__init__()
@@ -41,9 +43,9 @@ class MLP(nn.Module):
         super().__init__()
         hidden = dim * mlp_ratio
         self.norm = FrozenLayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.pos = ChannelsLastConv2d(hidden, hidden, 3, padding=1, groups=hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def execute(self, x):
         x = self.fc1(self.norm(x))  # (B, H, W, hidden)
@@ -65,21 +67,21 @@ class attention(nn.Module):
         self.num_head = num_head
         self.window = window
         self.drop_depth = drop_depth
-        self.q = nn.Linear(dim, dim)
-        self.q_cut = nn.Linear(dim, dim // 2)
-        self.a = nn.Linear(dim, dim)
-        self.l = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.q_cut = Linear(dim, dim // 2)
+        self.a = Linear(dim, dim)
+        self.l = Linear(dim, dim)
         self.conv = ChannelsLastConv2d(dim, dim, 7, padding=3, groups=dim)
         self.e_conv = ChannelsLastConv2d(dim // 2, dim // 2, 7, padding=3, groups=dim // 2)
-        self.e_fore = nn.Linear(dim // 2, dim // 2)
-        self.e_back = nn.Linear(dim // 2, dim // 2)
+        self.e_fore = Linear(dim // 2, dim // 2)
+        self.e_back = Linear(dim // 2, dim // 2)
         concat_dim = dim * 2 if window != 0 else dim // 2 * 3
-        self.proj = nn.Linear(concat_dim, dim)
+        self.proj = Linear(concat_dim, dim)
         if not drop_depth:
-            self.proj_e = nn.Linear(concat_dim, dim // 2)
+            self.proj_e = Linear(concat_dim, dim // 2)
         if window != 0:
-            self.short_cut_linear = nn.Linear(dim // 2 * 3, dim // 2)
-            self.kv = nn.Linear(dim, dim)
+            self.short_cut_linear = Linear(dim // 2 * 3, dim // 2)
+            self.kv = Linear(dim, dim)
         self.act = GELU()
         self.norm = FrozenLayerNorm(dim)
         self.norm_e = FrozenLayerNorm(dim // 2)

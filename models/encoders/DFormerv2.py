@@ -16,8 +16,9 @@ from jittor import nn
 
 from ..batchnorm import SyncBatchNorm
 from ..layout import permute
-from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, TapSumConv2d, axial_attention, full_attention, gelu, resize,
-                      rotate_pairs)
+from .. import precision
+from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, Linear, TapSumConv2d, axial_attention, full_attention, gelu,
+                      resize, rotate_pairs)
 
 
 class DWConv2d(nn.Module):
@@ -66,8 +67,9 @@ class PatchMerging(nn.Module):
 
 
 def angle_transform(x, sin, cos):
-    """Rotary embedding with interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)."""
-    return x * cos + rotate_pairs(x) * sin
+    """Rotary embedding with interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); the
+    float32 tables in the type of `x`."""
+    return x * precision.like(cos, x) + rotate_pairs(x) * precision.like(sin, x)
 
 
 class GeoPriorGen(nn.Module):
@@ -76,7 +78,11 @@ class GeoPriorGen(nn.Module):
     Args:
         embed_dim, num_heads: key_dim = embed_dim / num_heads.
         initial_value, heads_range: per-head decay ln(1 - 2^(-initial - range * h / heads)).
+    Everything here is float32, in float16 inference too: the phase reaches H*W radians, and the
+    masks are added to float32 attention scores.
     """
+
+    keeps_float32 = True  # `weight`, `angle`, `decay` (`precision.to_float16`)
 
     def __init__(self, embed_dim, num_heads, initial_value, heads_range):
         super().__init__()
@@ -92,7 +98,7 @@ class GeoPriorGen(nn.Module):
     def rotary_tables(self, H, W):
         """sin/cos (H, W, key_dim) of the flattened position r*W + c (1-D RoPE on the 2-D grid)."""
         index = jt.arange(H * W).float32()
-        phase = index.unsqueeze(1) * self.angle.unsqueeze(0)  # formed in fp32, as upstream
+        phase = index.unsqueeze(1) * self.angle.unsqueeze(0)  # (HW, key_dim), float32 as upstream's
         return jt.sin(phase).reshape(H, W, -1), jt.cos(phase).reshape(H, W, -1)
 
     def decay_1d(self, length):
@@ -109,7 +115,7 @@ class GeoPriorGen(nn.Module):
     def execute(self, HW, depth, split):
         """Returns ((sin, cos), (mask_h, mask_w)) when `split`, else ((sin, cos), mask)."""
         H, W = HW
-        depth = resize(depth, (H, W))  # (B, 1, H, W), downsampled without antialias like upstream
+        depth = resize(precision.widened(depth), (H, W))  # (B, 1, H, W), downsampled without antialias like upstream
         tables = self.rotary_tables(H, W)
         w_pos, w_depth = self.weight[0], self.weight[1]
         if split:
@@ -134,11 +140,11 @@ class _GSA(nn.Module):
         self.num_heads = num_heads
         self.key_dim = embed_dim // num_heads
         self.scaling = self.key_dim**-0.5
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
         self.lepe = DWConv2d(embed_dim, 5, 1, 2)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = Linear(embed_dim, embed_dim)
 
     def rotated_qkv(self, x, sin, cos):
         """q, k rotated and split into heads (B, n, H, W, d); v (B, H, W, C); lepe (B, H, W, C)."""
@@ -172,8 +178,8 @@ class FeedForwardNetwork(nn.Module):
 
     def __init__(self, embed_dim, ffn_dim):
         super().__init__()
-        self.fc1 = nn.Linear(embed_dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.fc1 = Linear(embed_dim, ffn_dim)
+        self.fc2 = Linear(ffn_dim, embed_dim)
         self.dwconv = DWConv2d(ffn_dim, 3, 1, 1)
 
     def execute(self, x):
