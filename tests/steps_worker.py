@@ -43,10 +43,10 @@ def bases_by_name(nmf, queue):
 def run(config, accum_steps, steps, bn_train):
     """Losses, state_dict before and after the steps, the last step's gradients (optimiser order)."""
     args = argparse.Namespace(config=config, dataset_dir=None, epochs=None, accum_steps=accum_steps, amp=False,
-                              syncbn=True, no_pretrained=True, pretrained=None, resume=None)
+                              val_amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None)
     C = load_training_config(args)
     C.drop_path_rate = 0.0
-    model, optimizer, _, _, _ = build_training(C, args, C.seed, lambda message: None)
+    model, optimizer, _, _, _, _ = build_training(C, args, C.seed, lambda message: None)
     if jt.rank == 0:  # the same start with any number of processes; the others get it by broadcast
         model.load_parameters(synthetic_state_dict([(k, v.shape) for k, v in model.state_dict().items()]))
     broadcast_from_rank0(model)

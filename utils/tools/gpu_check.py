@@ -214,7 +214,7 @@ def check_model(name, settings, report):
 
 
 def amp_training(runs, settings, report):
-    """TRAIN_STEPS more steps of every model under Jittor AMP (level 5, as `train.py --amp`): finite losses."""
+    """TRAIN_STEPS more steps of every model under mixed precision (as `train.py --amp`): finite losses."""
     import jittor as jt
 
     for run in runs:
@@ -222,10 +222,10 @@ def amp_training(runs, settings, report):
         if settings.time_left() <= 0:
             entry["notes"].append("AMP training: skipped, time budget used up")
             continue
-        with step(entry["errors"], "AMP training"), jt.flag_scope(auto_mixed_precision_level=5):
-            amp_losses = training_losses(run.model, run.C, settings.train_shape)  # jt.array makes fp16 inputs
+        with step(entry["errors"], "AMP training"):
+            amp_losses = training_losses(run.model, run.C, settings.train_shape, amp=True)
             entry["amp_losses"] = amp_losses
-            log(f"{run.name} AMP (level 5) losses {', '.join(f'{v:.5f}' for v in amp_losses)}")
+            log(f"{run.name} AMP losses {', '.join(f'{v:.5f}' for v in amp_losses)}")
         entry["checks"]["amp_finite"] = bool(entry.get("amp_losses")) and all(map(math.isfinite, entry["amp_losses"]))
         jt.gc()
         report.save()

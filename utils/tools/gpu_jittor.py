@@ -93,9 +93,11 @@ def eval_logits(model, shape, seed):
     return logits
 
 
-def training_losses(model, C, shape, steps=TRAIN_STEPS):
-    """Losses of `steps` AdamW steps (upstream parameter groups) on one fixed batch."""
+def training_losses(model, C, shape, steps=TRAIN_STEPS, amp=False):
+    """Losses of `steps` AdamW steps (upstream parameter groups) on one fixed batch; `amp`: as
+    `train.py --amp` (autocast and a loss scaler)."""
     import jittor as jt
+    from utils.engine.amp import LossScaler
     from utils.engine.optim import build_optimizer
     from utils.engine.trainer import train_step
 
@@ -106,12 +108,13 @@ def training_losses(model, C, shape, steps=TRAIN_STEPS):
     model.train()
     model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
     optimizer = build_optimizer(model, C)
+    scaler = LossScaler() if amp else None
     losses = []
     try:
         for _ in range(steps):
             # Same DropPath/dropout draws every step: the loss then moves only through the updates.
             jt.set_global_seed(TRAIN_SEED)
-            losses.append(float(train_step(model, optimizer, [data], C)))  # one micro-batch per step
+            losses.append(float(train_step(model, optimizer, [data], C, scaler)))  # one micro-batch per step
         jt.sync_all(True)
     finally:
         model.decode_head.hamburger.ham.fixed_raw_bases = None
