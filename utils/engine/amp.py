@@ -6,7 +6,7 @@ float16's range, and the float32 gradients are divided by it before the optimise
 GradScaler's defaults: scale 2^16 at the start, halved and the step skipped when a gradient is
 inf or NaN, doubled after 2000 steps in a row without one.
 """
-import jittor as jt
+import math
 
 
 class LossScaler:
@@ -24,8 +24,8 @@ class LossScaler:
         skip the step (the gradients are dropped) and halve the scale. Returns whether it stepped."""
         grads = [g for group in optimizer.param_groups for p, g in zip(group["params"], group.get("grads", []))
                  if not p.is_stop_grad()]
-        # 0 * g is 0 for every finite g and NaN for inf or NaN; one sum per tensor, then one sync
-        finite = bool(jt.isfinite(sum((g * 0).sum() for g in grads)).item()) if grads else True
+        # 0 * g is 0 for every finite g and NaN for inf or NaN: one sum per tensor, then one sync
+        finite = math.isfinite(float(sum((g * 0).sum() for g in grads).item())) if grads else True
         if finite:
             for g in grads:
                 g.update(g * (1.0 / self.scale))
