@@ -15,7 +15,7 @@ def build_model(C):
     weights are computed right away because Jittor draws lazily, from the generator's state at first
     use: so the seed set before `build_model` alone fixes them, whatever runs next.
     """
-    from .jittor_env import apply_defaults
+    from .jittor_env import apply_defaults, size_cudnn_algorithm_cache
 
     apply_defaults()
     import jittor as jt
@@ -23,6 +23,7 @@ def build_model(C):
     from .builder import EncoderDecoder
 
     jt.flags.use_cuda = int(jt.has_cuda)
+    size_cudnn_algorithm_cache()
     model = EncoderDecoder(C)
     jt.sync(list(model.state_dict().values()))
     return model

@@ -43,19 +43,21 @@ class EncoderDecoder(nn.Module):
         if cfg.decoder == "ham":
             self.decode_head = LightHamHead(channels[1:], cfg.num_classes, channels=cfg.decoder_embed_dim)
         elif cfg.decoder == "MLPDecoder":
-            self.decode_head = DecoderHead(channels, cfg.num_classes, embed_dim=cfg.decoder_embed_dim,
-                                           bn_eps=cfg.bn_eps)
+            self.decode_head = DecoderHead(channels, cfg.num_classes, embed_dim=cfg.decoder_embed_dim)
         else:
             raise ValueError(f"unknown decoder {cfg.decoder!r}; choose 'ham' or 'MLPDecoder'")
-        init_decode_head(self.decode_head)
+        init_decode_head(self.decode_head, cfg.bn_eps, cfg.bn_momentum)
 
     def execute(self, rgb, depth):
         logits = self.decode_head(self.backbone(rgb, depth))  # (B, classes, H/8, W/8)
         return resize(logits, rgb.shape[2:])
 
 
-def init_decode_head(head):
-    """Upstream `init_weight`: kaiming-normal (fan_in, relu) conv weights, BN weight 1 / bias 0."""
+def init_decode_head(head, bn_eps, bn_momentum):
+    """Upstream `init_weight`: kaiming-normal (fan_in, relu) conv weights; BNs take eps `bn_eps` and
+    momentum `bn_momentum` (not stored in checkpoints), weight 1 and bias 0 (their initial values)."""
     for module in head.modules():
         if isinstance(module, nn.Conv2d):
             jt.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            module.eps, module.momentum = bn_eps, bn_momentum

@@ -1,6 +1,7 @@
 """Jittor's environment defaults: `apply_defaults()`, called before Jittor is first imported by
 `build_model`, every entry point (`utils/entry.py`) and the tests (`tests/conftest.py`). Importing
-this module changes nothing.
+this module changes nothing. `size_cudnn_algorithm_cache()`, called by `build_model` after the
+import, is the one setting made on Jittor itself.
 
 Jittor reads its switches from environment variables at import time. Stock Jittor 1.3.11 would
 otherwise download cutlass (unused by any op), probe a CUDA toolkit that may be a wrapper script
@@ -87,6 +88,24 @@ class QuietJittorImport(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+# Entries of each of cuDNN's algorithm caches (forward, input gradient, weight gradient). Jittor keeps
+# 100, then runs cuDNN's heuristic again for every new convolution; the 7 models at batch 1 and 8
+# (480x640) have 240 distinct forward configurations, and training crops and evaluation scales add more.
+CUDNN_ALGORITHM_CACHE = 1024
+
+
+def size_cudnn_algorithm_cache():
+    """Let cuDNN's algorithm caches hold every convolution of the 7 models at two batch sizes; once
+    Jittor has been imported, and only where it loaded cuDNN. The caches are keyed by shapes,
+    padding, stride, dilation and groups, not by dtype: a process that times float32 must not then
+    time float16 (the GPU check gives each its own process)."""
+    import jittor as jt
+
+    cudnn = getattr(jt.compile_extern, "cudnn", None)
+    if cudnn is not None:
+        cudnn.set_algorithm_cache_size(CUDNN_ALGORITHM_CACHE)
 
 
 def apply_defaults():

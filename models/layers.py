@@ -3,8 +3,9 @@ counterpart computes (where Jittor's own op differs, the docstring says how).
 
 Each block is the portable maths, in the dtypes `precision.py` decides; on the CPU fast path (the
 `kernels` predicates: `enabled`, `applies` for float32, `applies_with_onednn` where oneDNN is
-called) it calls its CPU version in `kernels/` (same maths, multi-threaded or oneDNN). The GPU takes the stock ops and changes layouts
-only through `layout.py`, so no op of its graph runs on the host.
+called) it calls its CPU version in `kernels/` (same maths, multi-threaded or oneDNN). The GPU
+takes the stock ops and changes layouts only through `layout.py`, so no op of its graph runs on the
+host. Constant matrices come from `constants.py`, built once per shape.
 """
 import math
 
@@ -12,11 +13,11 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from . import kernels, precision
+from . import constants, kernels, precision
 from .kernels import layers as cpu_layers
 from .kernels import ops as cpu_ops
 from .batchnorm import BatchNorm2d
-from .layout import conv_nhwc, matmul, permute
+from .layout import conv_nchw, conv_nhwc, linear, matmul, matmul_2d, permute
 
 
 def layer_norm(x, weight, bias, eps):
@@ -28,17 +29,33 @@ def layer_norm(x, weight, bias, eps):
     wide = precision.widened(x)
     xc = wide - wide.mean(-1, keepdims=True)
     var = (xc * xc).mean(-1, keepdims=True)
-    return precision.like(xc / jt.sqrt(var + eps) * weight + bias, x)
+    return precision.like(xc / jt.sqrt(var + constants.filled(eps, var.shape, var.dtype)) * weight + bias, x)
 
 
 def gelu(x):
-    """GELU (erf form); on the CPU one multi-threaded kernel each way."""
-    return cpu_ops.gelu(x) if kernels.applies(x) else nn.gelu(x)
+    """GELU (erf form), `nn.gelu`'s formula with its constants built once; on the CPU one
+    multi-threaded kernel each way."""
+    if kernels.applies(x):
+        return cpu_ops.gelu(x)
+    erf = jt.erf(x / constants.scalar(math.sqrt(2), x.dtype)) + constants.scalar(1, x.dtype)
+    return erf * x * constants.scalar(0.5, x.dtype)
 
 
 class GELU(nn.Module):
     def execute(self, x):
         return gelu(x)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, state_dict entries and isinstance) whose product takes
+    `precision`'s dtypes; off the CPU fast path one library product per call (`layout.linear`)."""
+
+    def execute(self, x):
+        if not kernels.enabled():
+            return linear(x, self.weight, self.bias)
+        x, weight = precision.product_operands(x, self.weight)
+        y = precision.product_result(nn.matmul_transpose(x, weight))
+        return y if self.bias is None else y + precision.like(self.bias, y)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -48,15 +65,6 @@ class LayerNorm(nn.LayerNorm):
 
     def execute(self, x):
         return layer_norm(x, self.weight, self.bias, self.eps)
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` (same parameters and isinstance) whose product takes `precision`'s dtypes."""
-
-    def execute(self, x):
-        x, weight = precision.product_operands(x, self.weight)
-        y = precision.product_result(nn.matmul_transpose(x, weight))
-        return y if self.bias is None else y + precision.like(self.bias, y)
 
 
 class Conv2d(nn.Conv2d):
@@ -76,22 +84,38 @@ class Conv2d(nn.Conv2d):
 
 
 def resize(x, size):
-    """Bilinear resize of an NCHW tensor with align_corners=False, as the official models do."""
+    """Bilinear resize of an NCHW tensor with align_corners=False, as the official models do.
+
+    Off the CPU fast path it is two products with PyTorch's interpolation weights (columns, then
+    rows), whose matrices are built once per shape (`constants`): five graph ops where Jittor's
+    `interpolate` builds about fifty. Same result to rounding (each output sums two weighted inputs).
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if kernels.enabled():
         return cpu_layers.resize(x, size)
-    return nn.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    B, C, h, w = x.shape
+    H, W = (int(s) for s in size)
+    cols = constants.matrix("bilinear", w, W, x.dtype, transposed=True)  # (w, W)
+    x = matmul_2d(x.reshape(B * C * h, w), cols)  # (B*C*h, W)
+    rows = constants.matrix("bilinear", h, H, x.dtype, batch=B * C)  # (B*C, H, h)
+    return matmul(rows, x.reshape(B * C, h, W)).reshape(B, C, H, W)
+
+
+def relu(x):
+    """ReLU: off the CPU fast path max(x, 0) with the 0 built once (two graph ops where Jittor's
+    `nn.relu`, a compare and a select, builds six; the same values)."""
+    return nn.relu(x) if kernels.enabled() else jt.maximum(x, constants.scalar(0, x.dtype))
 
 
 class ConvModule(nn.Module):
     """mmcv's ConvModule (conv, optional BN, optional ReLU; mmcv's names), with mmcv's
     `bias='auto'`: no conv bias when a norm follows, as in every checkpoint."""
 
-    def __init__(self, in_channels, out_channels, norm=True, act=True, bn_eps=1e-5):
+    def __init__(self, in_channels, out_channels, norm=True, act=True):
         super().__init__()
         self.conv = PointwiseConv2d(in_channels, out_channels, bias=not norm)
-        self.bn = BatchNorm2d(out_channels, eps=bn_eps) if norm else None
+        self.bn = BatchNorm2d(out_channels) if norm else None
         self.activate = nn.ReLU() if act else None
 
     def execute(self, x):
@@ -99,7 +123,7 @@ class ConvModule(nn.Module):
         if self.bn is not None:
             x = self.bn(x)
         if self.activate is not None:
-            x = self.activate(x)
+            x = relu(x)
         return x
 
 
@@ -107,30 +131,34 @@ def rotate_pairs(x):
     """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) over the last axis (rotary embeddings)."""
     if kernels.applies(x):
         return cpu_layers.rotate_pairs(x)
-    x1, x2 = x[..., ::2], x[..., 1::2]
-    return jt.stack([-x2, x1], dim=-1).reshape(x.shape)
-
-
-def _adaptive_pool_matrix(size, out):
-    """(out, size) averaging matrix with PyTorch's bins [floor(i*size/out), ceil((i+1)*size/out))."""
-    matrix = np.zeros((out, size), dtype=np.float32)
-    for i in range(out):
-        start, end = (i * size) // out, math.ceil((i + 1) * size / out)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
+    swapped = x.reshape((*x.shape[:-1], x.shape[-1] // 2, 2))[..., ::-1].reshape(x.shape)  # (x1, x0, x3, x2, ...)
+    return swapped * constants.constant(("pair_signs", x.shape[-1]), x.dtype,
+                                        lambda: np.tile(np.array([-1, 1], np.float32), x.shape[-1] // 2))
 
 
 def adaptive_avg_pool_nhwc(x, out):
     """PyTorch-exact AdaptiveAvgPool2d((out, out)) of an NHWC tensor, NHWC out (Jittor's uses
-    fixed-stride bins, and divides by zero on maps smaller than `out`)."""
+    fixed-stride bins, and divides by zero on maps smaller than `out`), with the averaging matrices
+    of `constants.adaptive_pool_matrix`; off the CPU fast path one product over all positions."""
     B, H, W, C = x.shape
-    pool_h = jt.array(_adaptive_pool_matrix(H, out))  # (out, H)
-    pool_w = jt.array(_adaptive_pool_matrix(W, out))  # (out, W)
     if kernels.enabled():
+        pool_h = constants.matrix("pool", H, out, x.dtype)  # (out, H)
+        pool_w = constants.matrix("pool", W, out, x.dtype)  # (out, W)
         return cpu_layers.adaptive_avg_pool_nhwc(x, pool_h, pool_w)
-    x = matmul(pool_h.broadcast((B, out, H), [0]), x.reshape(B, H, W * C))  # pool rows: (B, out_h, W*C)
-    x = matmul(pool_w.broadcast((B * out, out, W), [0]), x.reshape(B * out, W, C))  # (B*out_h, out_w, C)
-    return x.reshape(B, out, out, C)
+    pool = constants.grid_matrix("pool", (H, W), (out, out), x.dtype, B)  # (B, out*out, H*W)
+    return matmul(pool, x.reshape(B, H * W, C)).reshape(B, out, out, C)
+
+
+def upsample_nhwc(x, size):
+    """Bilinear resize (align_corners=False) of a small NHWC map, NHWC out; off the CPU fast path
+    one product with the (H*W, h*w) interpolation matrix, no layout changes (DFormer's 7x7 global
+    awareness back to its stage's size)."""
+    B, h, w, C = x.shape
+    if kernels.enabled():
+        return permute(resize(permute(x, 0, 3, 1, 2), size), 0, 2, 3, 1)
+    H, W = (int(s) for s in size)
+    grid = constants.grid_matrix("bilinear", (h, w), (H, W), x.dtype, B)  # (B, H*W, h*w)
+    return matmul(grid, x.reshape(B, h * w, C)).reshape(B, H, W, C)
 
 
 class ChannelsLastConv2d(Conv2d):
@@ -146,7 +174,7 @@ class ChannelsLastConv2d(Conv2d):
         y = conv_nhwc(x, self)
         if y is None:  # no library for channels-last convolutions loaded
             y = permute(super().execute(permute(x, 0, 3, 1, 2)), 0, 2, 3, 1)
-        return nn.gelu(y + x) if residual_gelu else y
+        return gelu(y + x) if residual_gelu else y
 
 
 class TapSumConv2d(Conv2d):
@@ -160,7 +188,8 @@ class TapSumConv2d(Conv2d):
     def execute(self, x):
         if self.is_training() and self.groups == 1 and kernels.applies_with_onednn(x):
             return cpu_layers.tap_sum_conv(x, self)
-        return super().execute(x)
+        y = None if kernels.enabled() else conv_nchw(x, self)
+        return super().execute(x) if y is None else y
 
 
 class PointwiseConv2d(Conv2d):
@@ -172,7 +201,8 @@ class PointwiseConv2d(Conv2d):
     def execute(self, x):
         if kernels.applies_with_onednn(x):
             return cpu_layers.pointwise_conv(x, self)
-        return super().execute(x)
+        y = None if kernels.enabled() else conv_nchw(x, self)
+        return super().execute(x) if y is None else y
 
 
 def bmm(a, b, transpose_a=False, transpose_b=False):

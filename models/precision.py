@@ -40,10 +40,14 @@ def autocast_enabled():
 
 
 def product_operands(*operands):
-    """A convolution's or matrix product's operands in the type it computes in: float16 under
-    autocast or when any operand is float16 (float16 inference), else as given."""
+    """A convolution's or matrix product's operands in the one type it computes in (cuBLAS and
+    cuDNN take one): float16 under autocast or when any operand is float16 (float16 inference),
+    else the widest given (a float64 statistic times a float32 weight in float64)."""
     if _autocast[0] or any(x.dtype == "float16" for x in operands):
         return tuple(x if x.dtype == "float16" else x.float16() for x in operands)
+    if len({str(x.dtype) for x in operands}) > 1:
+        wide = "float64" if any(str(x.dtype) == "float64" for x in operands) else "float32"
+        return tuple(x if str(x.dtype) == wide else x.cast(wide) for x in operands)
     return operands
 
 

@@ -65,7 +65,7 @@ def our_step1(model, C, seed, params, record):
 
     rgb, depth, label, bases = training_batch(seed)
     model.decode_head.hamburger.ham.fixed_raw_bases = bases[0]
-    loss = cross_entropy(model(jt.array(rgb), jt.array(depth)), jt.array(label.astype(np.int32)), C.background)
+    loss = cross_entropy(model(jt.array(rgb), jt.array(depth)), jt.array(label.astype(np.int32)))
     grads = np.concatenate([g.numpy().ravel().astype(np.float64) for g in jt.grad(loss, params)])
     return grads, {site: record[site].numpy().ravel() for site in RELU_SITES}
 

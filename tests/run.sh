@@ -7,4 +7,7 @@ if ! command -v mpirun >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-g
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev) >/dev/null
 fi
 source utils/env.sh
-exec python -m pytest -q tests "$@"
+# The whole suite unless the arguments name test files or folders.
+paths=tests
+for arg in "$@"; do case "$arg" in tests/*) paths= ;; esac; done
+exec python -m pytest -q $paths "$@"

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from utils.dataloader.dataset import RGBXDataset  # noqa: E402
 from utils.engine.trainer import (broadcast_from_rank0, build_training, load_training_config,  # noqa: E402
                          micro_batch_groups, seed_epoch, train_step)
+from utils.jittor_private import adamw_slots  # noqa: E402
 from utils.tools.stand_in_weights import synthetic_state_dict  # noqa: E402
 
 
@@ -43,10 +44,10 @@ def bases_by_name(nmf, queue):
 def run(config, accum_steps, steps, bn_train):
     """Losses, state_dict before and after the steps, the last step's gradients (optimiser order)."""
     args = argparse.Namespace(config=config, dataset_dir=None, epochs=None, accum_steps=accum_steps, amp=False,
-                              val_amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None)
+                              val_amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None,
+                              val_mode=None, seed=None, set=["drop_path_rate=0.0"])
     C = load_training_config(args)
-    C.drop_path_rate = 0.0
-    model, optimizer, _, _, _, _ = build_training(C, args, C.seed, lambda message: None)
+    model, optimizer, _, _, _, _ = build_training(C, args, 1, lambda message: None)  # 1 iteration per epoch: unused
     if jt.rank == 0:  # the same start with any number of processes; the others get it by broadcast
         model.load_parameters(synthetic_state_dict([(k, v.shape) for k, v in model.state_dict().items()]))
     broadcast_from_rank0(model)
@@ -67,7 +68,7 @@ def run(config, accum_steps, steps, bn_train):
         losses.append(train_step(model, optimizer, micro_batches, C))
         if step + 1 == steps:
             break
-    grads = [g.numpy() for group in optimizer.param_groups for g in group["grads"]]
+    grads = [g.numpy() for group in optimizer.param_groups for _, g, _, _ in adamw_slots(group)]
     final = {k: v.numpy() for k, v in model.state_dict().items()}
     return losses, initial, final, grads
 

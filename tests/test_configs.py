@@ -18,7 +18,7 @@ OFFICIAL_PARAMS = {info["config"]: info["num_params"] for info in OFFICIAL_KEYS.
 OFFICIAL_VALUES = [
     ("NYUDepthv2.DFormer_Large", "drop_path_rate", 0.15), ("NYUDepthv2.DFormerv2_S", "batch_size", 16),
     ("NYUDepthv2.DFormerv2_L", "decoder_embed_dim", 1024), ("NYUDepthv2.DFormerv2_L", "batch_size", 12),
-    ("NYUDepthv2.DFormer_Tiny", "niters_per_epoch", 100), ("NYUDepthv2.DFormerv2_B", "drop_path_rate", 0.2),
+    ("NYUDepthv2.DFormer_Tiny", "num_train_imgs", 795), ("NYUDepthv2.DFormerv2_B", "drop_path_rate", 0.2),
     ("SUNRGBD.DFormer_Base", "lr", 8e-5), ("SUNRGBD.DFormerv2_S", "decoder_embed_dim", 1024),
     ("SUNRGBD.DFormerv2_L", "drop_path_rate", 0.27), ("SUNRGBD.DFormer_Small", "image_width", 480),
     ("SUNRGBD.DFormer_Tiny", "num_classes", 37), ("NYUDepthv2.DFormer_Base", "num_classes", 40),
@@ -106,3 +106,46 @@ def test_auxiliary_head_is_refused():
     C.aux_rate = 0.4
     with pytest.raises(ValueError, match="aux_rate = 0.4: upstream's auxiliary FCN head"):
         build_model(C)
+
+
+def keys_read(paths):
+    """The names code reads as `x.name`, `x["name"]` or `x.get("name")` in the files `paths`."""
+    import ast
+
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                names.add(node.attr)
+            elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+                names.add(node.slice.value)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                names.add(node.args[0].value)
+    return names
+
+
+def test_every_config_key_is_read():
+    """Each key is read by the code it configures: the models, the engine, the data, the command lines
+    or make_config (not only by maintainer tools such as utils/tools/official.py)."""
+    from local_configs._base_ import KEYS
+
+    paths = [p for p in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True)
+             if os.path.relpath(p, ROOT).split(os.sep)[0] in ("models", "utils", "local_configs")
+             and os.path.join("utils", "tools") not in p]
+    assert sorted(KEYS - keys_read(paths)) == []
+
+
+def test_config_is_final_once_the_command_line_is_applied():
+    """`load_config` applies the command line, then nothing changes `C`; `make_config` refuses keys
+    that code derives."""
+    from local_configs._base_ import ConfigError, make_config
+    from utils.entry import load_config
+
+    C = load_config("local_configs.Synthetic.DFormer_Tiny", dict(nepochs=3, seed=None), ["lr=0.5", "val_mode=ss"])
+    assert (C.nepochs, C.seed, C.lr, C.val_mode) == (3, 12345, 0.5, "ss")
+    with pytest.raises(ConfigError, match="the config is final"):
+        C.lr = 0.1
+    assert importlib.import_module("local_configs.Synthetic.DFormer_Tiny").C.nepochs == 8  # the module's C untouched
+    with pytest.raises(ConfigError, match="'num_classes' is derived"):
+        make_config("Synthetic", "DFormer-Tiny", num_classes=3)

@@ -50,8 +50,8 @@ def root(tmp_path):
 
 def nyu_config(root, **values):
     """NYUDepthv2 + DFormer (BGR input) on the fixture layout, with the fixture's crop size."""
-    values = {**dict(dataset_path=str(root), image_height=20, image_width=28, num_train_imgs=3, batch_size=3,
-                     num_workers=0), **values}
+    values = {**dict(dataset_path=str(root), image_height=20, image_width=28, num_train_imgs=3, num_eval_imgs=3,
+                     batch_size=3, num_workers=0), **values}
     return make_config("NYUDepthv2", "DFormer-Tiny", **values)
 
 
@@ -80,7 +80,7 @@ def test_eval_items_equal_official(root):
 
 
 def test_sunrgbd_v2_padding_and_rgb_order_equal_official(root):
-    C = make_config("SUNRGBD", "DFormerv2_S", dataset_path=str(root), gt_folder="Label")
+    C = make_config("SUNRGBD", "DFormerv2_S", dataset_path=str(root), gt_folder="Label", num_eval_imgs=None)
     assert not C.bgr_input and C.pad_SUNRGBD
     dataset = RGBXDataset(C, "test")
     for index, name in enumerate(NAMES):
@@ -111,9 +111,9 @@ def test_label_shift_wraps_in_uint8(tmp_path):
 
 
 def test_train_length_and_batches(root):
-    C = nyu_config(root, num_train_imgs=5)  # niters_per_epoch = 5 // 3 + 1 = 2 -> 6 samples per epoch
+    C = nyu_config(root)  # niters_per_epoch = 3 // 3 + 1 = 2 -> 6 samples per epoch
     dataset = RGBXDataset(C, "train")
-    assert dataset.total_len == C.batch_size * C.niters_per_epoch == 6
+    assert dataset.total_len == C.batch_size * dataset.niters_per_epoch == 6
     assert len(dataset) == 2  # batches, drop_last
     short = RGBXDataset(C, "train", file_length=4)  # the list once, then one random fill
     assert [short.name_at(i) for i in range(3)] == NAMES and short.name_at(3) in NAMES
@@ -122,8 +122,18 @@ def test_train_length_and_batches(root):
     assert len(batch["fn"]) == 3
 
 
+def test_image_counts_come_from_the_list_files(root):
+    """A count the config sets must match its list file; without one, the list decides."""
+    with pytest.raises(UserError, match=r"train.txt lists 3 samples but the config's num_train_imgs is 795"):
+        RGBXDataset(nyu_config(root, num_train_imgs=795), "train")
+    with pytest.raises(UserError, match=r"test.txt lists 3 samples but the config's num_eval_imgs is 654"):
+        RGBXDataset(make_config("NYUDepthv2", "DFormer-Tiny", dataset_path=str(root)), "test")
+    C = nyu_config(root, num_train_imgs=None, num_eval_imgs=None, batch_size=2)
+    assert RGBXDataset(C, "train").niters_per_epoch == 3 // 2 + 1 and len(RGBXDataset(C, "test")) == 3
+
+
 def test_epoch_seed_makes_items_independent_of_read_order(root):
-    dataset = RGBXDataset(nyu_config(root, num_train_imgs=5), "train", file_length=5)
+    dataset = RGBXDataset(nyu_config(root), "train", file_length=5)
     dataset.set_epoch(7)
     forward = [dataset[i] for i in range(5)]
     backward = [dataset[i] for i in reversed(range(5))][::-1]

@@ -42,3 +42,40 @@ def test_jittor_info_lines_hidden_warnings_kept_user_variables_respected():
     assert "python-side warning" in err and "c++-side warning" in err
     code, out, err = run(["-c", WARNINGS], log_v="0")  # the user's own setting: Jittor's usual output
     assert code == 0 and "[i " in err and "python-side warning" in err
+
+
+def test_another_jittor_release_stops_with_one_line():
+    """The Jittor internals of utils/jittor_private.py are checked against the installed release when
+    the engine is imported, as the command lines import it."""
+    script = ("from utils.entry import main_guard\n"
+              "def main():\n"
+              "    import jittor\n"
+              "    jittor.__version__ = '1.3.12.0'\n"
+              "    import utils.engine.trainer\n"
+              "main_guard(main)\n")
+    code, out, err = run(["-c", script])
+    assert code == 2 and out == ""
+    assert err == ("error: Jittor 1.3.12.0 is installed, but this code relies on internals of Jittor 1.3.11.0 "
+                   "(utils/jittor_private.py): pip install jittor==1.3.11.0\n")
+
+
+def test_misspelt_config_key_prints_one_line(tmp_path):
+    """A key no config has, in a config file or in --set, stops with one line naming it, where it
+    was and the closest key."""
+    config = tmp_path / "my_config.py"
+    config.write_text('from local_configs._base_ import make_config\n\n'
+                      'C = make_config("Synthetic", "DFormer-Tiny", nepoch=100)\n')
+    code, out, err = run(["utils/train.py", "--config", str(config)])
+    assert code == 2 and out == ""
+    assert err == f"error: config key 'nepoch' is unknown; did you mean 'nepochs'? (in {config})\n"
+    config.write_text('from local_configs._base_ import make_config\n\n'
+                      'C = make_config("Synthetic", "DFormer-Tiny")\nC.drop_path = 0.3\n')
+    code, out, err = run(["utils/train.py", "--config", str(config)])
+    assert code == 2 and err == f"error: config key 'drop_path' is unknown; did you mean 'drop_path_rate'? (in {config})\n"
+    code, out, err = run(["utils/train.py", "--config", "local_configs.Synthetic.DFormer_Tiny", "--set", "lr=1e-3",
+                          "warmup_epoch=2"])
+    assert code == 2 and err == ("error: config key 'warmup_epoch' is unknown; did you mean 'warm_up_epoch'? "
+                                 "(on the command line; config local_configs/Synthetic/DFormer_Tiny.py)\n")
+    code, out, err = run(["utils/eval.py", "--config", "local_configs.Synthetic.DFormer_Tiny", "--checkpoint", "x.pkl",
+                          "--set", "background=0"])
+    assert code == 2 and err.startswith("error: config key 'background' is not a key: the ignore label is IGNORE_LABEL")

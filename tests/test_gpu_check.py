@@ -38,7 +38,8 @@ def test_smoke_report_fields(smoke):
     _, out = smoke
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["mode"] == "cpu-smoke" and report["passed"] and report["failures"] == []
-    assert report["checks"] == {"environment": True}
+    assert report["checks"] == {"environment": True, "first_checks": True}
+    assert len(report["first_checks"]) == 3 and all(c["passed"] for c in report["first_checks"].values())
     assert report["environment"]["jittor"]["mode"] == "CPU"
     assert list(report["models"]) == SMOKE_MODELS
     for name, entry in report["models"].items():

@@ -97,10 +97,9 @@ ONE_STEP_CONFIG = """
 from local_configs._base_ import make_config
 
 C = make_config("Synthetic", "DFormer-Tiny", pretrained_model=None, dataset_path={data!r},
-                num_train_imgs=4, num_eval_imgs=2, image_height=48, image_width=64, batch_size=2,
+                num_train_imgs=1, num_eval_imgs=2, image_height=48, image_width=64, batch_size=2,
                 nepochs=1, num_workers=0, warm_up_epoch=1, eval_crop_size=[48, 64],
-                drop_path_rate=0.0, lr=0.0)
-C.niters_per_epoch = 1
+                drop_path_rate=0.0, lr=0.0)  # 1 // 2 + 1 = 1 iteration
 """
 
 

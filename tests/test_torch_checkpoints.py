@@ -50,7 +50,7 @@ def small_segmentor(family, **head_changes):
             self.backbone = (DFormer if spec["family"] == "DFormer" else dformerv2)(**sizes)
             self.decode_head = LightHamHead(self.backbone.out_channels[1:], head["num_classes"],
                                             channels=head["channels"], ham_channels=head["ham_channels"])
-            init_decode_head(self.decode_head)
+            init_decode_head(self.decode_head, bn_eps=1e-3, bn_momentum=0.1)  # as the fixtures' official model
 
     return SmallSegmentor()
 

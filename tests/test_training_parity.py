@@ -57,7 +57,7 @@ def run_three_steps(model, C, seed, names):
     losses = []
     for step in range(TRAIN_STEPS):
         model.decode_head.hamburger.ham.fixed_raw_bases = bases[step]
-        loss = cross_entropy(model(rgb, depth), label, C.background)
+        loss = cross_entropy(model(rgb, depth), label)
         if step == 0:
             grads = [g.numpy().ravel() for g in jt.grad(loss, [params[n] for n in names], retain_graph=True)]
         optimizer.step(loss)

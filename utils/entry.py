@@ -5,11 +5,13 @@
 `sys.path`, all with the same two lines, replacing the script's folder (whose files would shadow
 top-level names) with the repository.
 """
+import ast
 import importlib
 import importlib.util
 import os
 import sys
 
+from local_configs._base_ import Config, ConfigError
 from models import MODELS, build_model  # Jittor is imported by build_model, not here
 from models.jittor_env import apply_defaults
 
@@ -18,8 +20,26 @@ from .errors import UserError
 from .jittor_doctor import check_environment
 
 
-def load_config(name, dataset_dir=None):
-    """The `C` of config `name`: a module (local_configs.NYUDepthv2.DFormer_Large) or a .py file."""
+SET_HELP = "override config keys, e.g. --set lr=1e-4 nepochs=50 (values are Python literals or strings)"
+
+
+def parse_assignments(items):
+    """{key: value} of `--set KEY=VALUE ...`; a value is a Python literal, else a string."""
+    values = {}
+    for key, equals, text in (item.partition("=") for item in items or ()):
+        if not equals:
+            raise UserError(f"--set takes KEY=VALUE, not {key!r}")
+        try:
+            values[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key] = text
+    return values
+
+
+def load_config(name, overrides=None, assignments=()):
+    """The `C` of config `name` (a module, local_configs.NYUDepthv2.DFormer_Large, or a .py file) with the
+    command line's flags `overrides` (None: not given), then `--set` `assignments`; final from then on."""
+    where = name if name.endswith(".py") else name.replace(".", os.sep) + ".py"
     try:
         if name.endswith(".py"):
             spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], name)
@@ -27,14 +47,19 @@ def load_config(name, dataset_dir=None):
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(name)
+        C = Config()
+        C.update(module.C, config_name=name)
     except (ModuleNotFoundError, FileNotFoundError) as error:
         raise UserError(f"config {name!r} not found ({error}); configs are modules such as "
                         "local_configs.NYUDepthv2.DFormer_Large") from None
-    C = module.C
-    C.config_name = name
-    if dataset_dir:
-        C.dataset_path = dataset_dir
-    return C
+    except ConfigError as error:
+        raise UserError(f"{error} (in {where})") from None
+    try:
+        C.update({key: value for key, value in (overrides or {}).items() if value is not None})
+        C.update(parse_assignments(assignments))
+    except ConfigError as error:
+        raise UserError(f"{error} (on the command line; config {where})") from None
+    return C.freeze()
 
 
 def check_checkpoint(C, checkpoint):
@@ -44,7 +69,7 @@ def check_checkpoint(C, checkpoint):
     spec = MODELS.get(C.backbone)
     official = spec and spec.trained_path(C.dataset_name)
     if not official:
-        hint = f"train one first: bash train.sh --config {C.get('config_name', '<config>')}"
+        hint = f"train one first: bash train.sh --config {C.get('config_name') or '<config>'}"
     elif os.path.normpath(official) == os.path.normpath(checkpoint):
         hint = "download the official file (see checkpoints/README.md)"
     else:

@@ -11,7 +11,7 @@ import sys
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import (check_checkpoint, check_precision, load_config, load_model,  # noqa: E402  (Jittor defaults first)
+from utils.entry import (SET_HELP, check_checkpoint, check_precision, load_config, load_model,  # noqa: E402
                          main_guard)
 from utils.speed.timing import format_protocol_time, projected_protocol_time  # noqa: E402
 from utils.engine.metrics import trivial_baseline  # noqa: E402
@@ -21,6 +21,7 @@ from utils.files import atomic_open  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
+    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", help=SET_HELP)
     parser.add_argument("--checkpoint", required=True, help="official .pth or a checkpoint of utils/train.py")
     parser.add_argument("--dataset-dir", help="dataset folder (default: C.dataset_path)")
     parser.add_argument("--mode", choices=["ss", "msf", "sliding"], default="ss")
@@ -39,7 +40,7 @@ def main(args):
     from utils.dataloader.dataset import RGBXDataset
     from utils.engine.evaluate import evaluate
 
-    C = load_config(args.config, args.dataset_dir)
+    C = load_config(args.config, dict(dataset_path=args.dataset_dir), args.set)
     check_checkpoint(C, args.checkpoint)
     check_precision(args.precision)
     dataset = RGBXDataset(C, "test", batch_size=args.batch_size)

@@ -69,7 +69,7 @@ def main(args):
     if args.backend == "onnx" and args.precision != "fp32":
         raise UserError("--precision is for the Jittor backend; the ONNX file runs as exported")
     check_precision(args.precision)
-    C = load_config(args.config, args.dataset_dir)
+    C = load_config(args.config, dict(dataset_path=args.dataset_dir))
     if args.backend == "jittor":
         check_checkpoint(C, args.checkpoint)
     check_writable(args.output_dir)

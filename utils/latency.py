@@ -28,7 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--precision", choices=["fp32", "amp", "fp16"], default="fp32",
                         help="amp: float32 weights under autocast; fp16: float16 weights (GPU only)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed iterations (include JIT compilation)")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="untimed iterations, at least; more until one compiles no new op")
     parser.add_argument("--iters", type=int, default=30, help="timed iterations")
     parser.add_argument("--train", action="store_true",
                         help="also measure training images/s (forward+backward+AdamW) and peak memory")

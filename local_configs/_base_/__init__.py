@@ -2,15 +2,20 @@
 
 Mirrors the official `local_configs/_base_/` plus the ~30 lines each official config repeats.
 Unlike upstream, building a config has no side effects: no run folder or timestamp is created
-here; `utils/train.py` derives its run folder from the config name.
+here; `utils/train.py` derives its run folder from the config name. A config holds only the keys
+below: setting another is a `ConfigError` naming the closest known key, and `utils/entry.py`
+freezes `C` once the command line is applied, so what code derives from it lives elsewhere.
 """
+import copy
+import difflib
+
 import numpy as np
-from easydict import EasyDict
 
 from models.registry import MODELS
 
-# The label of unlabelled pixels, skipped by the loss and the metrics (upstream's `C.background`):
-# stored labels are 0 = unlabelled, 1..K = classes, and `gt - 1` in uint8 turns 0 into 255.
+# The label of unlabelled pixels, skipped by the loss and the metrics (upstream's `C.background`, not
+# a config key here, so that no config sets them apart): stored labels are 0 = unlabelled,
+# 1..K = classes, and `gt - 1` in uint8 turns 0 into 255.
 IGNORE_LABEL = 255
 
 NYU_CLASSES = [
@@ -53,21 +58,74 @@ DATASETS = {
     ),
 }
 # What a dataset must define: a name not in DATASETS must pass all of these to make_config.
-DATASET_KEYS = sorted(DATASETS["NYUDepthv2"])
+# The image counts are optional: the datasets check them against their list files.
+DATASET_KEYS = sorted(set(DATASETS["NYUDepthv2"]) - {"num_train_imgs", "num_eval_imgs"})
 
 SHARED = dict(
-    seed=12345, root_dir="datasets", background=IGNORE_LABEL,
+    seed=12345, root_dir="datasets",
+    dataset_path=None,  # default: root_dir/<dataset>
+    train_source=None, eval_source=None,  # list files, default: dataset_path/train.txt, test.txt
+    num_train_imgs=None, num_eval_imgs=None,  # lines of the list files; checked against them when set
+    bgr_input=None, pad_SUNRGBD=None,  # default: by dataset and backbone (make_config)
     rgb_folder="RGB", rgb_format=".jpg", x_folder="Depth", x_format=".png", gt_format=".png",
     gt_transform=True, x_is_single_channel=True,
     norm_mean=np.array([0.485, 0.456, 0.406]), norm_std=np.array([0.229, 0.224, 0.225]),
     decoder="ham", decoder_embed_dim=512,
     optimizer="AdamW", momentum=0.9,  # "SGDM" (upstream's other choice) uses the momentum
     lr_power=0.9, weight_decay=0.01, train_scale_array=[0.5, 0.75, 1, 1.25, 1.5, 1.75], warm_up_epoch=10,
-    bn_eps=1e-3, bn_momentum=0.1, drop_path_rate=0.1, aux_rate=0.0,
+    bn_eps=1e-3, bn_momentum=0.1,  # of the decode head's BatchNorms, as upstream's init_weight sets them
+    drop_path_rate=0.1, aux_rate=0.0,
     accum_steps=1,  # micro-batches per optimiser step (gradient accumulation; not upstream)
     eval_stride_rate=2 / 3, eval_flip=True,
     val_mode="msf",  # training-time validation protocol (upstream: multi-scale + flip)
 )
+DERIVED = ("dataset_name", "backbone", "num_classes", "config_name")  # set by code, never by a config
+KEYS = frozenset(SHARED) | frozenset(DATASET_KEYS) | frozenset(DERIVED) | {"pretrained_model"}
+# Upstream's keys that are not keys here, and why.
+NOT_KEYS = {"background": "the ignore label is IGNORE_LABEL (255), for the loss and the metrics alike",
+            "niters_per_epoch": "it follows from the train list and batch_size"}
+
+
+class ConfigError(Exception):
+    """A key a config cannot set; `utils/entry.py` names the config file and prints one line."""
+
+
+def check_key(key, settable=KEYS):
+    """Raise `ConfigError` unless `key` is in `settable`, naming the closest known key."""
+    if key in settable:
+        return
+    close = difflib.get_close_matches(key, sorted(KEYS), n=1)
+    reason = ("is derived, not set" if key in KEYS else f"is not a key: {NOT_KEYS[key]}" if key in NOT_KEYS
+              else f"is unknown; did you mean {close[0]!r}?" if close else "is unknown (see local_configs/_base_)")
+    raise ConfigError(f"config key {key!r} {reason}")
+
+
+class Config(dict):
+    """A dict of config keys read as attributes (`C.lr`); only the keys of KEYS can be set, and
+    none once `freeze()` has been called."""
+    frozen = False
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setitem__(self, key, value):
+        check_key(key)
+        if self.frozen:
+            raise ConfigError(f"config key {key!r} set after the command line was applied; the config is final")
+        super().__setitem__(key, value)
+
+    __setattr__ = __setitem__
+
+    def update(self, values=(), **more):
+        for key, value in dict(values, **more).items():
+            self[key] = value
+
+    def freeze(self):
+        object.__setattr__(self, "frozen", True)
+        return self
 
 
 def make_config(dataset, backbone, **values):
@@ -75,21 +133,25 @@ def make_config(dataset, backbone, **values):
 
     For a dataset not in DATASETS, `values` must hold all DATASET_KEYS (see local_configs/template).
     """
+    for key in values:
+        check_key(key, KEYS - set(DERIVED))
     missing = [key for key in DATASET_KEYS if dataset not in DATASETS and key not in values]
     if missing:
-        raise KeyError(f"dataset {dataset!r} is not in DATASETS, so make_config needs {missing}")
-    C = EasyDict(SHARED)
-    C.update(DATASETS.get(dataset, {}))
-    C.update(dataset_name=dataset, backbone=backbone, 
+        raise ConfigError(f"dataset {dataset!r} is not in DATASETS, so make_config needs {missing}")
+    C = Config(copy.deepcopy(SHARED))  # no list or array shared between configs
+    C.update(copy.deepcopy(DATASETS.get(dataset, {})))
+    C.update(dataset_name=dataset, backbone=backbone, config_name=None,
              pretrained_model=MODELS[backbone].pretrained_path if backbone in MODELS else None)
     C.update(values)
-    C.dataset_path = C.get("dataset_path", f"{C.root_dir}/{dataset}")
     C.num_classes = len(C.class_names)
-    C.niters_per_epoch = C.num_train_imgs // C.batch_size + 1
+    if C.dataset_path is None:
+        C.dataset_path = f"{C.root_dir}/{dataset}"
     is_v2_on_sun = dataset == "SUNRGBD" and backbone.startswith("DFormerv2")
     # Upstream reads images with cv2 (BGR) and normalises them with RGB-ordered ImageNet stats;
     # only the DFormerv2 SUNRGBD checkpoints were trained on RGB (official RGBXDataset).
-    C.setdefault("bgr_input", not is_v2_on_sun)
+    if C.bgr_input is None:
+        C.bgr_input = not is_v2_on_sun
     # DFormerv2 on SUNRGBD is evaluated padded to 531x730 (official --pad_SUNRGBD).
-    C.setdefault("pad_SUNRGBD", is_v2_on_sun)
+    if C.pad_SUNRGBD is None:
+        C.pad_SUNRGBD = is_v2_on_sun
     return C

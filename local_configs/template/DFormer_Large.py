@@ -11,7 +11,9 @@ as for NYUDepthv2:
     datasets/MyDataset/test.txt
 
 Values not given here come from local_configs/_base_ (optimizer, schedule shape, normalisation,
-augmentation scales, ...); any of them can be overridden the same way.
+augmentation scales, ...); any of them can be overridden the same way, and only those keys exist: a
+misspelt one stops with an error naming the closest key. The image counts come from train.txt and
+test.txt; the ignore label is 0 in the PNGs (255 after the shift), whatever the config.
 """
 from local_configs._base_ import make_config
 
@@ -19,8 +21,6 @@ C = make_config(
     "MyDataset",  # yours: the folder name under datasets/
     "DFormer-Large",  # backbone; another one needs its own pretrained weights (models/registry.py)
     class_names=["class_1", "class_2"],  # yours: label k (1..K) in the PNGs is class_names[k - 1]
-    num_train_imgs=100,  # yours: lines in train.txt
-    num_eval_imgs=50,  # yours: lines in test.txt
     gt_folder="Label",
     rgb_format=".jpg",
     x_format=".png",

@@ -1,7 +1,7 @@
 """SegFormer-style all-MLP decoder (`C.decoder = "MLPDecoder"`), no shipped config uses it.
 
 Mirrors the official `models/decoders/MLPDecoder.py` (VCIP-RGBD/DFormer) with identical parameter
-names. Its BN gets eps `bn_eps` (1e-3), as upstream's `init_weight` sets for the decode head.
+names. Its BN's eps and momentum are `C.bn_eps` and `C.bn_momentum`, set by `init_decode_head`.
 """
 import jittor as jt
 from jittor import nn
@@ -36,7 +36,7 @@ class MLP(nn.Module):
 class DecoderHead(nn.Module):
     """Embed all 4 stages, upsample to stride 4, fuse [c4, c3, c2, c1], classify."""
 
-    def __init__(self, in_channels, num_classes, embed_dim=768, dropout_ratio=0.1, bn_eps=1e-3):
+    def __init__(self, in_channels, num_classes, embed_dim=768, dropout_ratio=0.1):
         super().__init__()
         c1, c2, c3, c4 = in_channels
         self.linear_c4 = MLP(c4, embed_dim)
@@ -44,7 +44,7 @@ class DecoderHead(nn.Module):
         self.linear_c2 = MLP(c2, embed_dim)
         self.linear_c1 = MLP(c1, embed_dim)
         self.linear_fuse = nn.Sequential(
-            Conv2d(embed_dim * 4, embed_dim, 1), BatchNorm2d(embed_dim, eps=bn_eps), nn.ReLU())
+            Conv2d(embed_dim * 4, embed_dim, 1), BatchNorm2d(embed_dim), nn.ReLU())
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.linear_pred = Conv2d(embed_dim, num_classes, 1)
 

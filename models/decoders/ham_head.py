@@ -2,19 +2,16 @@
 as used by every DFormer/DFormerv2 config.
 
 Mirrors the official `models/decoders/ham_head.py` + `decode_head.py` (VCIP-RGBD/DFormer, from
-mmseg/SegNeXt) with identical parameter names. Differences:
-- BN eps of `squeeze`, `hamburger.ham_out` and `align` is 1e-3 at construction; upstream sets it
-  at runtime in `init_weight(..., bn_eps=cfg.bn_eps)` and it is not stored in checkpoints.
-- `NMF2D.fixed_raw_bases` can pin the random bases for exact comparisons (see below).
+mmseg/SegNeXt) with identical parameter names. The BNs' eps and momentum are `C.bn_eps` and
+`C.bn_momentum`, set by `init_decode_head` as upstream's `init_weight`. Difference:
+`NMF2D.fixed_raw_bases` can pin the random bases for exact comparisons (see below).
 """
 import jittor as jt
 import numpy as np
 from jittor import nn
 
-from .. import precision
-from ..layers import ConvModule, PointwiseConv2d, bmm, resize
-
-DECODE_HEAD_BN_EPS = 1e-3
+from .. import constants, precision
+from ..layers import ConvModule, PointwiseConv2d, bmm, relu, resize
 
 
 class NMF2D(nn.Module):
@@ -43,28 +40,29 @@ class NMF2D(nn.Module):
         else:
             raw = jt.rand((batch * self.S, D, self.R))
         norm = jt.sqrt((raw * raw).sum(1, keepdims=True))
-        return raw / jt.maximum(norm, 1e-12)  # F.normalize(dim=1)
+        return raw / jt.maximum(norm, constants.scalar(1e-12, norm.dtype))  # F.normalize(dim=1)
 
     @staticmethod
     def update_coef(x, bases, coef):
         """coef * (x^T bases) / (coef (bases^T bases))."""
         numerator = bmm(x, bases, transpose_a=True)  # (BS, N, R)
         denominator = bmm(coef, bmm(bases, bases, transpose_a=True))  # (BS, N, R) @ (BS, R, R)
-        return coef * numerator / (denominator + 1e-6)
+        return coef * numerator / (denominator + constants.filled(1e-6, denominator.shape, denominator.dtype))
 
     @staticmethod
     def update_bases(x, bases, coef):
         """bases * (x coef) / (bases (coef^T coef))."""
         numerator = bmm(x, coef)  # (BS, D, R)
         denominator = bmm(bases, bmm(coef, coef, transpose_a=True))  # (BS, D, R) @ (BS, R, R)
-        return bases * numerator / (denominator + 1e-6)
+        return bases * numerator / (denominator + constants.filled(1e-6, denominator.shape, denominator.dtype))
 
     def execute(self, inputs):
         B, C, H, W = inputs.shape
         D, N = C // self.S, H * W
         x = precision.widened(inputs).reshape(B * self.S, D, N)
         bases = self.build_bases(B, D)  # (BS, D, R)
-        coef = precision.softmax(self.inv_t * bmm(x, bases, transpose_a=True), dim=-1)  # (BS, N, R)
+        logits = bmm(x, bases, transpose_a=True)  # (BS, N, R)
+        coef = precision.softmax(logits if self.inv_t == 1 else self.inv_t * logits, dim=-1)
         for _ in range(self.train_steps if self.is_train else self.eval_steps):
             coef = self.update_coef(x, bases, coef)
             bases = self.update_bases(x, bases, coef)
@@ -80,11 +78,11 @@ class Hamburger(nn.Module):
         super().__init__()
         self.ham_in = ConvModule(ham_channels, ham_channels, norm=False, act=False)
         self.ham = NMF2D(D=ham_channels)
-        self.ham_out = ConvModule(ham_channels, ham_channels, act=False, bn_eps=DECODE_HEAD_BN_EPS)
+        self.ham_out = ConvModule(ham_channels, ham_channels, act=False)
 
     def execute(self, x):
-        enjoy = self.ham_out(self.ham(nn.relu(self.ham_in(x))))
-        return nn.relu(x + enjoy)
+        enjoy = self.ham_out(self.ham(relu(self.ham_in(x))))
+        return relu(x + enjoy)
 
 
 class LightHamHead(nn.Module):
@@ -99,9 +97,9 @@ class LightHamHead(nn.Module):
 
     def __init__(self, in_channels, num_classes, channels=512, ham_channels=512, dropout_ratio=0.1):
         super().__init__()
-        self.squeeze = ConvModule(sum(in_channels), ham_channels, bn_eps=DECODE_HEAD_BN_EPS)
+        self.squeeze = ConvModule(sum(in_channels), ham_channels)
         self.hamburger = Hamburger(ham_channels)
-        self.align = ConvModule(ham_channels, channels, bn_eps=DECODE_HEAD_BN_EPS)
+        self.align = ConvModule(ham_channels, channels)
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.conv_seg = PointwiseConv2d(channels, num_classes)
 

@@ -14,10 +14,11 @@ identical parameter names so official checkpoints load unchanged. Differences:
 import jittor as jt
 from jittor import nn
 
+from .. import constants
 from ..batchnorm import BatchNorm2d
 from ..layout import permute
 from ..layers import (GELU, ChannelsLastConv2d, Linear, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm,
-                      pooled_attention, resize)
+                      pooled_attention, upsample_nhwc)
 
 
 class FrozenLayerNorm(nn.Module):
@@ -92,10 +93,10 @@ class attention(nn.Module):
         heads, d = self.num_head, C // self.num_head // 2
         kv = self.kv(t).reshape(B, H * W, 2, heads, d)  # keys and values
         query = self.short_cut_linear(adaptive_avg_pool_nhwc(short_cut, self.window))  # (B, 7, 7, C/2)
-        query = query.reshape(B, -1, heads, d) * d**-0.5  # (B, 49, heads, d)
+        query = query.reshape(B, -1, heads, d) * constants.scalar(d**-0.5, query.dtype)  # (B, 49, heads, d)
         out = pooled_attention(query, kv).reshape(B, heads, self.window, self.window, d)  # (B, heads, 7, 7, d)
-        out = permute(out, 0, 1, 4, 2, 3).reshape(B, C // 2, self.window, self.window)
-        return permute(resize(out, (H, W)), 0, 2, 3, 1)  # (B, H, W, C/2)
+        out = permute(out, 0, 2, 3, 1, 4).reshape(B, self.window, self.window, C // 2)  # (B, 7, 7, C/2)
+        return upsample_nhwc(out, (H, W))  # (B, H, W, C/2)
 
     def execute(self, x, x_e):
         x = self.norm(x)

@@ -9,16 +9,18 @@ names (`gamma_1`, `Geo.angle`, ...), so official checkpoints load unchanged. Dif
 - The stem and downsampling 3x3 convs are `TapSumConv2d` (same parameters; in CPU training one
   product per kernel tap, for float32 rounding that does not grow with the input width).
 - Gradient checkpointing (`use_checkpoint`, off in every config) is not ported.
+- The depth map's resize and its pairwise distances, the same for every block of a stage, are
+  computed once per stage (`depth_distances`), not in each block's `GeoPriorGen`: same values.
 """
 import jittor as jt
 import numpy as np
 from jittor import nn
 
+from .. import constants, precision
 from ..batchnorm import SyncBatchNorm
 from ..layout import permute
-from .. import precision
-from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, Linear, TapSumConv2d, axial_attention, full_attention, gelu,
-                      resize, rotate_pairs)
+from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, Linear, TapSumConv2d, axial_attention, full_attention,
+                      gelu, resize, rotate_pairs)
 
 
 class DWConv2d(nn.Module):
@@ -97,39 +99,46 @@ class GeoPriorGen(nn.Module):
 
     def rotary_tables(self, H, W):
         """sin/cos (H, W, key_dim) of the flattened position r*W + c (1-D RoPE on the 2-D grid)."""
-        index = jt.arange(H * W).float32()
-        phase = index.unsqueeze(1) * self.angle.unsqueeze(0)  # (HW, key_dim), float32 as upstream's
+        phase = constants.positions(H * W, "float32") * self.angle.unsqueeze(0)  # formed in fp32, as upstream
         return jt.sin(phase).reshape(H, W, -1), jt.cos(phase).reshape(H, W, -1)
 
     def decay_1d(self, length):
         """(heads, L, L): |i - j| * decay_h."""
-        index = jt.arange(length).float32()
-        distance = (index.unsqueeze(1) - index.unsqueeze(0)).abs()
-        return distance.unsqueeze(0) * self.decay.reshape(-1, 1, 1)
+        return constants.line_distances(length, "float32").unsqueeze(0) * self.decay.reshape(-1, 1, 1)
 
-    def depth_decay_1d(self, depth_lines):
-        """(B, heads, lines, L, L): |d_i - d_j| * decay_h along the last axis of (B, 1, lines, L)."""
-        distance = (depth_lines.unsqueeze(-1) - depth_lines.unsqueeze(-2)).abs()
-        return distance * self.decay.reshape(-1, 1, 1, 1)
+    def execute(self, HW, depth_distances, split):
+        """Returns ((sin, cos), (mask_h, mask_w)) when `split`, else ((sin, cos), mask).
 
-    def execute(self, HW, depth, split):
-        """Returns ((sin, cos), (mask_h, mask_w)) when `split`, else ((sin, cos), mask)."""
+        `depth_distances`: those of `depth_distances` below, shared by all blocks of a stage.
+        """
         H, W = HW
-        depth = resize(precision.widened(depth), (H, W))  # (B, 1, H, W), downsampled without antialias like upstream
         tables = self.rotary_tables(H, W)
         w_pos, w_depth = self.weight[0], self.weight[1]
         if split:
-            mask_h = w_pos * self.decay_1d(H).unsqueeze(0).unsqueeze(2) + w_depth * self.depth_decay_1d(
-                permute(depth, 0, 1, 3, 2))  # (B, heads, W, H, H)
-            mask_w = w_pos * self.decay_1d(W).unsqueeze(0).unsqueeze(2) + w_depth * self.depth_decay_1d(
-                depth)  # (B, heads, H, W, W)
-            return tables, (mask_h, mask_w)
-        rows, cols = np.divmod(np.arange(H * W, dtype=np.float32), W)  # row-major grid
-        manhattan = np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None])
-        pos = jt.array(manhattan).unsqueeze(0) * self.decay.reshape(-1, 1, 1)  # (heads, HW, HW)
-        d = depth.reshape(depth.shape[0], H * W)
-        depth_mask = (d.unsqueeze(2) - d.unsqueeze(1)).abs().unsqueeze(1) * self.decay.reshape(1, -1, 1, 1)
+            along_columns, along_rows = depth_distances  # (B, 1, W, H, H), (B, 1, H, W, W)
+            decay = self.decay.reshape(-1, 1, 1, 1)
+            mask_h = w_pos * self.decay_1d(H).unsqueeze(0).unsqueeze(2) + w_depth * (along_columns * decay)
+            mask_w = w_pos * self.decay_1d(W).unsqueeze(0).unsqueeze(2) + w_depth * (along_rows * decay)
+            return tables, (mask_h, mask_w)  # (B, heads, W, H, H), (B, heads, H, W, W)
+        pos = constants.grid_distances(H, W, "float32").unsqueeze(0) * self.decay.reshape(-1, 1, 1)  # (heads, HW, HW)
+        depth_mask = depth_distances * self.decay.reshape(1, -1, 1, 1)
         return tables, w_pos * pos + w_depth * depth_mask  # (B, heads, HW, HW)
+
+
+def depth_distances(depth, size, split):
+    """The depth part of the geometry prior before each block's decay: |d_i - d_j| of the depth
+    map resized to `size` (downsampled without antialias like upstream), along each column and
+    each row when `split` ((B, 1, W, H, H), (B, 1, H, W, W)), else between all positions
+    ((B, 1, HW, HW)). Upstream's GeoPriorGen computes it in every block; it depends on the stage only.
+    """
+    with precision.autocast(False):  # float32 distances, float16 inference and autocast alike
+        depth = resize(precision.widened(depth), size)  # (B, 1, H, W)
+    if split:
+        def along_last(lines):  # (B, 1, n, L) -> (B, 1, n, L, L)
+            return (lines.unsqueeze(-1) - lines.unsqueeze(-2)).abs()
+        return along_last(permute(depth, 0, 1, 3, 2)), along_last(depth)
+    d = depth.reshape(depth.shape[0], size[0] * size[1])
+    return (d.unsqueeze(2) - d.unsqueeze(1)).abs().unsqueeze(1)
 
 
 class _GSA(nn.Module):
@@ -149,7 +158,8 @@ class _GSA(nn.Module):
     def rotated_qkv(self, x, sin, cos):
         """q, k rotated and split into heads (B, n, H, W, d); v (B, H, W, C); lepe (B, H, W, C)."""
         B, H, W, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x) * self.scaling, self.v_proj(x)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        k = k * constants.scalar(self.scaling, k.dtype)
         q = permute(q.reshape(B, H, W, self.num_heads, self.key_dim), 0, 3, 1, 2, 4)  # (B, n, H, W, d)
         k = permute(k.reshape(B, H, W, self.num_heads, self.key_dim), 0, 3, 1, 2, 4)
         return angle_transform(q, sin, cos), angle_transform(k, sin, cos), v, self.lepe(v)
@@ -206,9 +216,10 @@ class RGBD_Block(nn.Module):
             self.gamma_1 = jt.full((1, 1, 1, embed_dim), layer_init_values)
             self.gamma_2 = jt.full((1, 1, 1, embed_dim), layer_init_values)
 
-    def execute(self, x, x_e):
+    def execute(self, x, distances):
+        """`distances`: `depth_distances` of the stage's depth map."""
         x = x + self.cnn_pos_encode(x)
-        geo_prior = self.Geo((x.shape[1], x.shape[2]), x_e, self.split)
+        geo_prior = self.Geo((x.shape[1], x.shape[2]), distances, self.split)
         attn = self.Attention(self.layer_norm1(x), geo_prior)
         x = x + self.drop_path(self.gamma_1 * attn if self.layerscale else attn)
         ffn = self.ffn(self.layer_norm2(x))
@@ -229,8 +240,9 @@ class BasicLayer(nn.Module):
         self.downsample = PatchMerging(embed_dim, out_dim) if out_dim is not None else None
 
     def execute(self, x, x_e):
+        distances = depth_distances(x_e, (x.shape[1], x.shape[2]), self.blocks[0].split)  # once for all blocks
         for block in self.blocks:
-            x = block(x, x_e)
+            x = block(x, distances)
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 

@@ -13,41 +13,27 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from .. import constants
 from . import attention, ops
 
 
 def resize(x, size):
     """Bilinear NCHW resize, align_corners=False, as two products with PyTorch's interpolation
-    weights, rows then columns: Jittor's `interpolate` is a single-threaded gather, the products
-    run in oneDNN. Same result to rounding; differentiable."""
+    weights (`constants.bilinear_matrix`), rows then columns: Jittor's `interpolate` is a
+    single-threaded gather, the products run in oneDNN. Same result to rounding; differentiable."""
     (h, w), (H, W) = x.shape[-2:], size
-    rows = jt.array(_bilinear_matrix(int(h), int(H)))  # (H, h)
-    cols = jt.array(_bilinear_matrix(int(w), int(W)))  # (W, w)
+    rows = constants.matrix("bilinear", int(h), int(H), x.dtype)  # (H, h)
+    cols = constants.matrix("bilinear", int(w), int(W), x.dtype)  # (W, w)
     x = nn.matmul_transpose(x.transpose(0, 1, 3, 2), rows)  # (B, C, w, H)
     return nn.matmul_transpose(x.transpose(0, 1, 3, 2), cols)  # (B, C, H, W)
-
-
-@functools.lru_cache(maxsize=None)
-def _bilinear_matrix(size, out):
-    """(out, size) weights of PyTorch's bilinear resize, align_corners=False, in float32 like it:
-    source = max((i + 0.5) * size/out - 0.5, 0), split between floor(source) and the next pixel."""
-    matrix = np.zeros((out, size), dtype=np.float32)
-    scale = np.float32(size) / np.float32(out)
-    for i in range(out):
-        source = max(scale * np.float32(i + 0.5) - np.float32(0.5), np.float32(0))
-        low = int(source)
-        high = low + 1 if low < size - 1 else low
-        weight = np.float32(source - low)
-        matrix[i, low] += np.float32(1) - weight
-        matrix[i, high] += weight
-    return matrix
 
 
 def rotate_pairs(x):
     """One product with a fixed signed permutation matrix (exact: each output is one input times
     +-1). The stock strided slices and `stack` are single-threaded copies, with full-size zero
     tensors and `setitem`s in their backward."""
-    return x @ jt.array(_pair_rotation_matrix(int(x.shape[-1])))
+    d = int(x.shape[-1])
+    return x @ constants.constant(("pair_rotation", d), x.dtype, lambda: _pair_rotation_matrix(d))
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,6 +16,7 @@ from PIL import Image
 from local_configs._base_ import IGNORE_LABEL
 from utils.dataloader.transforms import SUN_PAD_SHAPE, depth_to_uint8, eval_transform, train_transform
 from utils.errors import UserError
+from utils.jittor_private import seed_shuffle
 from utils.synthetic.manifest import check_synthetic_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -159,7 +160,7 @@ class RGBXDataset(Dataset):
 
     Items: `data` (3, H, W) float32 normalised RGB (BGR unless `C.bgr_input` is False), `modal_x` (3, H, W)
     float32 normalised depth, `label` (H, W) int32 with 255 ignored, `fn` the sample name. A train epoch has
-    by default upstream's `C.batch_size * C.niters_per_epoch` samples (the list repeated, then random fill).
+    by default upstream's `C.batch_size * niters_per_epoch` samples (the list repeated, then random fill).
     Augmentation draws from Python's `random` in upstream's order until `set_epoch(seed)`; after it,
     item `index` draws from its own generator seeded with (seed, index), whichever worker reads it.
     """
@@ -176,10 +177,15 @@ class RGBXDataset(Dataset):
             check_synthetic_dataset(C)  # stale data (another image size, ...) stops here
         self.list_file = self._list_file(C, "train" if self.is_train else "test")
         self.names = read_list(self.list_file, C.rgb_folder)
+        count = "num_train_imgs" if self.is_train else "num_eval_imgs"
+        if C.get(count) not in (None, len(self.names)):
+            raise UserError(f"{self.list_file} lists {len(self.names)} samples but the config's {count} is {C[count]}: "
+                            f"complete the list (or the download), or remove {count} from the config")
+        self.niters_per_epoch = len(self.names) // C.batch_size + 1  # upstream's C.niters_per_epoch
         check_files([p for name in self.names for p in self.paths(name)], f"listed in {self.list_file}",
                     "Fix the list entries or add (copy again) the files.\n" + dataset_help(C))
         if file_length is None:
-            file_length = C.batch_size * C.niters_per_epoch if self.is_train else len(self.names)
+            file_length = C.batch_size * self.niters_per_epoch if self.is_train else len(self.names)
         self.set_attrs(
             total_len=file_length,
             # eval: one image per process (sizes may differ); Jittor needs batch >= world size
@@ -190,10 +196,10 @@ class RGBXDataset(Dataset):
         )
 
     def set_epoch(self, epoch_seed):
-        """Seed this epoch's shuffle and augmentation from `epoch_seed` (an int): no public call seeds
-        Jittor's `_shuffle_rng`, and `reset()` makes the loader workers fork again with the new seed."""
+        """Seed this epoch's shuffle and augmentation from `epoch_seed` (an int); `reset()` makes the
+        loader workers fork again with the new seed."""
         self.epoch_seed = epoch_seed
-        self._shuffle_rng = np.random.default_rng(epoch_seed)
+        seed_shuffle(self, epoch_seed)
         self.reset()
 
     @staticmethod
@@ -201,8 +207,7 @@ class RGBXDataset(Dataset):
         """The path of train.txt / test.txt, after checking that the dataset folder exists."""
         if not os.path.isdir(C.dataset_path):
             raise UserError(f"dataset folder not found: {C.dataset_path} (C.dataset_path)\n{dataset_help(C)}")
-        source = C.get("train_source" if split == "train" else "eval_source")
-        list_file = source or os.path.join(C.dataset_path, f"{split}.txt")
+        list_file = (C.train_source if split == "train" else C.eval_source) or os.path.join(C.dataset_path, f"{split}.txt")
         if not os.path.isfile(list_file):
             raise UserError(f"list file not found: {list_file}\n{dataset_help(C)}")
         return list_file

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from models import precision as mixed
 from models.layout import argmax
 
+from ..jittor_private import repeated_in_last_batch
 from .metrics import Metrics
 
 MODES = ("ss", "msf", "sliding")
@@ -119,16 +120,6 @@ def predict(forward, rgb, depth, C, mode, scales, flip):
     return total
 
 
-def repeated_in_last_batch(loader):
-    """How many leading samples of this process's last batch another process also has: Jittor's MPI
-    split shifts an uneven last batch's overhanging shares back; they must not count twice."""
-    last = loader.total_len % loader.batch_size
-    if not jt.in_mpi or loader.drop_last or last == 0:
-        return 0
-    share = (last - 1) // jt.world_size + 1
-    return min(share, max(0, share * jt.rank - (last - share)))
-
-
 def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=None, progress=True,
              precision="fp32"):
     """(Metrics, mode text, images per second) of the protocol over `loader`; under MPI every rank
@@ -137,7 +128,7 @@ def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=
     if precision not in mixed.PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {mixed.PRECISIONS}")
     scales, flip = eval_settings(C, mode, scales, flip)
-    metrics = Metrics(C.num_classes, C.background)
+    metrics = Metrics(C.num_classes)
     if precision == "fp16" and isinstance(model, jt.Module):
         mixed.to_float16(model)
     forward = _SeededForward(model, np.random.default_rng(C.seed), precision)
@@ -163,8 +154,7 @@ def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=
         forward.release()
     seconds = time.time() - start
     if jt.in_mpi:
-        metrics = Metrics.from_hist(jt.array(metrics.hist.astype(np.float64)).mpi_all_reduce("add").numpy(),
-                                    C.background)
+        metrics = Metrics.from_hist(jt.array(metrics.hist.astype(np.float64)).mpi_all_reduce("add").numpy())
         images = int(jt.array(np.array([images], np.float64)).mpi_all_reduce("add").numpy()[0])
     text = describe_mode(C, mode, scales, flip) + ("" if precision == "fp32" else f", {precision}")
     return metrics, text, images / max(seconds, 1e-9)

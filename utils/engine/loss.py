@@ -6,6 +6,7 @@ sequential float32 sums get wrong at full size. Here a float64 sum is divided by
 """
 import jittor as jt
 
+from local_configs._base_ import IGNORE_LABEL
 from models import kernels
 from models.kernels import float64 as cpu_float64
 
@@ -31,7 +32,7 @@ def stock_cross_entropy_sum(logits, label, ignore_index):
     return per_pixel.float64().sum(), labelled
 
 
-def cross_entropy(logits, label, ignore_index, normaliser=None):
+def cross_entropy(logits, label, ignore_index=IGNORE_LABEL, normaliser=None):
     """Mean cross-entropy over labelled pixels (float32 scalar); `normaliser` replaces this batch's
     count (e.g. the whole accumulated step's). Without labelled pixels it is 0 (upstream: NaN)."""
     total, labelled = cross_entropy_sum(logits, label, ignore_index)

@@ -33,15 +33,14 @@ def segmentation_scores(hist):
 class Metrics:
     """A confusion matrix over `num_classes` classes, filled with `update`."""
 
-    def __init__(self, num_classes, ignore_index=IGNORE_LABEL):
+    def __init__(self, num_classes):
         self.num_classes = num_classes
-        self.ignore_index = ignore_index
         self.hist = np.zeros((num_classes, num_classes), np.int64)
 
     @classmethod
-    def from_hist(cls, hist, ignore_index=IGNORE_LABEL):
+    def from_hist(cls, hist):
         """Metrics around an existing confusion matrix, e.g. the sum of the processes' `.hist`."""
-        metrics = cls(len(hist), ignore_index)
+        metrics = cls(len(hist))
         metrics.hist = np.asarray(hist, np.int64).copy()
         return metrics
 
@@ -50,11 +49,11 @@ class Metrics:
         pred, gt = np.asarray(pred), np.asarray(gt)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from label shape {gt.shape}")
-        keep = gt != self.ignore_index
+        keep = gt != IGNORE_LABEL
         pred, gt = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
         for what, values in (("label", gt), ("prediction", pred)):
             if values.size and (values.min() < 0 or values.max() >= self.num_classes):
-                raise ValueError(f"{what} values must be in [0, {self.num_classes}) or {self.ignore_index}")
+                raise ValueError(f"{what} values must be in [0, {self.num_classes}) or {IGNORE_LABEL}")
         k = self.num_classes
         self.hist += np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
 

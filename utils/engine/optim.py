@@ -13,6 +13,7 @@ from models import kernels
 from models.kernels import ops as cpu_ops
 from models.batchnorm import SyncBatchNorm
 from utils.errors import UserError
+from utils.jittor_private import adamw_slots, moments
 
 
 def group_weight(model, syncbn=True):
@@ -55,7 +56,7 @@ class AdamW(jt.optim.AdamW):
             b0, b1 = group.get("betas", self.betas)
             scalars = jt.array(np.array([1 - lr * weight_decay, b0, 1 - b0, b1, 1 - b1, math.sqrt(1 - b1 ** n),
                                          lr / (1 - b0 ** n), eps], dtype=np.float32))
-            for p, g, v, m in zip(group["params"], group["grads"], group["values"], group["m"]):
+            for p, g, v, m in adamw_slots(group):
                 if p.is_stop_grad():
                     continue
                 new_p, new_m, new_v = cpu_ops.adamw_update(p, g, m, v, scalars)
@@ -97,15 +98,15 @@ def set_lr(optimizer, lr):
 
 def optimizer_state(optimizer):
     """Step count, lr and the moments (AdamW: m and v; SGD: v, the momentum) as numpy, for a checkpoint."""
-    return dict(n_step=optimizer.n_step, lr=optimizer.lr,
-                m=[[m.numpy() for m in group.get("m", [])] for group in optimizer.param_groups],
-                v=[[v.numpy() for v in group["values"]] for group in optimizer.param_groups])
+    groups = [moments(group) for group in optimizer.param_groups]
+    return dict(n_step=optimizer.n_step, lr=optimizer.lr, m=[[m.numpy() for m in ms] for ms, _ in groups],
+                v=[[v.numpy() for v in vs] for _, vs in groups])
 
 
 def restore_optimizer(optimizer, state):
     """Inverse of `optimizer_state` (groups must have been built from the same model)."""
     saved_shapes = [[np.shape(v) for v in vs] for vs in state["v"]]
-    shapes = [[tuple(v.shape) for v in group["values"]] for group in optimizer.param_groups]
+    shapes = [[tuple(v.shape) for v in moments(group)[1]] for group in optimizer.param_groups]
     if saved_shapes != shapes:
         raise UserError("the checkpoint's optimiser state does not fit this model's parameter groups "
                         f"(saved sizes {[len(s) for s in saved_shapes]}, here {[len(s) for s in shapes]}); "
@@ -115,5 +116,6 @@ def restore_optimizer(optimizer, state):
     optimizer.n_step = state["n_step"]
     set_lr(optimizer, state["lr"])
     for group, ms, vs in zip(optimizer.param_groups, state["m"], state["v"]):
-        for var, saved in [*zip(group.get("m", []), ms), *zip(group["values"], vs)]:
+        m, v = moments(group)
+        for var, saved in [*zip(m, ms), *zip(v, vs)]:
             var.update(jt.array(np.asarray(saved)))

@@ -13,6 +13,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from local_configs._base_ import IGNORE_LABEL
 from models import build_model
 from models import precision
 from models.batchnorm import BatchNorm2d, SyncBatchNorm
@@ -49,9 +50,9 @@ def micro_batch_groups(loader, accum_steps):
             group = []
 
 
-def labelled_pixels(micro_batches, C):
+def labelled_pixels(micro_batches):
     """Labelled pixels in the micro-batches of this optimiser step, summed over all processes."""
-    count = sum(int((batch["label"].numpy() != C.background).sum()) for batch in micro_batches)
+    count = sum(int((batch["label"].numpy() != IGNORE_LABEL).sum()) for batch in micro_batches)
     if jt.in_mpi:
         count = int(jt.array(np.array([count], np.float64)).mpi_all_reduce("add").numpy()[0])
     return count
@@ -63,12 +64,12 @@ def train_step(model, optimizer, micro_batches, C, scaler=None):
     the gradient is upstream's single-process full-batch one (upstream's DDP averages per-GPU means).
     With a `LossScaler` (`--amp`) the forwards run under autocast, the float32 loss is scaled for the
     backward, and the scaler steps (or skips a step with inf/NaN gradients)."""
-    normaliser = labelled_pixels(micro_batches, C) / jt.world_size
+    normaliser = labelled_pixels(micro_batches) / jt.world_size
     losses = []
     for batch in micro_batches:
         with precision.autocast(scaler is not None):
             logits = model(batch["data"], batch["modal_x"])
-        loss = cross_entropy(logits, batch["label"], C.background, normaliser=normaliser)
+        loss = cross_entropy(logits, batch["label"], normaliser=normaliser)
         optimizer.backward(loss if scaler is None else scaler.scaled(loss))
         losses.append(loss.mpi_all_reduce("mean") if jt.in_mpi else loss)
         if len(micro_batches) > 1:
@@ -138,11 +139,9 @@ class RunLog:
 
 
 def load_training_config(args):
-    """The config with the command-line overrides; checks that the batch splits evenly."""
-    C = load_config(args.config, args.dataset_dir)
-    if args.epochs:
-        C.nepochs = args.epochs
-    C.accum_steps = args.accum_steps or C.get("accum_steps", 1)
+    """The config with the command-line overrides, final from here on; checks that the batch splits evenly."""
+    C = load_config(args.config, dict(dataset_path=args.dataset_dir, nepochs=args.epochs, accum_steps=args.accum_steps,
+                                      val_mode=args.val_mode, seed=args.seed), args.set)
     if C.accum_steps < 1 or C.batch_size % (C.accum_steps * jt.world_size):
         raise UserError(f"batch_size {C.batch_size} (the effective global batch) must split into "
                         f"{jt.world_size} process(es) x {C.accum_steps} accumulation step(s) x a micro-batch")
@@ -151,16 +150,16 @@ def load_training_config(args):
     return C
 
 
-def build_training(C, args, seed, log):
+def build_training(C, args, niters_per_epoch, log):
     """Model (every process with process 0's weights), optimiser, schedule, first epoch, best mIoU,
     loss scaler (None without --amp)."""
-    jt.set_global_seed(seed)  # the initial weights
+    jt.set_global_seed(C.seed)  # the initial weights
     model = build_model(C)
     set_batchnorm_sync(model, args.syncbn)
     init_weights(model, C, args, log)
     optimizer = build_optimizer(model, C, args.syncbn)
     # the schedule counts optimiser steps: niters_per_epoch of them per epoch, whatever accum_steps
-    schedule = WarmUpPolyLR(C.lr, C.lr_power, C.nepochs * C.niters_per_epoch, C.niters_per_epoch * C.warm_up_epoch)
+    schedule = WarmUpPolyLR(C.lr, C.lr_power, C.nepochs * niters_per_epoch, niters_per_epoch * C.warm_up_epoch)
     start_epoch, best_miou = 1, -1.0
     scaler = LossScaler() if args.amp else None
     if args.resume:
@@ -179,14 +178,14 @@ def build_training(C, args, seed, log):
 
 
 def train_epoch(model, optimizer, schedule, train_set, C, epoch, log, progress, scaler=None):
-    """One epoch of `C.niters_per_epoch` optimiser steps; returns the mean loss."""
+    """One epoch of `train_set.niters_per_epoch` optimiser steps; returns the mean loss."""
     model.train()
     bar = tqdm(micro_batch_groups(train_set, C.accum_steps), total=len(train_set) // C.accum_steps,
                desc=f"epoch {epoch}/{C.nepochs}", disable=not progress or jt.rank != 0, leave=False)
     loss_sum, steps = 0.0, 0
     for idx, micro_batches in enumerate(bar):
         loss = train_step(model, optimizer, micro_batches, C, scaler)
-        iteration = (epoch - 1) * C.niters_per_epoch + idx
+        iteration = (epoch - 1) * train_set.niters_per_epoch + idx
         # upstream sets the lr after the step: step 0 runs at the full base lr
         set_lr(optimizer, schedule.get_lr(iteration))
         loss_sum, steps = loss_sum + loss, steps + 1
@@ -198,18 +197,17 @@ def train_epoch(model, optimizer, schedule, train_set, C, epoch, log, progress, 
     return loss_sum / max(steps, 1)
 
 
-def validate_and_save(model, optimizer, val_set, C, epoch, best_miou, args, run_dir, log, scaler=None):
+def validate_and_save(model, optimizer, val_set, C, epoch, iteration, best_miou, args, run_dir, log, scaler=None):
     """Validation when the schedule says so, then last.pkl (and best.pkl); returns the best mIoU."""
-    val_mode = args.val_mode or C.val_mode
     miou = None
     if should_validate(epoch, C):
-        metrics, mode_text, _ = evaluate(model, val_set, C, val_mode, progress=not args.no_progress,
+        metrics, mode_text, _ = evaluate(model, val_set, C, C.val_mode, progress=not args.no_progress,
                                          precision="amp" if args.val_amp else "fp32")
         miou = metrics.summary()["mIoU"]
         log(f"epoch {epoch} validation {mode_text}: mIoU {miou:.2f}")
         log.scalar("val/mIoU", miou, epoch)
     state = dict(model=state_dict_numpy(model), optimizer=optimizer_state(optimizer), epoch=epoch,
-                 iteration=epoch * C.niters_per_epoch, config=C.config_name, val_mode=val_mode, miou=miou,
+                 iteration=iteration, config=C.config_name, val_mode=C.val_mode, miou=miou,
                  best_miou=max(best_miou, miou if miou is not None else -1.0),
                  loss_scaler=None if scaler is None else scaler.state_dict())
     if jt.rank == 0:
@@ -223,23 +221,24 @@ def validate_and_save(model, optimizer, val_set, C, epoch, best_miou, args, run_
 def train(args):
     """Run the training of the parsed command line `args`; returns the run folder."""
     C = load_training_config(args)
-    seed = C.seed if args.seed is None else args.seed
     run_dir = args.run_dir or os.path.join("checkpoints", f"{C.dataset_name}_{C.backbone}")
     log = RunLog(run_dir)
     micro_batch = C.batch_size // C.accum_steps  # global, split over the processes by Jittor
     train_set = RGBXDataset(C, "train", batch_size=micro_batch)
     val_set = RGBXDataset(C, "test")
-    model, optimizer, schedule, start_epoch, best_miou, scaler = build_training(C, args, seed, log)
-    log(f"config {C.config_name}: {C.backbone}, {C.nepochs} epochs x {C.niters_per_epoch} iterations, "
+    niters = train_set.niters_per_epoch
+    model, optimizer, schedule, start_epoch, best_miou, scaler = build_training(C, args, niters, log)
+    log(f"config {C.config_name}: {C.backbone}, {C.nepochs} epochs x {niters} iterations, "
         f"effective batch {C.batch_size} = {jt.world_size} process(es) x {micro_batch // jt.world_size}"
         f"{f' x {C.accum_steps} accumulation steps' if C.accum_steps > 1 else ''}, lr {C.lr}, "
         f"{'AMP' if args.amp else 'fp32'}{', validation under autocast' if args.val_amp else ''}, "
-        f"{'' if args.syncbn else 'no '}syncbn, seed {seed}, run folder {run_dir}")
+        f"{'' if args.syncbn else 'no '}syncbn, seed {C.seed}, run folder {run_dir}")
     for epoch in range(start_epoch, C.nepochs + 1):
-        seed_epoch(seed, epoch, train_set)
+        seed_epoch(C.seed, epoch, train_set)
         mean_loss = train_epoch(model, optimizer, schedule, train_set, C, epoch, log, not args.no_progress, scaler)
         log(f"epoch {epoch}: mean loss {mean_loss:.4f}, lr {optimizer.lr:.3e}")
-        best_miou = validate_and_save(model, optimizer, val_set, C, epoch, best_miou, args, run_dir, log, scaler)
-    log(f"done: best validation mIoU {best_miou:.2f} ({args.val_mode or C.val_mode}); checkpoints in {run_dir}")
+        best_miou = validate_and_save(model, optimizer, val_set, C, epoch, epoch * niters, best_miou, args, run_dir,
+                                      log, scaler)
+    log(f"done: best validation mIoU {best_miou:.2f} ({C.val_mode}); checkpoints in {run_dir}")
     log.close()
     return run_dir

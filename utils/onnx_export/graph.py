@@ -207,7 +207,7 @@ class GraphBuilder:
 
     def adaptive_pool_matrix(self, length, out):
         """(out, length) averaging matrix with PyTorch's bins [floor(i*L/out), ceil((i+1)*L/out)),
-        built in the graph from the int64 scalar `length` (`models.layers._adaptive_pool_matrix`)."""
+        built in the graph from the int64 scalar `length` (`models.constants.adaptive_pool_matrix`)."""
         i = self.ints(range(out))
         start = self.op("Div", self.mul(i, length), self.ints([out]))  # floor: both non-negative
         end = self.op("Div", self.add(self.mul(self.add(i, self.ints([1])), length), self.ints([out - 1])),

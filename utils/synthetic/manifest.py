@@ -38,7 +38,7 @@ def stale_settings(C):
 def check_synthetic_dataset(C):
     """Raise `UserError` with the command to run unless `C.dataset_path` holds the data `C` needs."""
     problem = stale_settings(C)
-    command = f"python -m utils.synthetic --config {C.get('config_name', '<this config>')}"
+    command = f"python -m utils.synthetic --config {C.get('config_name') or '<this config>'}"
     if problem == MISSING:
         raise UserError(f"synthetic data set not found: {C.dataset_path}. Generate it with: {command}")
     if problem:

@@ -5,22 +5,26 @@ installed) and a short time limit:
 
     python -m utils.jittor_doctor --fix && python -m utils.tools.gpu_check --official-dir .official --out $OUT
 
-First, for every model (utils/tools/gpu_graph.py): an eval forward and a training step (forward, loss,
-backward, AdamW) under `jt.flags.use_cuda = 2`, where Jittor stops with an error at any op that
-would run on the CPU (no such op: the "GPU op graph" check); then the 15 slowest ops of one eval
-forward at 1x480x640 of DFormer-Tiny and DFormerv2-S (`jt.profile_scope`, after a warm-up forward).
-Then, for each model, with the synthetic stand-in weights of utils/tools/stand_in_weights.py:
-  1. eval logits at 1x3x64x96 (NMF bases pinned) against a CPU run of the same weights, made in a
+First, what a first GPU run most likely trips on: cuDNN convolving NHWC tensors and cuBLAS
+reading transposed operands (values and gradients against stock ops and numpy), then three AMP
+training steps of the first model in a process of its own (float16 and float32 must not share a
+process: cuDNN's algorithm caches do not tell the dtypes apart). Then each model, built once, with
+the synthetic stand-in weights of utils/tools/stand_in_weights.py:
+  1. an eval forward and a training step under `jt.flags.use_cuda = 2`, where Jittor stops with an
+     error at any op that would run on the CPU (utils/tools/gpu_graph.py: the "GPU op graph" check);
+  2. eval logits at 1x3x64x96 (NMF bases pinned) against a CPU run of the same weights, made in a
      subprocess started with `nvcc_path=""` (Jittor cannot switch devices reliably inside one
-     process): max |diff| <= 1e-3;
-  2. three forward/backward/AdamW steps (utils.engine.trainer.train_step, utils.engine.optim.build_optimizer) on one
-     batch with the same dropout draws each step: the loss must drop;
-  3. `jt.argmax(logits, 1)[0]` on the GPU matches the CPU argmax on >= 99 % of the pixels;
-  4. latency at 480x640, batch 1 and 8, fp32 (then fp16, informational, if time is left): eval,
-     no_grad, 10 synced warm-up iterations, median of 30 synced ones (utils.speed.timing.measure_latency);
-  5. with --official-dir (a VCIP-RGBD/DFormer checkout) and an importable torch: the official
+     process): max |diff| <= 1e-3, and the argmax on >= 99 % of the pixels;
+  3. three forward/backward/AdamW steps (utils.engine.trainer.train_step, utils.engine.optim.build_optimizer)
+     on one batch with the same dropout draws each step: the loss must drop;
+  4. for DFormer-Tiny and DFormerv2-S the 15 slowest ops of one eval forward at 1x480x640;
+  5. latency at 480x640, batch 1 and 8, fp32: eval, no_grad, warm-up until no op compiles, median
+     of 30 synced runs with Jittor's parallel compiler off (utils.speed.timing.measure_latency);
+  6. with --official-dir (a VCIP-RGBD/DFormer checkout) and an importable torch: the official
      PyTorch model in a subprocess, same weights, timed the same way in the same run, and its
-     logits compared with Jittor's GPU logits (<= 1e-3).
+     logits compared with Jittor's GPU logits (<= 1e-3);
+  7. while time is left: training speed (one process per model), then AMP training steps and fp16
+     latency of every model in one process of their own.
 Before all that it prints the environment and refuses (exit 2) when `utils.jittor_doctor` reports
 problems not yet fixed, tries whether Jittor loads cutt (optional: used when it loads, else
 use_cutt=0) and checks that convolutions run through cuDNN (the `cudnn_conv` op).
@@ -55,13 +59,14 @@ from models.registry import find_model
 from utils.tools.gpu_jittor import (ARGMAX_AGREEMENT, CHECK_MODELS, CHECK_SEED, OFFICIAL_TOLERANCE,
                                     START, TRAIN_STEPS, CpuReference, apply_gpu_defaults, build_with_weights,
                                     config_module, cpu_reference_main, environment_or_refuse, eval_logits,
-                                    import_jittor, log, median_ms, official_train_size, step, train_speed_jittor,
-                                    training_losses)
+                                    half_precision_main, import_jittor, log, median_ms, official_train_size,
+                                    risky_ops_fp32, run_half_precision, step, train_speed_jittor, training_losses)
 from utils.tools.gpu_report import Report, dims
 from utils.tools.official import official_cfg, run_official
 
 PROFILED_MODELS = ("DFormer-Tiny", "DFormerv2-Small")
 TOP_OPS = 15
+RISKY_OPS_TOLERANCE = 1e-4  # float32 without TF32, sums of at most a few hundred products
 
 
 @dataclass
@@ -123,77 +128,85 @@ class ModelRun:
     pred: object  # numpy argmax computed on that device
 
 
-def check_gpu_graph(names, settings, report):
-    """Phase 0: an eval forward and a training step of every model; no op may leave the GPU. On a
-    GPU under `jt.flags.use_cuda = 2`; in the smoke test from the profile of the GPU's op graph."""
-    import jittor as jt  # imported here, after `apply_gpu_defaults`, as are the models
+def first_checks(names, settings, report, folder):
+    """What a first GPU run most likely trips on, printed before anything else: cuDNN on NHWC
+    tensors and cuBLAS with transposed operands (float32, here), then an AMP training step and
+    float16 (DFormer-Tiny, in a process of its own: cuDNN's algorithm caches do not tell the dtypes apart)."""
+    import jittor as jt
 
-    from utils.tools.gpu_graph import cpu_only_ops, gpu_op_graph, model_steps, profile, run_under_use_cuda_2
-
-    for name in names:
-        entry = report.model(name)
-        if settings.time_left() <= 0:
-            entry["errors"].append("GPU op graph: skipped, time budget used up")
-            continue
-        entry["checks"]["gpu_graph"] = False
-        with step(entry["errors"], "GPU op graph"):
-            model, C = build_with_weights(name)
-            start = time.time()
-            if settings.smoke:
-                with gpu_op_graph():
-                    found = cpu_only_ops(profile(lambda: model_steps(model, C, settings.train_shape)))
-                problem = ", ".join(f"{op} x{count}" for op, count in sorted(found.items())) or None
-            else:
-                problem = run_under_use_cuda_2(model, C, settings.train_shape)
-            entry["cpu_only_ops"] = problem or "none"
-            entry["checks"]["gpu_graph"] = problem is None
-            log(f"{name}: forward + backward at {dims(settings.train_shape)}, ops that would leave the GPU: "
-                f"{problem or 'none'} ({time.time() - start:.1f}s incl. compilation)")
-        jt.gc()
+    checks = report.data["first_checks"] = {}
+    with step(report.data.setdefault("first_check_errors", []), "NHWC cuDNN and cuBLAS transposes"):
+        for what, diff in risky_ops_fp32().items():
+            checks[what] = {"max_abs_diff": diff, "passed": diff <= RISKY_OPS_TOLERANCE}
+            log(f"first check: {what}: max |diff| {diff:.2e} ({'ok' if diff <= RISKY_OPS_TOLERANCE else 'FAILED'})")
+    jt.gc()
+    if settings.fp16:
+        name = names[0]
+        results, tail = run_half_precision([name], settings, folder, latency=False, tag="probe")
+        losses = results.get(name, {}).get("amp_losses") or []
+        ok = bool(losses) and all(map(math.isfinite, losses))
+        checks[f"AMP training steps ({name})"] = {"losses": losses, "passed": ok,
+                                                 "errors": results.get(name, {}).get("errors") or ([] if ok else [tail])}
+        log(f"first check: AMP training steps of {name}: {losses or tail} ({'ok' if ok else 'FAILED'})")
+    report.data["checks"]["first_checks"] = all(c["passed"] for c in checks.values()) and not report.data[
+        "first_check_errors"]
     report.save()
 
 
-def profile_ops(names, settings, report):
-    """Phase 0b: the TOP_OPS slowest ops of one eval forward at batch 1 (after a warm-up forward)."""
-    import jittor as jt  # imported here, after `apply_gpu_defaults`, as are the models
+def check_gpu_graph(model, C, settings, entry):
+    """An eval forward and a training step; no op may leave the GPU. On a GPU under
+    `jt.flags.use_cuda = 2`; in the smoke test from the profile of the GPU's op graph."""
+    from utils.tools.gpu_graph import cpu_only_ops, gpu_op_graph, profile
+    from utils.tools.gpu_jittor import model_steps, run_under_use_cuda_2
 
+    entry["checks"]["gpu_graph"] = False
+    with step(entry["errors"], "GPU op graph"):
+        start = time.time()
+        if settings.smoke:
+            with gpu_op_graph():
+                found = cpu_only_ops(profile(lambda: model_steps(model, C, settings.train_shape)))
+            problem = ", ".join(f"{op} x{count}" for op, count in sorted(found.items())) or None
+        else:
+            problem = run_under_use_cuda_2(model, C, settings.train_shape)
+        entry["cpu_only_ops"] = problem or "none"
+        entry["checks"]["gpu_graph"] = problem is None
+        log(f"  forward + backward at {dims(settings.train_shape)}, ops that would leave the GPU: "
+            f"{problem or 'none'} ({time.time() - start:.1f}s incl. compilation)")
+
+
+def profile_ops(model, settings, entry):
+    """The TOP_OPS slowest ops of one eval forward at batch 1 (after a warm-up forward)."""
     from utils.tools.gpu_graph import op_kinds, profile, top_ops
 
     shape = (1, *settings.latency_size)
-    for name in [n for n in PROFILED_MODELS if n in names] or names[:1]:
-        entry = report.model(name)
-        if settings.time_left() <= 0:
-            entry["notes"].append("op profile: skipped, time budget used up")
-            continue
-        with step(entry["notes"], "op profile"):
-            model, _ = build_with_weights(name)
-            eval_logits(model, shape, CHECK_SEED)
-            start = time.time()
-            rows = profile(lambda: eval_logits(model, shape, CHECK_SEED))
-            wall_ms = (time.time() - start) * 1e3
-            entry["op_profile"] = {"shape": shape, "wall_ms": wall_ms, "op_ms": sum(r[2] for r in rows) * 1e3,
-                                   "op_kinds": op_kinds(rows), "top": top_ops(rows, TOP_OPS)}
-            log(f"{name}: one eval forward at {dims(shape)} under the profiler: {wall_ms:.1f} ms wall, "
-                f"{entry['op_profile']['op_ms']:.1f} ms in {sum(r[1] for r in rows)} ops; the slowest:")
-            for row in entry["op_profile"]["top"]:
-                log(f"  {row['ms']:9.2f} ms {row['share']:6.1%} x{row['count']:<4d} {row['op']}")
-        jt.gc()
-    report.save()
+    with step(entry["notes"], "op profile"):
+        eval_logits(model, shape, CHECK_SEED)
+        start = time.time()
+        rows = profile(lambda: eval_logits(model, shape, CHECK_SEED))
+        wall_ms = (time.time() - start) * 1e3
+        entry["op_profile"] = {"shape": shape, "wall_ms": wall_ms, "op_ms": sum(r[2] for r in rows) * 1e3,
+                               "op_kinds": op_kinds(rows), "top": top_ops(rows, TOP_OPS)}
+        log(f"  one eval forward at {dims(shape)} under the profiler: {wall_ms:.1f} ms wall, "
+            f"{entry['op_profile']['op_ms']:.1f} ms in {sum(r[1] for r in rows)} ops; the slowest:")
+        for row in entry["op_profile"]["top"]:
+            log(f"  {row['ms']:9.2f} ms {row['share']:6.1%} x{row['count']:<4d} {row['op']}")
 
 
-def check_model(name, settings, report):
-    """Phase 1 of a model: build, eval forward (timed: mostly compilation), argmax, training steps."""
+def check_model(name, settings, report, profiled):
+    """Everything float32 about one model, built once: an eval forward (timed: mostly compilation;
+    its logits and argmax are compared with the CPU's), the GPU op graph, training steps and, when
+    `profiled`, the op profile."""
     import jittor as jt  # imported here, after `apply_gpu_defaults`, as are the models
 
     from models.layout import argmax
 
     entry = report.model(name)
-    log(f"{name}: build, eval forward at {dims(settings.check_shape)}, {TRAIN_STEPS} training steps")
+    log(f"{name}: build, eval forward at {dims(settings.check_shape)}, GPU op graph, {TRAIN_STEPS} training steps")
     run = None
     with step(entry["errors"], "build and forward"):
         model, C = build_with_weights(name)
         start = time.time()
-        logits = eval_logits(model, settings.check_shape, CHECK_SEED)
+        logits = eval_logits(model, settings.check_shape, CHECK_SEED)  # before any training step changes the weights
         entry["first_forward_s"] = round(time.time() - start, 2)
         run = ModelRun(name, model, C, logits.numpy(), argmax(logits, 1).numpy())
         log(f"  first forward {entry['first_forward_s']:.1f}s, logits {tuple(run.logits.shape)}, "
@@ -201,6 +214,7 @@ def check_model(name, settings, report):
     if run is None:
         entry["checks"]["forward"] = False
         return None
+    check_gpu_graph(run.model, run.C, settings, entry)
     with step(entry["errors"], "training"):
         start = time.time()
         losses = training_losses(run.model, run.C, settings.train_shape)
@@ -209,26 +223,30 @@ def check_model(name, settings, report):
         log(f"  losses {', '.join(f'{v:.5f}' for v in losses)} ({entry['train_s']:.1f}s incl. compilation)")
     losses = entry.get("losses")
     entry["checks"]["loss_decreased"] = bool(losses) and all(map(math.isfinite, losses)) and losses[-1] < losses[0]
+    if profiled:
+        profile_ops(run.model, settings, entry)
     jt.gc()
+    report.save()
     return run
 
 
-def amp_training(runs, settings, report):
-    """TRAIN_STEPS more steps of every model under mixed precision (as `train.py --amp`): finite losses."""
-    import jittor as jt
-
+def half_precision(runs, settings, report, folder):
+    """AMP training steps and fp16 latency of every model, in a process of their own (float16
+    after float32 in one process would reuse cuDNN algorithms chosen for float32)."""
+    results, tail = run_half_precision([run.name for run in runs], settings, folder, latency=True, tag="all")
     for run in runs:
-        entry = report.model(run.name)
-        if settings.time_left() <= 0:
-            entry["notes"].append("AMP training: skipped, time budget used up")
+        entry, result = report.model(run.name), results.get(run.name)
+        if result is None:
+            entry["errors"].append(f"AMP and fp16: no result ({tail})")
+            entry["checks"]["amp_finite"] = False
             continue
-        with step(entry["errors"], "AMP training"):
-            amp_losses = training_losses(run.model, run.C, settings.train_shape, amp=True)
-            entry["amp_losses"] = amp_losses
-            log(f"{run.name} AMP losses {', '.join(f'{v:.5f}' for v in amp_losses)}")
+        entry["errors"] += [f"AMP and fp16: {e}" for e in result["errors"]]
+        if result.get("amp_losses"):
+            entry["amp_losses"] = result["amp_losses"]
         entry["checks"]["amp_finite"] = bool(entry.get("amp_losses")) and all(map(math.isfinite, entry["amp_losses"]))
-        jt.gc()
-        report.save()
+        for batch, ms in result["fp16_ms"].items():
+            report.set_latency(run.name, "fp16", int(batch), jittor_ms=ms)
+    report.save()
 
 
 def compare_with_reference(run, reference, settings, report):
@@ -265,7 +283,7 @@ def collect_references(runs, cpu_reference, settings, report, wait):
 
 
 def time_jittor(runs, settings, report, precision):
-    """Phase 3/5: Jittor latency of every model at every batch size (fp16 is informational)."""
+    """Jittor latency of every model at every batch size."""
     for run in runs:
         entry = report.model(run.name)
         messages = entry["errors"] if precision == "fp32" else entry["notes"]
@@ -340,7 +358,8 @@ def check_models(names, cpu_reference, settings, report):
         if settings.time_left() <= 0:
             report.model(name)["errors"].append("skipped, time budget used up")
             continue
-        run = check_model(name, settings, report)
+        run = check_model(name, settings, report, profiled=name in PROFILED_MODELS or (
+            name == names[0] and not set(PROFILED_MODELS) & set(names)))
         if run is not None:
             runs.append(run)
             pending[name] = run
@@ -352,13 +371,12 @@ def check_models(names, cpu_reference, settings, report):
 def run_pipeline(args, settings, names, report, folder):
     jt = import_jittor(settings, report)
     report.save()
+    first_checks(names, settings, report, folder)
     cpu_reference = CpuReference(names, settings, folder)  # started after our import: they share a lock
     try:
-        check_gpu_graph(names, settings, report)
-        profile_ops(names, settings, report)
         runs = check_models(names, cpu_reference, settings, report)
     finally:
-        cpu_reference.wait(0)  # normally long finished; stopped if phase 1 broke off
+        cpu_reference.wait(0)  # normally long finished; stopped if the models' checks broke off
     time_jittor(runs, settings, report, "fp32")
     if args.official_dir:
         official_phase(args, runs, settings, report, folder)
@@ -367,9 +385,7 @@ def run_pipeline(args, settings, names, report, folder):
         jt.gc()
         train_speed_jittor(runs, settings, report, folder)
     if settings.fp16:
-        amp_training(runs, settings, report)
-        jt.gc()
-        time_jittor(runs, settings, report, "fp16")  # last: it casts the models to fp16 for good
+        half_precision(runs, settings, report, folder)
 
 
 def parse_args(argv=None):
@@ -391,6 +407,7 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, help="start no new step after this many seconds "
                         "(default 480 on a GPU, none with --cpu-smoke; 0: none)")
     parser.add_argument("--cpu-reference", help=argparse.SUPPRESS)  # internal: the CPU reference subprocess
+    parser.add_argument("--half-precision", help=argparse.SUPPRESS)  # internal: the AMP and fp16 subprocess
     args = parser.parse_args(argv)
     if args.official_dir and not os.path.isfile(os.path.join(args.official_dir, "models", "builder.py")):
         parser.error(f"--official-dir {args.official_dir} has no models/builder.py (a VCIP-RGBD/DFormer checkout)")
@@ -407,6 +424,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.cpu_reference:
         return cpu_reference_main(args.cpu_reference)
+    if args.half_precision:
+        return half_precision_main(args.half_precision)
     settings = Settings.from_args(args)
     report = Report(args.out, settings, {name: config_module(name) for name in args.model_names}, START,
                     settings.criteria())

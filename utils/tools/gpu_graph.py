@@ -13,7 +13,7 @@ copies the outputs back (`src/executor.cc`). In Jittor 1.3.11 these are (rows of
 - `numpy_code`: a numpy callback.
 (`random` has no CUDA kernel either, but with CUDA Jittor makes it a cuRAND op, and cuRAND loads
 wherever Jittor imports with CUDA.)
-On a GPU `jt.flags.use_cuda = 2` makes any of them an error (`run_under_use_cuda_2`). On the CPU,
+On a GPU `jt.flags.use_cuda = 2` makes any of them an error (`gpu_jittor.run_under_use_cuda_2`). On the CPU,
 DFORMER_CPU_KERNELS=0 (`models.kernels.SWITCH`) makes the models take the GPU's ops, so the
 profile of a CPU run lists what a GPU would run on the host (`cpu_only_ops`); products and
 convolutions run there as oneDNN ops, on the GPU as cuBLAS/cuDNN ops.
@@ -115,25 +115,27 @@ def gpu_op_graph():
             os.environ[kernels.SWITCH] = saved
 
 
-def model_steps(model, C, shape):
-    """What a GPU runs of a model: an eval forward and a training step at `shape`."""
-    from utils.tools.gpu_jittor import CHECK_SEED, eval_logits, training_losses
+def forward_graph_size(model, shape, repeats=3):
+    """(ops, seconds): the Jittor ops one eval forward of `model` builds at `shape` (B, H, W),
+    alive after the call and before anything runs, and the Python time it took to build them (CPU
+    time of the building thread, which other jobs on the machine barely change); medians of
+    `repeats` forwards, each graph dropped unrun. Inputs are made and run first."""
+    import statistics
+    import time
 
-    eval_logits(model, shape, CHECK_SEED)
-    training_losses(model, C, shape, steps=1)
-
-
-def run_under_use_cuda_2(model, C, shape):
-    """On a GPU: `model_steps` with `jt.flags.use_cuda = 2`, where Jittor stops with an error
-    ("Op transpose doesn't have cuda version") at the first op that would run on the CPU.
-    None when every op ran on the GPU, else the error's first line."""
     import jittor as jt
 
-    try:
-        with jt.flag_scope(use_cuda=2):
-            model_steps(model, C, shape)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        cause = [line for line in lines if "cuda version" in line or "allocated in cuda" in line]
-        return (cause or lines or ["RuntimeError"])[0][:300]
-    return None
+    model.eval()
+    rgb, depth = jt.rand((shape[0], 3, *shape[1:])), jt.rand((shape[0], 3, *shape[1:]))
+    jt.sync([rgb, depth])
+    counts, seconds = [], []
+    for _ in range(repeats):
+        jt.sync_all(True)
+        before = jt.liveness_info()["lived_ops"]
+        start = time.thread_time()
+        with jt.no_grad():
+            logits = model(rgb, depth)
+        seconds.append(time.thread_time() - start)
+        counts.append(jt.liveness_info()["lived_ops"] - before)
+        del logits
+    return statistics.median(counts), statistics.median(seconds)

@@ -122,6 +122,28 @@ def training_losses(model, C, shape, steps=TRAIN_STEPS, amp=False):
     return losses
 
 
+def model_steps(model, C, shape):
+    """What a GPU runs of a model: an eval forward and a training step at `shape`."""
+    eval_logits(model, shape, CHECK_SEED)
+    training_losses(model, C, shape, steps=1)
+
+
+def run_under_use_cuda_2(model, C, shape):
+    """On a GPU: `model_steps` with `jt.flags.use_cuda = 2`, where Jittor stops with an error
+    ("Op transpose doesn't have cuda version") at the first op that would run on the CPU.
+    None when every op ran on the GPU, else the error's first line."""
+    import jittor as jt
+
+    try:
+        with jt.flag_scope(use_cuda=2):
+            model_steps(model, C, shape)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        cause = [line for line in lines if "cuda version" in line or "allocated in cuda" in line]
+        return (cause or lines or ["RuntimeError"])[0][:300]
+    return None
+
+
 def conv_ops_used():
     """Names of the ops a small convolution runs as ("cudnn_conv..." when cuDNN does the work)."""
     import jittor as jt
@@ -361,3 +383,98 @@ def import_jittor(settings, report):
         if not cudnn_ok:
             log("  cuDNN does NOT run the convolutions: latency is not comparable with PyTorch")
     return jt
+
+
+# ------------------------------------------------------------------------ what is most likely to fail
+
+def risky_ops_fp32():
+    """{check: max |diff|} of the library calls a GPU run reaches first and the CPU never tests on
+    cuDNN/cuBLAS: an NHWC depthwise convolution by cuDNN (values and both gradients) against the
+    stock NCHW convolution, and products with transposed operands (cuBLAS flags) against numpy."""
+    import jittor as jt
+    import numpy as np
+    from jittor import nn
+
+    from models import layout
+    from models.layers import ChannelsLastConv2d
+
+    rng = np.random.default_rng(CHECK_SEED)
+    results = {}
+    conv = ChannelsLastConv2d(16, 16, 7, padding=3, groups=16)
+    x = jt.array(rng.standard_normal((2, 12, 10, 16)).astype(np.float32))  # (B, H, W, C)
+    weights = jt.array(rng.standard_normal((2, 12, 10, 16)).astype(np.float32))
+    runs = []
+    for fn in (conv, lambda v: layout.permute(nn.Conv2d.execute(conv, layout.permute(v, 0, 3, 1, 2)), 0, 2, 3, 1)):
+        y = fn(x)
+        runs.append([y.numpy()] + [g.numpy() for g in jt.grad((y * weights).sum(), [x, conv.weight])])
+    results["NHWC depthwise convolution (cuDNN), values and gradients"] = max(
+        float(np.abs(a - b).max()) for a, b in zip(*runs))
+    a = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    b = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    diffs = []
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            left = a.transpose(0, 2, 1) if trans_a else a
+            right = b.transpose(0, 2, 1) if trans_b else b
+            ours = layout.matmul(jt.array(left), jt.array(right), trans_a, trans_b).numpy()
+            diffs.append(float(np.abs(ours - a @ b).max()))
+    results["batched products with transposed operands (cuBLAS)"] = max(diffs)
+    ours = layout.matmul_2d(jt.array(a[0]), jt.array(b[0].T.copy()), trans_b=True).numpy()
+    results["2-D products with a transposed operand (cuBLAS)"] = float(np.abs(ours - a[0] @ b[0]).max())
+    return results
+
+
+def half_precision_main(spec_path):
+    """Subprocess body: float16 work in a process of its own, because cuDNN's algorithm caches do
+    not tell float16 from float32. For each model: AMP training steps, and with `latency` the fp16
+    latency; results written to spec["result"] after every model."""
+    with open(spec_path) as file:
+        spec = json.load(file)
+    import jittor as jt
+
+    from utils.speed.timing import measure_latency, timing_stats
+
+    results = {}
+    for name in spec["models"]:
+        entry = results[name] = {"errors": [], "fp16_ms": {}}
+        if time.time() > spec["deadline"]:
+            entry["errors"].append("skipped, time budget used up")
+            continue
+        try:
+            model, C = build_with_weights(name)
+            entry["amp_losses"] = training_losses(model, C, tuple(spec["train_shape"]), amp=True)
+            print(f"{name} AMP losses {', '.join(f'{v:.5f}' for v in entry['amp_losses'])}", flush=True)
+            for batch in spec["batches"] if spec["latency"] else ():
+                run = measure_latency(model, batch, *spec["latency_size"], spec["warmup"], spec["iters"], "fp16")
+                entry["fp16_ms"][str(batch)] = timing_stats(run["times_s"], batch)["median_ms"]
+                print(f"{name} Jittor fp16 batch {batch}: median {entry['fp16_ms'][str(batch)]:.2f} ms", flush=True)
+        except Exception as error:  # noqa: BLE001  (recorded per model; the next model still runs)
+            entry["errors"].append(f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}")
+        jt.gc()
+        with atomic_open(spec["result"]) as file:
+            json.dump(results, file)
+    return 0
+
+
+def run_half_precision(names, settings, folder, latency, tag):
+    """`half_precision_main` in a subprocess for `names`; its results ({} if none came back) and
+    the last lines of its output."""
+    spec_path = os.path.join(folder, f"half_{tag}.json")
+    result_path = os.path.join(folder, f"half_{tag}_result.json")
+    with open(spec_path, "w") as file:
+        json.dump({"models": names, "train_shape": settings.train_shape, "latency": latency,
+                   "batches": settings.batches, "latency_size": settings.latency_size, "warmup": settings.warmup,
+                   "iters": settings.iters, "deadline": settings.deadline(), "result": result_path}, file)
+    command = [sys.executable, "-m", "utils.tools.gpu_check", "--half-precision", spec_path]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    limit = settings.time_left()
+    try:
+        output, _ = process.communicate(timeout=None if math.isinf(limit) else max(limit, 30) + 60)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # SIGTERM: Jittor quits on a child killed by any other signal
+        output, _ = process.communicate()
+    results = {}
+    if os.path.exists(result_path):
+        with open(result_path) as file:
+            results = json.load(file)
+    return results, " | ".join(output.strip().splitlines()[-3:])

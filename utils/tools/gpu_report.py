@@ -74,7 +74,7 @@ class Report:
                 file.write(text)
 
     def markdown(self):
-        lines = self.header_lines()
+        lines = self.header_lines() + self.first_check_lines()
         for precision in ("fp32", "fp16"):
             lines += self.latency_table(precision)
         lines += self.training_table()
@@ -87,6 +87,16 @@ class Report:
         lines.append("Result: " + ("PASSED, every check" if self.data["passed"] else "FAILED"))
         lines += [f"- {failure}" for failure in self.data["failures"]]
         return "\n".join(lines) + "\n"
+
+    def first_check_lines(self):
+        """What a first GPU run most likely trips on (run first), one line each."""
+        checks = self.data.get("first_checks") or {}
+        lines = [f"- {what}: {'passed' if c['passed'] else 'FAILED'}"
+                 + (f", max |diff| {c['max_abs_diff']:.1e}" if "max_abs_diff" in c else "")
+                 + (f", losses {', '.join(f'{v:.4f}' for v in c['losses'])}" if c.get("losses") else "")
+                 + (f" ({'; '.join(c['errors'])})" if c.get("errors") else "") for what, c in checks.items()]
+        lines += [f"- {error}" for error in self.data.get("first_check_errors") or []]
+        return ["First checks (what a first GPU run most likely trips on):"] + lines + [""] if lines else []
 
     def header_lines(self):
         """What was run, where and how, before the tables."""
@@ -103,8 +113,8 @@ class Report:
                 f"- PyTorch: {pytorch}",
                 f"- Jittor import {env.get('jittor_import_s', '?')} s (on a fresh machine: compiling its core)",
                 f"- Checks: {self.criteria}",
-                f"- Latency: {dims(s.latency_size)}, eval, no_grad, {s.warmup} warm-up + median of "
-                f"{s.iters} synced iterations, TF32 {'on' if s.tf32 else 'off'}; ratio = Jittor / PyTorch "
+                f"- Latency: {dims(s.latency_size)}, eval, no_grad, at least {s.warmup} warm-up runs, until one "
+                f"compiles no op, then the median of {s.iters} synced runs with Jittor's parallel compiler off, TF32 {'on' if s.tf32 else 'off'}; ratio = Jittor / PyTorch "
                 "(below 1: Jittor faster). 'first fwd' is the first forward, mostly JIT compilation.", ""]
 
     def latency_table(self, precision):

@@ -227,10 +227,12 @@ def worker_main(spec_path):
 def official_cfg(C):
     """The config fields the official EncoderDecoder and its training step read, from our config of
     the same model."""
+    from local_configs._base_ import IGNORE_LABEL
+
     return {"backbone": C.backbone, "decoder": C.decoder, "decoder_embed_dim": C.decoder_embed_dim,
             "num_classes": C.num_classes, "drop_path_rate": C.drop_path_rate, "bn_eps": C.bn_eps,
             "bn_momentum": C.bn_momentum, "aux_rate": C.aux_rate, "pretrained_model": None,
-            "background": C.background, "lr": C.lr, "weight_decay": C.weight_decay}
+            "background": IGNORE_LABEL, "lr": C.lr, "weight_decay": C.weight_decay}
 
 
 def torch_environment(python, pythonpath):
