@@ -42,7 +42,7 @@ def bases_by_name(nmf, queue):
 
 
 def run(config, accum_steps, steps, bn_train):
-    """Losses, state_dict before and after the steps, the last step's gradients (optimiser order)."""
+    """Losses, state_dict before and after the steps, the last step's gradients by parameter name."""
     args = argparse.Namespace(config=config, dataset_dir=None, epochs=None, accum_steps=accum_steps, amp=False,
                               val_amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None,
                               val_mode=None, seed=None, set=["drop_path_rate=0.0"])
@@ -68,7 +68,8 @@ def run(config, accum_steps, steps, bn_train):
         losses.append(train_step(model, optimizer, micro_batches, C))
         if step + 1 == steps:
             break
-    grads = [g.numpy() for group in optimizer.param_groups for _, g, _, _ in adamw_slots(group)]
+    names = {id(p): n for n, p in model.named_parameters()}
+    grads = {names[id(p)]: g.numpy() for group in optimizer.param_groups for p, g, _, _ in adamw_slots(group)}
     final = {k: v.numpy() for k, v in model.state_dict().items()}
     return losses, initial, final, grads
 
@@ -82,7 +83,7 @@ def main():
     out.update({f"train/final/{k}": v for k, v in final.items()})
     for accum in (1, 2):
         _, _, _, grads = run(config, accum, 1, bn_train=False)
-        out.update({f"accum{accum}/grad/{i}": g for i, g in enumerate(grads)})
+        out.update({f"accum{accum}/grad/{name}": g for name, g in grads.items()})
     np.savez(os.path.join(out_dir, f"{jt.world_size}_rank{jt.rank}.npz"), **out)
 
 

@@ -84,7 +84,9 @@ def test_strided_conv(stock_path):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_tap_sum_conv(stride, stock_path):
     """Training mode: the per-tap products give the stock convolution's values and gradients, and
-    are closer to float64 than it is when the input is wide (oneDNN's error grows with it)."""
+    are closer to float64 than it is when the input is wide (oneDNN's error grows with it): at 256
+    input channels, measured 2.9e-7 vs 8.0e-7 to 8.3e-7 (ratio 0.35-0.37 over 4 seeds, both
+    strides, 1 and 2 threads, AMD EPYC; 0.35 at 128 channels on Intel Xeon, docs/parity.md)."""
     from models.layers import TapSumConv2d
 
     conv = TapSumConv2d(16, 24, 3, stride=stride, padding=1)
@@ -104,6 +106,7 @@ def test_tap_sum_conv(stride, stock_path):
     tap_error = np.linalg.norm(wide(x).numpy() - exact) / np.linalg.norm(exact)
     wide.eval()  # the stock convolution
     stock_error = np.linalg.norm(wide(x).numpy() - exact) / np.linalg.norm(exact)
+    print(f"stride {stride}: relative error vs float64, per tap {tap_error:.2e}, stock {stock_error:.2e}")
     assert tap_error < stock_error, (tap_error, stock_error)
 
 
@@ -243,22 +246,38 @@ def test_batch_norm_train():
 
 @pytest.mark.parametrize("config", ["DFormer_Tiny", "DFormerv2_S"])
 def test_model_matches_stock_ops(config, stock_path):
-    """Whole model, eval mode (fixed BN and NMF bases): logits and every parameter gradient."""
+    """Whole model, eval mode (fixed BN and NMF bases): logits and every parameter gradient.
+
+    The two paths round differently, so a decode-head ReLU input within rounding of 0 may land on
+    either side of the kink (a flip, counted here: with these seeded weights none on AMD EPYC, but
+    another CPU rounds differently); a flip moves the gradients upstream of it by 2e-4 to 2e-3
+    (docs/parity.md). Without one, every gradient agrees to 1e-5 of the largest (measured: 6.2e-7
+    DFormer-Tiny, 1.7e-6 DFormerv2-S); with one, each tensor's gradient to 1e-2 relative L2 (5x the
+    largest flip effect), which still fails any kernel bug of 1% or more."""
     import jittor as jt
 
     from models import build_model
+    from test_training_parity import RELU_SITES, hook_relu_inputs
 
     model = build_model(importlib.import_module(f"local_configs.NYUDepthv2.{config}").C)
     model.eval()
     model.decode_head.hamburger.ham.fixed_raw_bases = np.random.default_rng(0).random((1, 512, 64), np.float32)
+    record = {}
+    hook_relu_inputs(model.decode_head, record)
     rgb, depth = randn((1, 3, 64, 96), (1, 3, 64, 96))
     params = [p for p in model.parameters() if not p.is_stop_grad()]
     fast = values_and_grads(lambda r, d: model(r, d), [rgb, depth], params)
+    positive = {site: record[site].numpy() > 0 for site in RELU_SITES}
     with jt.no_grad():
         inference = model(rgb, depth).numpy()
     with stock_path():
         stock = values_and_grads(lambda r, d: model(r, d), [rgb, depth], params)
+    flips = sum(int(np.count_nonzero((record[site].numpy() > 0) != positive[site])) for site in RELU_SITES)
+    scale = max(np.abs(g).max() for g in stock[1:])
+    largest = max(np.abs(a - b).max() for a, b in zip(fast[1:], stock[1:])) / scale
+    relative = max(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30) for a, b in zip(fast[1:], stock[1:]))
+    print(f"{config}: logits max |diff| {np.abs(fast[0] - stock[0]).max():.1e}, ReLU flips {flips}, gradients: "
+          f"max |diff| / largest gradient {largest:.1e}, largest per-tensor relative L2 {relative:.1e}")
     assert np.abs(inference - stock[0]).max() < 1e-4
     assert np.abs(fast[0] - stock[0]).max() < 1e-4
-    scale = max(np.abs(g).max() for g in stock[1:])
-    assert max(np.abs(a - b).max() for a, b in zip(fast[1:], stock[1:])) <= 1e-5 * scale
+    assert largest <= 1e-5 if flips == 0 else relative <= 1e-2

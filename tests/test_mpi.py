@@ -11,6 +11,22 @@ import numpy as np
 from conftest import ROOT
 from test_pipeline import TINY_CONFIG
 
+# 1 vs 2 processes, 3 steps (BatchNorm synchronised): two float32 runs of the same maths. Measured
+# (AMD EPYC, docs/testing.md): losses 0, 7e-7, 1.9e-5 apart; update vectors 1.2e-3; BatchNorm
+# statistics 3.2e-5. Each float32 run's update is ~1e-3 off float64 (AdamW turns rounding into
+# steps where gradients are near 0), and a decode-head ReLU flip adds up to 3e-3 (the official
+# float32 runs behind tests/fixtures/training_parity.npz at this size: at most 3.8e-3 with flips),
+# so two runs differ by at most ~1e-2: the bound is 2x that, and 10x the measured losses and
+# statistics. A missing weight broadcast or gradient all-reduce moves the update by ~100%.
+LOSS_RTOL, UPDATE_ERROR, STATS_ERROR = 2e-4, 2e-2, 1e-3
+# 1 vs 2 accumulation steps and processes, BatchNorm in eval mode: the whole gradient vector and
+# the classifier's. Measured: 3.8e-7 to 4.0e-7 and 1.6e-7 to 1.9e-7. A flip moves the gradients
+# upstream of it by 2e-4 to 2e-3, but not the classifier's (it lies after every ReLU; a flip
+# changes a value by less than its rounding): the classifier's bound is 10x the measured rounding
+# and fails any accumulation or normalisation error above 2e-6; the whole vector's fails one of 1%.
+CLASSIFIER = ["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"]
+ACCUMULATED_CLASSIFIER_ERROR, ACCUMULATED_GRADIENT_ERROR = 2e-6, 1e-2
+
 
 def generate_data(config):
     """The synthetic set of `config`, generated as train.sh does (building a dataset writes nothing)."""
@@ -46,7 +62,8 @@ def test_one_and_two_processes_and_accumulation_take_the_same_steps(tmp_path):
 
     Every process starts from process 0's weights, BatchNorm statistics are synchronised and the
     loss is normalised by the labelled pixels of the whole step, so 3 training steps agree to
-    float32 noise; with BatchNorm in eval mode, accumulated gradients equal full-batch ones.
+    float32 noise; with BatchNorm in eval mode, accumulated gradients equal full-batch ones (the
+    bounds and their measurements: the module constants).
     """
     assert shutil.which("mpirun"), "OpenMPI is needed (tests/run.sh installs it)"
     config = tmp_path / "tiny_config.py"
@@ -67,30 +84,35 @@ def test_one_and_two_processes_and_accumulation_take_the_same_steps(tmp_path):
         np.testing.assert_array_equal(two[key], two_rank1[key], err_msg=key)
     for key in (k for k in one.files if k.startswith("train/initial/")):
         np.testing.assert_array_equal(one[key], two[key], err_msg=key)
-    # step 1 agrees to rounding; AdamW then amplifies float32 noise (normalised steps of gradients
-    # near 0), as between any two float32 runs: the official fp32 update is ~3% off its float64 run
+    # step 1 agrees to rounding; then AdamW amplifies float32 noise (module constants above)
     print(f"losses, 1 process {one['train/losses']}, 2 processes {two['train/losses']}")
     np.testing.assert_allclose(two["train/losses"][0], one["train/losses"][0], rtol=1e-6)
-    np.testing.assert_allclose(two["train/losses"], one["train/losses"], rtol=2e-4)
+    np.testing.assert_allclose(two["train/losses"], one["train/losses"], rtol=LOSS_RTOL)
     error = np.linalg.norm(update(two) - update(one)) / np.linalg.norm(update(one))
     print(f"update after 3 steps, 2 processes vs 1: rel. error {error:.2e}")
-    assert error < 5e-2  # without process 0's weights everywhere: ~100% after step 1
+    assert error < UPDATE_ERROR
     stats = [k for k in one.files if "running_" in k and k.startswith("train/final/")]
     error = np.linalg.norm(np.concatenate([two[k] - one[k] for k in stats])) / \
         np.linalg.norm(np.concatenate([one[k] for k in stats]))
     print(f"BatchNorm running statistics after 3 steps, 2 processes vs 1: rel. error {error:.2e}")
-    assert error < 1e-3
+    assert error < STATS_ERROR
 
     def grads(run, accum):
-        keys = sorted((k for k in run.files if k.startswith(f"accum{accum}/")), key=lambda k: int(k.rsplit("/", 1)[1]))
-        return np.concatenate([run[k].ravel() for k in keys])
+        prefix = f"accum{accum}/grad/"
+        return {k[len(prefix):]: run[k].ravel() for k in run.files if k.startswith(prefix)}
+
+    def error(a, b, names):
+        return np.linalg.norm(np.concatenate([a[n] - b[n] for n in names])) / \
+            np.linalg.norm(np.concatenate([b[n] for n in names]))
 
     reference = grads(one, 1)
     for run, accum in ((one, 2), (two, 1), (two, 2)):
-        error = np.linalg.norm(grads(run, accum) - reference) / np.linalg.norm(reference)
+        other = grads(run, accum)
+        assert other.keys() == reference.keys()
+        whole, classifier = error(other, reference, sorted(reference)), error(other, reference, CLASSIFIER)
         print(f"BN eval, gradient with {accum} accumulation step(s) on {run is two and 2 or 1} process(es): "
-              f"rel. error vs 1 process full batch {error:.2e}")
-        assert error < 1e-5
+              f"rel. error vs 1 process full batch {whole:.2e}, classifier {classifier:.2e}")
+        assert classifier < ACCUMULATED_CLASSIFIER_ERROR and whole < ACCUMULATED_GRADIENT_ERROR
 
 
 ONE_STEP_CONFIG = """

@@ -46,10 +46,13 @@ def test_loss_of_an_official_size_batch(path):
 
 @pytest.mark.parametrize("path", ["cpu_kernel", "stock"])
 def test_train_mode_batchnorm_with_a_large_mean_offset(path, monkeypatch):
-    """8x16x240x320, channel means up to 500 times the channel's spread: output within 1e-5 of
-    float64 (measured: 6.5e-6; PyTorch's BatchNorm2d 6.7e-6 on the same input, from the float32
-    rounding of the mean it subtracts; Jittor's own, E[x^2]-E[x]^2 in float32: 2.0e3), running
-    statistics updated with the unbiased variance as PyTorch, evaluation with them as PyTorch."""
+    """8x16x240x320, channel means up to 500 times the channel's spread: output within one float32
+    ulp of each channel's mean, scaled by weight / std, of float64: the error of any float32 code
+    that subtracts a float32 mean (2.5e-5 here; measured 6.5e-6, the same on both paths, 1 and 2
+    threads, Intel and AMD; PyTorch's BatchNorm2d 6.7e-6 on the same input; Jittor's own,
+    E[x^2]-E[x]^2 in float32: 2.0e3, and a float32 mean or variance accumulated over the 1.2M
+    elements of a channel would be ~1e-2 off). Running statistics updated with the unbiased
+    variance as PyTorch, evaluation with them as PyTorch."""
     import jittor as jt
 
     from models import batchnorm
@@ -78,8 +81,9 @@ def test_train_mode_batchnorm_with_a_large_mean_offset(path, monkeypatch):
 
     mean, var = x64.mean((0, 2, 3)), x64.var((0, 2, 3))
     error = np.abs(y - normalised(mean, var)).max()
-    print(f"{path}: train-mode output max |error| vs float64 {error:.1e}")
-    assert error < 1e-5
+    bound = np.max(weight / np.sqrt(var + bn.eps) * np.spacing(np.abs(mean).astype(np.float32)))
+    print(f"{path}: train-mode output max |error| vs float64 {error:.1e} (one float32 ulp of the mean: {bound:.1e})")
+    assert error < bound
     n = x.size // C
     m = bn.momentum  # from running mean 0 and running variance 1
     np.testing.assert_allclose(bn.running_mean.numpy(), m * mean, rtol=1e-6, atol=1e-7)

@@ -132,7 +132,8 @@ def test_wrong_checkpoint_fails_as_load_checkpoint_does(tmp_path):
     assert not os.path.exists(tmp_path / "x.onnx")
 
 
-def test_export_then_infer_with_both_backends(tiny_checkpoint, tmp_path):
+def test_export_then_infer_with_both_backends(tiny_checkpoint, tmp_path, monkeypatch):
+    from utils.engine import evaluate
     from utils.errors import UserError
     from utils.infer import main, parse_args
     from utils.onnx_export.backend import OnnxSegmentor
@@ -148,6 +149,13 @@ def test_export_then_infer_with_both_backends(tiny_checkpoint, tmp_path):
     error = float(out.split("max |ONNX Runtime - Jittor| = ")[1].split()[0])
     assert error <= TOLERANCE
 
+    probabilities, predict = [], evaluate.predict
+
+    def keep(*args):  # each backend's class probabilities
+        probabilities.append(predict(*args))
+        return probabilities[-1]
+
+    monkeypatch.setattr(evaluate, "predict", keep)
     pair = ["--config", TINY, "--rgb", tmp_path / "a.jpg", "--depth", tmp_path / "a.png"]
     main(parse_args([*map(str, pair), "--checkpoint", tiny_checkpoint, "--output-dir", str(tmp_path / "jt")]))
     main(parse_args([*map(str, pair), "--backend", "onnx", "--onnx", str(model_file),
@@ -155,7 +163,15 @@ def test_export_then_infer_with_both_backends(tiny_checkpoint, tmp_path):
     names = sorted(os.listdir(tmp_path / "jt"))
     assert names == sorted(os.listdir(tmp_path / "ort")) == ["a.png", "a_overlay.png", "a_panel.png"]
     labels = [cv2.imread(str(tmp_path / folder / "a.png"), cv2.IMREAD_UNCHANGED) for folder in ("jt", "ort")]
-    assert len(np.unique(labels[0])) > 1 and np.array_equal(labels[0], labels[1])
+    # The label maps agree wherever Jittor's top-2 margin exceeds twice the largest probability
+    # difference; closer pixels are ties at float32 precision (an argmax either backend may break).
+    ours, theirs = (p.numpy()[0, :, :64, :96] for p in probabilities)
+    difference = np.abs(ours - theirs).max()
+    top2 = np.sort(ours, axis=0)[-2:]
+    decided = top2[1] - top2[0] > 2 * difference
+    print(f"max |probability difference| {difference:.1e}; labels compared on {decided.mean():.2%} of the pixels")
+    assert difference <= TOLERANCE and decided.mean() > 0.99
+    assert len(np.unique(labels[0])) > 1 and np.array_equal(labels[0][decided], labels[1][decided])
 
     with pytest.raises(UserError, match="--backend onnx needs --onnx FILE"):
         main(parse_args([*map(str, pair), "--backend", "onnx", "--output-dir", str(tmp_path / "x")]))

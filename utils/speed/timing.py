@@ -65,6 +65,15 @@ def device_info():
     return info
 
 
+def provenance():
+    """date (UTC), machine (the CPU's model name) and commit of a measurement."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": cpu_model(), "commit": sha.stdout.strip() or "unknown"}
+
+
 def _version_or_none(read):
     """A version string, or None where this Jittor build does not expose it."""
     try:

@@ -12,10 +12,7 @@ for every model, one pair of bars per device the rows were measured on.
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -30,18 +27,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def provenance():
-    """date (UTC), machine (the CPU's model name, as `lscpu` gives it) and commit of a measurement."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": cpu, "commit": sha.stdout.strip() or "unknown"}
 
 
 def stamp(rows):

@@ -170,7 +170,7 @@ def compare(args, config, height, width):
             seconds = worker.ask("step")
             if round_ >= args.warmup:
                 times[name].append(seconds)
-    from utils.tools.charts import provenance
+    from utils.speed.timing import provenance
 
     # both workers run on the CPU; the chart draws one pair of bars per device
     row = {"config": config, "mode": args.mode, "batch": args.batch, "height": height, "width": width,

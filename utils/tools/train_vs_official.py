@@ -423,7 +423,7 @@ def compare_config(name, seeds, epochs, args, results):
     from utils.engine.trainer import load_training_config
     from utils.errors import UserError
     from utils.synthetic.generate import ensure_synthetic_dataset
-    from utils.tools.charts import provenance
+    from utils.speed.timing import provenance
 
     config = config_module(name)
     C = load_training_config(argparse.Namespace(config=config, dataset_dir=None, epochs=epochs,
