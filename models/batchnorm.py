@@ -6,18 +6,23 @@ parameters, buffers, isinstance and evaluation formula). In training mode:
 - under MPI the statistics are the mean over processes of the per-process means, then of the
   centred variances about that global mean: equal per-process batches give the full-batch values.
 On the CPU the same numbers come from multi-threaded kernels (`kernels/float64.py`).
+A float16 input is normalised in float32 (`precision.py`), the result in float16.
 """
 import jittor as jt
 from jittor import nn
 
-from . import constants, kernels
+from . import constants, kernels, precision
 from .kernels import float64 as cpu_float64
 
 
 class BatchNorm2d(nn.BatchNorm):
     """`nn.BatchNorm2d(num_features, eps, momentum)` with float64 two-pass batch statistics."""
 
+    keeps_float32 = True  # parameters and statistics, in float16 inference (`precision.to_float16`)
+
     def execute(self, x):
+        if x.dtype == "float16":
+            return precision.like(self.execute(precision.widened(x)), x)
         if not self.is_train:  # `nn.BatchNorm`'s evaluation formula, its eps built once
             w = self.weight / jt.sqrt(self.running_var + constants.filled(self.eps, self.running_var.shape,
                                                                           self.running_var.dtype))

@@ -24,8 +24,7 @@ def constant(key, dtype, build):
     var = _TABLE.get(full_key)
     if var is None:
         _BUILT[0] += 1
-        with jt.flag_scope(auto_mixed_precision_level=0):  # level 5 would make jt.array float16 first
-            var = _TABLE[full_key] = jt.array(np.ascontiguousarray(build())).cast(dtype).stop_grad()
+        var = _TABLE[full_key] = jt.array(np.ascontiguousarray(build())).cast(dtype).stop_grad()
         while len(_TABLE) > MAX_CONSTANTS:
             _TABLE.popitem(last=False)
     else:

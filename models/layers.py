@@ -1,11 +1,11 @@
 """Building blocks shared by the encoders and decode heads, each computing what its PyTorch/mmcv
 counterpart computes (where Jittor's own op differs, the docstring says how).
 
-Each block is the portable maths; on the CPU fast path (the `kernels` predicates: `enabled`,
-`applies` for float32, `applies_with_onednn` where oneDNN is called) it calls its CPU version in
-`kernels/` (same maths, multi-threaded or oneDNN). The GPU takes the stock ops and changes layouts
-only through `layout.py`, so no op of its graph runs on the host. Constant matrices come from
-`constants.py`, built once per shape.
+Each block is the portable maths, in the dtypes `precision.py` decides; on the CPU fast path (the
+`kernels` predicates: `enabled`, `applies` for float32, `applies_with_onednn` where oneDNN is
+called) it calls its CPU version in `kernels/` (same maths, multi-threaded or oneDNN). The GPU
+takes the stock ops and changes layouts only through `layout.py`, so no op of its graph runs on the
+host. Constant matrices come from `constants.py`, built once per shape.
 """
 import math
 
@@ -13,7 +13,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from . import constants, kernels
+from . import constants, kernels, precision
 from .kernels import layers as cpu_layers
 from .kernels import ops as cpu_ops
 from .batchnorm import BatchNorm2d
@@ -22,12 +22,14 @@ from .layout import conv_nchw, conv_nhwc, linear, matmul, matmul_2d, permute
 
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis with PyTorch's two-pass variance: `jt.nn.LayerNorm`'s
-    E[x^2] - E[x]^2 loses digits on the large activations of deep stages and breaks 1e-4 parity."""
+    E[x^2] - E[x]^2 loses digits on the large activations of deep stages and breaks 1e-4 parity.
+    Computed in float32 whatever the input type, the result in the input's type."""
     if kernels.applies(x):
         return cpu_ops.layer_norm(x, weight, bias, eps)
-    xc = x - x.mean(-1, keepdims=True)
+    wide = precision.widened(x)
+    xc = wide - wide.mean(-1, keepdims=True)
     var = (xc * xc).mean(-1, keepdims=True)
-    return xc / jt.sqrt(var + constants.filled(eps, var.shape, var.dtype)) * weight + bias
+    return precision.like(xc / jt.sqrt(var + constants.filled(eps, var.shape, var.dtype)) * weight + bias, x)
 
 
 def gelu(x):
@@ -45,18 +47,40 @@ class GELU(nn.Module):
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, state_dict entries and isinstance); off the CPU fast path one
-    library product per call (`layout.matmul_2d`)."""
+    """`nn.Linear` (same parameters, state_dict entries and isinstance) whose product takes
+    `precision`'s dtypes; off the CPU fast path one library product per call (`layout.linear`)."""
 
     def execute(self, x):
-        return super().execute(x) if kernels.enabled() else linear(x, self.weight, self.bias)
+        if not kernels.enabled():
+            return linear(x, self.weight, self.bias)
+        x, weight = precision.product_operands(x, self.weight)
+        y = precision.product_result(nn.matmul_transpose(x, weight))
+        return y if self.bias is None else y + precision.like(self.bias, y)
 
 
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` (same parameters and isinstance) computed with `layer_norm` above."""
 
+    keeps_float32 = True  # its parameters, in float16 inference (`precision.to_float16`)
+
     def execute(self, x):
         return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters and isinstance) whose convolution takes `precision`'s dtypes;
+    the base of the convolutions below."""
+
+    def execute(self, x):
+        if x.dtype == self.weight.dtype and not precision.autocast_enabled():
+            return super().execute(x)
+        x, weight = precision.product_operands(x, self.weight)
+        if hasattr(self, "depthwise_conv"):  # Jittor's CUDA depthwise kernel
+            y = self.depthwise_conv(x, weight)
+        else:
+            y = nn.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+        y = precision.product_result(y)
+        return y if self.bias is None else y + precision.like(self.bias, y).reshape(1, -1, 1, 1)
 
 
 def resize(x, size):
@@ -137,7 +161,7 @@ def upsample_nhwc(x, size):
     return matmul(grid, x.reshape(B, h * w, C)).reshape(B, H, W, C)
 
 
-class ChannelsLastConv2d(nn.Conv2d):
+class ChannelsLastConv2d(Conv2d):
     """`nn.Conv2d` (same parameters, state_dict entries and isinstance) on NHWC tensors, NHWC out,
     so channels-last blocks pay no transposes around their convolutions: on the CPU
     `cpu_ops.conv_nhwc`, on the GPU cuDNN on the NHWC tensor (`layout.conv_nhwc`)."""
@@ -153,7 +177,7 @@ class ChannelsLastConv2d(nn.Conv2d):
         return gelu(y + x) if residual_gelu else y
 
 
-class TapSumConv2d(nn.Conv2d):
+class TapSumConv2d(Conv2d):
     """`nn.Conv2d` (same parameters and state_dict entries) whose CPU training forward sums one
     matrix product per kernel tap (`kernels/layers.tap_sum_conv`), so that its float32 rounding
     does not grow with the input channels and training steps stay as close to a float64 run as the
@@ -168,7 +192,7 @@ class TapSumConv2d(nn.Conv2d):
         return super().execute(x) if y is None else y
 
 
-class PointwiseConv2d(nn.Conv2d):
+class PointwiseConv2d(Conv2d):
     """1x1 `nn.Conv2d` (NCHW, same parameters); on the CPU one matrix product per image."""
 
     def __init__(self, in_channels, out_channels, bias=True):
@@ -202,10 +226,12 @@ def axial_attention(q, k, v, mask_w, mask_h):
     C = n * d
     q_w, k_w = permute(q, 0, 2, 1, 3, 4), permute(k, 0, 2, 1, 3, 4)  # (B, H, n, W, d)
     v = permute(v.reshape(B, H, W, n, d), 0, 1, 3, 2, 4)  # (B, H, n, W, d)
-    attn_w = nn.softmax(matmul(q_w, k_w, trans_b=True) + permute(mask_w, 0, 2, 1, 3, 4), dim=-1)  # (B, H, n, W, W)
+    scores_w = precision.widened(matmul(q_w, k_w, trans_b=True)) + permute(mask_w, 0, 2, 1, 3, 4)
+    attn_w = precision.softmax(scores_w, dim=-1)  # (B, H, n, W, W)
     v = permute(matmul(attn_w, v), 0, 3, 2, 1, 4)  # (B, W, n, H, d)
     q_h, k_h = permute(q, 0, 3, 1, 2, 4), permute(k, 0, 3, 1, 2, 4)  # (B, W, n, H, d)
-    attn_h = nn.softmax(matmul(q_h, k_h, trans_b=True) + permute(mask_h, 0, 2, 1, 3, 4), dim=-1)  # (B, W, n, H, H)
+    scores_h = precision.widened(matmul(q_h, k_h, trans_b=True)) + permute(mask_h, 0, 2, 1, 3, 4)
+    attn_h = precision.softmax(scores_h, dim=-1)  # (B, W, n, H, H)
     return permute(matmul(attn_h, v), 0, 3, 1, 2, 4).reshape(B, H, W, C)
 
 
@@ -221,7 +247,7 @@ def full_attention(q, k, v, mask):
     C = n * d
     q, k = q.reshape(B, n, H * W, d), k.reshape(B, n, H * W, d)
     v = permute(v.reshape(B, H * W, n, d), 0, 2, 1, 3)  # (B, n, HW, d)
-    attn = nn.softmax(matmul(q, k, trans_b=True) + mask, dim=-1)  # (B, n, HW, HW)
+    attn = precision.softmax(precision.widened(matmul(q, k, trans_b=True)) + mask, dim=-1)  # (B, n, HW, HW)
     return permute(matmul(attn, v), 0, 2, 1, 3).reshape(B, H, W, C)
 
 
@@ -235,5 +261,5 @@ def pooled_attention(q, kv):
     if kernels.applies(q):
         return cpu_layers.pooled_attention(q, kv)
     kv = permute(kv, 2, 0, 3, 1, 4)  # (2, B, n, Lk, d)
-    attn = nn.softmax(matmul(permute(q, 0, 2, 1, 3), kv[0], trans_b=True), dim=-1)  # (B, n, Lq, Lk)
+    attn = precision.softmax(matmul(permute(q, 0, 2, 1, 3), kv[0], trans_b=True), dim=-1)  # (B, n, Lq, Lk)
     return matmul(attn, kv[1])

@@ -9,7 +9,7 @@ compare and a min (Jittor's is CPU-only without CUB). On the CPU fast path each 
 """
 import jittor as jt
 
-from . import kernels
+from . import kernels, precision
 
 # Tensor formats of the library convolutions: (B, H, W, C) or (B, C, H, W) in and out, (out, in, kh, kw) weight.
 _FORMATS = {"nhwc": dict(xformat="acdb", wformat="oihw", yformat="acdb"),
@@ -27,22 +27,17 @@ def _swap_last_two(x):
     return permute(x, *range(x.ndim - 2), x.ndim - 1, x.ndim - 2)
 
 
-def _same_dtype(a, b):
-    """Both operands of a product in one type, as cuBLAS needs: the wider one (mixed precision)."""
-    if str(a.dtype) != str(b.dtype):
-        wider = "float64" if "float64" in (str(a.dtype), str(b.dtype)) else "float32"
-        a, b = a.cast(wider), b.cast(wider)
-    return a, b
-
-
 def matmul(a, b, trans_a=False, trans_b=False):
     """op_a(a) @ op_b(b) over the last two axes, the leading axes equal; op = transpose when asked
-    (on the GPU one cuBLAS product reading the transposed operands in place, gradients too)."""
-    a, b = _same_dtype(a, b)
+    (on the GPU one cuBLAS product reading the transposed operands in place, gradients too), in
+    `precision`'s dtypes."""
+    a, b = precision.product_operands(a, b)
     cublas = getattr(jt.compile_extern, "cublas_ops", None) if jt.flags.use_cuda else None
     if cublas is not None:
-        return cublas.cublas_batched_matmul(a, b, bool(trans_a), bool(trans_b))
-    return jt.matmul(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
+        y = cublas.cublas_batched_matmul(a, b, bool(trans_a), bool(trans_b))
+    else:
+        y = jt.matmul(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
+    return precision.product_result(y)
 
 
 def library_matmul_op(x):
@@ -73,17 +68,17 @@ def matmul_2d(a, b, trans_b=False):
     """a @ op_b(b) of 2-D operands, op = transpose when asked: one library product (cuBLAS, or
     oneDNN on the CPU), where Jittor's own 2-D product builds a broadcast, a multiply and a sum
     that its tuner turns into that product: three graph ops fewer."""
-    a, b = _same_dtype(a, b)
+    a, b = precision.product_operands(a, b)
     op = library_matmul_op(a)
     if op is not None:
-        return _LibraryMatmul.apply(a, b, bool(trans_b), op)
-    return jt.nn.matmul_transpose(a, b) if trans_b else jt.matmul(a, b)
+        return precision.product_result(_LibraryMatmul.apply(a, b, bool(trans_b), op))
+    return precision.product_result(jt.nn.matmul_transpose(a, b) if trans_b else jt.matmul(a, b))
 
 
 def linear(x, weight, bias=None):
     """`nn.Linear` over the last axis (`matmul_2d`)."""
     y = matmul_2d(x.reshape(-1, x.shape[-1]), weight, trans_b=True).reshape((*x.shape[:-1], weight.shape[0]))
-    return y if bias is None else y + bias
+    return y if bias is None else y + precision.like(bias, y)
 
 
 def library_conv_ops(x):
@@ -127,26 +122,27 @@ class _LibraryConv(jt.Function):
 
 
 def _convolve(x, conv, layout):
+    x, weight = precision.product_operands(x, conv.weight)
     ops = library_conv_ops(x)
     if ops is None:
         return None
-    weight = conv.weight if conv.weight.dtype == x.dtype else conv.weight.cast(x.dtype)  # AMP, fp16
-    y = _LibraryConv.apply(x, weight, conv, ops, layout)
+    y = precision.product_result(_LibraryConv.apply(x, weight, conv, ops, layout))
     if conv.bias is None:
         return y
-    return y + (conv.bias if layout == "nhwc" else conv.bias.broadcast(y, [0, 2, 3]))
+    bias = precision.like(conv.bias, y)
+    return y + (bias if layout == "nhwc" else bias.broadcast(y, [0, 2, 3]))
 
 
 def conv_nhwc(x, conv):
     """`conv` (an `nn.Conv2d`'s parameters) of an NHWC tensor, NHWC out, bias included, by cuDNN on
-    the GPU (oneDNN on the CPU); None where no library is loaded for it."""
+    the GPU (oneDNN on the CPU), in `precision`'s dtypes; None where no library is loaded for it."""
     return _convolve(x, conv, "nhwc")
 
 
 def conv_nchw(x, conv):
     """`conv` of an NCHW tensor (groups 1), bias included, by the library op that Jittor's tuner
-    would turn its stock reindex, broadcast, multiply and sum into: three graph ops fewer. None
-    where no library is loaded for it."""
+    would turn its stock reindex, broadcast, multiply and sum into: three graph ops fewer, in
+    `precision`'s dtypes. None where no library is loaded for it."""
     return _convolve(x, conv, "nchw") if conv.groups == 1 else None
 
 

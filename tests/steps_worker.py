@@ -44,10 +44,10 @@ def bases_by_name(nmf, queue):
 def run(config, accum_steps, steps, bn_train):
     """Losses, state_dict before and after the steps, the last step's gradients by parameter name."""
     args = argparse.Namespace(config=config, dataset_dir=None, epochs=None, accum_steps=accum_steps, amp=False,
-                              syncbn=True, no_pretrained=True, pretrained=None, resume=None, val_mode=None, seed=None,
-                              set=["drop_path_rate=0.0"])
+                              val_amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None,
+                              val_mode=None, seed=None, set=["drop_path_rate=0.0"])
     C = load_training_config(args)
-    model, optimizer, _, _, _ = build_training(C, args, 1, lambda message: None)  # 1 iteration per epoch: unused
+    model, optimizer, _, _, _, _ = build_training(C, args, 1, lambda message: None)  # 1 iteration per epoch: unused
     if jt.rank == 0:  # the same start with any number of processes; the others get it by broadcast
         model.load_parameters(synthetic_state_dict([(k, v.shape) for k, v in model.state_dict().items()]))
     broadcast_from_rank0(model)

@@ -86,6 +86,15 @@ def load_model(C, checkpoint):
     return model
 
 
+def check_precision(precision, flag=None):
+    """Raise `UserError` for float16 work (`--precision amp|fp16`, or `flag`) without a GPU."""
+    import jittor as jt
+
+    if precision != "fp32" and not jt.has_cuda:
+        raise UserError(f"{flag or '--precision ' + precision} is for GPUs: on the CPU, float16 convolutions and "
+                        "products run as slow loops (the CPU kernels and oneDNN paths are float32)")
+
+
 def main_guard(main):
     """Run `main()` once Jittor's defaults are set and its setup checked; exit 2 with one message on
     a `UserError` or an unusable Jittor setup."""

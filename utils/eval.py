@@ -11,7 +11,8 @@ import sys
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import SET_HELP, check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (Jittor defaults first)
+from utils.entry import (SET_HELP, check_checkpoint, check_precision, load_config, load_model,  # noqa: E402
+                         main_guard)
 from utils.speed.timing import format_protocol_time, projected_protocol_time  # noqa: E402
 from utils.engine.metrics import trivial_baseline  # noqa: E402
 from utils.files import atomic_open  # noqa: E402
@@ -27,6 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--scales", type=float, nargs="+", help="msf/sliding scales (default: C.eval_scale_array)")
     parser.add_argument("--no-flip", action="store_true", help="msf/sliding without the flipped pass")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: 1 per process)")
+    parser.add_argument("--precision", choices=["fp32", "amp", "fp16"], default="fp32",
+                        help="amp: under autocast, as upstream's --val_amp; fp16: float16 weights (GPU only)")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     return parser.parse_args(argv)
 
@@ -39,10 +42,11 @@ def main(args):
 
     C = load_config(args.config, dict(dataset_path=args.dataset_dir), args.set)
     check_checkpoint(C, args.checkpoint)
+    check_precision(args.precision)
     dataset = RGBXDataset(C, "test", batch_size=args.batch_size)
     model = load_model(C, args.checkpoint)
     metrics, mode_text, images_per_second = evaluate(
-        model, dataset, C, args.mode, args.scales, False if args.no_flip else None)
+        model, dataset, C, args.mode, args.scales, False if args.no_flip else None, precision=args.precision)
     if jt.rank != 0:
         return
     result = metrics.summary()

@@ -13,7 +13,8 @@ import sys
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import check_checkpoint, load_config, load_model, main_guard  # noqa: E402  (sets Jittor defaults first)
+from utils.entry import (check_checkpoint, check_precision, load_config, load_model,  # noqa: E402  (Jittor defaults first)
+                         main_guard)
 from utils.errors import UserError  # noqa: E402
 
 
@@ -33,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--dataset-dir", help="dataset folder for --split (default: C.dataset_path)")
     parser.add_argument("--mode", choices=["ss", "msf", "sliding"], default="ss")
+    parser.add_argument("--precision", choices=["fp32", "amp", "fp16"], default="fp32",
+                        help="Jittor backend: amp (autocast) or fp16 (float16 weights), GPU only")
     return parser.parse_args(argv)
 
 
@@ -63,6 +66,9 @@ def main(args):
         raise UserError("--onnx FILE runs with --backend onnx")
     if args.backend == "onnx" and not args.onnx:
         raise UserError("--backend onnx needs --onnx FILE (written by utils/export_onnx.py)")
+    if args.backend == "onnx" and args.precision != "fp32":
+        raise UserError("--precision is for the Jittor backend; the ONNX file runs as exported")
+    check_precision(args.precision)
     C = load_config(args.config, dict(dataset_path=args.dataset_dir))
     if args.backend == "jittor":
         check_checkpoint(C, args.checkpoint)
@@ -94,7 +100,8 @@ def main(args):
             # SUNRGBD evaluation pads to 531x730; the prediction is cropped back to the image
             save_prediction(args.output_dir, name, rgb, depth, pred[i, :height, :width], C.class_names)
 
-    metrics, mode_text, images_per_second = evaluate(model, dataset, C, args.mode, on_prediction=save)
+    metrics, mode_text, images_per_second = evaluate(model, dataset, C, args.mode, on_prediction=save,
+                                                     precision=args.precision)
     if jt.rank == 0:
         print(f"wrote {len(dataset.names) if args.split else len(dataset.pairs)} predictions "
               f"({mode_text}, {images_per_second:.2f} images/s) to {args.output_dir}")

@@ -26,7 +26,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "amp", "fp16"], default="fp32",
+                        help="amp: float32 weights under autocast; fp16: float16 weights (GPU only)")
     parser.add_argument("--warmup", type=int, default=10,
                         help="untimed iterations, at least; more until one compiles no new op")
     parser.add_argument("--iters", type=int, default=30, help="timed iterations")

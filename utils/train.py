@@ -32,7 +32,11 @@ def parse_args(argv=None):
                         help="upstream's flag (on in its train.sh, and the default): DFormerv2's stem and "
                         "downsampling BatchNorms train; --no-syncbn freezes them and, with several processes, "
                         "the other BatchNorms normalise with each process's own statistics")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (Jittor AMP level 5)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision, as upstream's --amp: float16 convolutions and products, float32 "
+                        "weights, optimiser state and norms, dynamic loss scale (GPU only; default: float32)")
+    parser.add_argument("--val-amp", "--val_amp", dest="val_amp", action="store_true",
+                        help="validate under autocast, as upstream's --val_amp (its default; here float32 is)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 

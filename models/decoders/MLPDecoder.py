@@ -6,10 +6,10 @@ names. Its BN's eps and momentum are `C.bn_eps` and `C.bn_momentum`, set by `ini
 import jittor as jt
 from jittor import nn
 
-from .. import kernels
+from .. import kernels, precision
 from ..batchnorm import BatchNorm2d
 from ..layout import matmul, permute
-from ..layers import resize
+from ..layers import Conv2d, Linear, resize
 
 
 class MLP(nn.Module):
@@ -21,7 +21,7 @@ class MLP(nn.Module):
 
     def __init__(self, input_dim, embed_dim):
         super().__init__()
-        self.proj = nn.Linear(input_dim, embed_dim)
+        self.proj = Linear(input_dim, embed_dim)
 
     def execute(self, x):
         B, C, H, W = x.shape
@@ -29,7 +29,8 @@ class MLP(nn.Module):
         if kernels.enabled():
             return permute(self.proj(permute(x, 0, 2, 1)), 0, 2, 1).reshape(B, -1, H, W)
         weight = self.proj.weight.broadcast((B, *self.proj.weight.shape), [0])  # (B, E, C)
-        return (matmul(weight, x) + self.proj.bias.reshape(1, -1, 1)).reshape(B, -1, H, W)  # (B, E, HW)
+        y = matmul(weight, x)  # (B, E, HW)
+        return (y + precision.like(self.proj.bias, y).reshape(1, -1, 1)).reshape(B, -1, H, W)
 
 
 class DecoderHead(nn.Module):
@@ -43,9 +44,9 @@ class DecoderHead(nn.Module):
         self.linear_c2 = MLP(c2, embed_dim)
         self.linear_c1 = MLP(c1, embed_dim)
         self.linear_fuse = nn.Sequential(
-            nn.Conv2d(embed_dim * 4, embed_dim, 1), BatchNorm2d(embed_dim), nn.ReLU())
+            Conv2d(embed_dim * 4, embed_dim, 1), BatchNorm2d(embed_dim), nn.ReLU())
         self.dropout = nn.Dropout2d(dropout_ratio)
-        self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
+        self.linear_pred = Conv2d(embed_dim, num_classes, 1)
 
     def execute(self, inputs):
         c1, c2, c3, c4 = inputs

@@ -10,7 +10,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from .. import constants
+from .. import constants, precision
 from ..layers import ConvModule, PointwiseConv2d, bmm, relu, resize
 
 
@@ -18,7 +18,9 @@ class NMF2D(nn.Module):
     """Non-negative matrix factorisation of a (B, C, H, W) map into R=64 bases, multiplicative updates.
 
     Upstream draws fresh uniform bases for every forward, in training and evaluation alike, then
-    L2-normalises them over D; 6 steps in training, 7 in evaluation, inv_t = 1.
+    L2-normalises them over D; 6 steps in training, 7 in evaluation, inv_t = 1. The updates run in
+    float32 in float16 inference too (their ratios divide by sums with a 1e-6 floor, which float16
+    cannot hold), the products in `precision`'s dtypes.
     Set `fixed_raw_bases` to a (B*S, D, R) numpy array (the values upstream draws with
     `torch.rand`, before normalising) to use them instead of a draw; `None` draws again.
     """
@@ -54,18 +56,19 @@ class NMF2D(nn.Module):
         denominator = bmm(bases, bmm(coef, coef, transpose_a=True))  # (BS, D, R) @ (BS, R, R)
         return bases * numerator / (denominator + constants.filled(1e-6, denominator.shape, denominator.dtype))
 
-    def execute(self, x):
-        B, C, H, W = x.shape
+    def execute(self, inputs):
+        B, C, H, W = inputs.shape
         D, N = C // self.S, H * W
-        x = x.reshape(B * self.S, D, N)
+        x = precision.widened(inputs).reshape(B * self.S, D, N)
         bases = self.build_bases(B, D)  # (BS, D, R)
         logits = bmm(x, bases, transpose_a=True)  # (BS, N, R)
-        coef = nn.softmax(logits if self.inv_t == 1 else self.inv_t * logits, dim=-1)
+        coef = precision.softmax(logits if self.inv_t == 1 else self.inv_t * logits, dim=-1)
         for _ in range(self.train_steps if self.is_train else self.eval_steps):
             coef = self.update_coef(x, bases, coef)
             bases = self.update_bases(x, bases, coef)
         coef = self.update_coef(x, bases, coef)
-        return bmm(bases, coef, transpose_b=True).reshape(B, C, H, W)  # (BS, D, R) @ (BS, R, N)
+        x = bmm(bases, coef, transpose_b=True)  # (BS, D, R) @ (BS, R, N)
+        return precision.like(x.reshape(B, C, H, W), inputs)
 
 
 class Hamburger(nn.Module):

@@ -25,6 +25,8 @@ class FrozenLayerNorm(nn.Module):
     """Upstream's own channels-last `LayerNorm` class (eps 1e-6; same keys). Not an `nn.LayerNorm`,
     so upstream's parameter grouping never collects it: it keeps its pretrained values in training."""
 
+    keeps_float32 = True  # its parameters, in float16 inference (`precision.to_float16`)
+
     def __init__(self, dim, eps=1e-6):
         super().__init__()
         self.weight = jt.ones(dim)

@@ -16,7 +16,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from .. import constants
+from .. import constants, precision
 from ..batchnorm import SyncBatchNorm
 from ..layout import permute
 from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, Linear, TapSumConv2d, axial_attention, full_attention,
@@ -69,8 +69,9 @@ class PatchMerging(nn.Module):
 
 
 def angle_transform(x, sin, cos):
-    """Rotary embedding with interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)."""
-    return x * cos + rotate_pairs(x) * sin
+    """Rotary embedding with interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); the
+    float32 tables in the type of `x`."""
+    return x * precision.like(cos, x) + rotate_pairs(x) * precision.like(sin, x)
 
 
 class GeoPriorGen(nn.Module):
@@ -79,7 +80,11 @@ class GeoPriorGen(nn.Module):
     Args:
         embed_dim, num_heads: key_dim = embed_dim / num_heads.
         initial_value, heads_range: per-head decay ln(1 - 2^(-initial - range * h / heads)).
+    Everything here is float32, in float16 inference too: the phase reaches H*W radians, and the
+    masks are added to float32 attention scores.
     """
+
+    keeps_float32 = True  # `weight`, `angle`, `decay` (`precision.to_float16`)
 
     def __init__(self, embed_dim, num_heads, initial_value, heads_range):
         super().__init__()
@@ -126,7 +131,8 @@ def depth_distances(depth, size, split):
     each row when `split` ((B, 1, W, H, H), (B, 1, H, W, W)), else between all positions
     ((B, 1, HW, HW)). Upstream's GeoPriorGen computes it in every block; it depends on the stage only.
     """
-    depth = resize(depth, size)  # (B, 1, H, W)
+    with precision.autocast(False):  # float32 distances, float16 inference and autocast alike
+        depth = resize(precision.widened(depth), size)  # (B, 1, H, W)
     if split:
         def along_last(lines):  # (B, 1, n, L) -> (B, 1, n, L, L)
             return (lines.unsqueeze(-1) - lines.unsqueeze(-2)).abs()

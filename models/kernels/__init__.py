@@ -13,16 +13,19 @@ import os
 
 import jittor as jt
 
+from .. import precision
+
 SWITCH = "DFORMER_CPU_KERNELS"  # "0" in the environment: the CPU runs the op graph a GPU runs
 
 
 def enabled():
-    """Whether the CPU fast path is on: Jittor runs on the CPU and DFORMER_CPU_KERNELS is not "0".
+    """Whether the CPU fast path is on: Jittor runs on the CPU, DFORMER_CPU_KERNELS is not "0" and
+    no autocast is on (the kernels are float32; mixed precision runs the GPU's ops).
 
     With the switch at "0" the CPU takes the GPU's ops instead (tests/test_gpu_graph.py runs the
     models so).
     """
-    return not jt.flags.use_cuda and os.environ.get(SWITCH, "1") != "0"
+    return not jt.flags.use_cuda and os.environ.get(SWITCH, "1") != "0" and not precision.autocast_enabled()
 
 
 def applies(x):

@@ -2,7 +2,9 @@
 
 Modes: `ss` (whole image), `msf` (softmax summed over scales and flips) and `sliding` (msf over
 `eval_crop_size` windows, upstream's `eval.sh` protocol). NMF bases are drawn from a generator seeded
-with `C.seed`, so the same checkpoint and data give the same numbers in every run.
+with `C.seed`, so the same checkpoint and data give the same numbers in every run. Precisions
+(`models/precision.py`): fp32 (default), amp (forwards under autocast, upstream's `--val_amp`),
+fp16 (float16 weights and inputs); the class probabilities are float32 in all three.
 """
 import math
 import time
@@ -12,6 +14,7 @@ import numpy as np
 from jittor import nn
 from tqdm import tqdm
 
+from models import precision as mixed
 from models.layout import argmax
 
 from ..jittor_private import repeated_in_last_batch
@@ -49,10 +52,11 @@ def resize_align_corners(x, size):
 
 
 class _SeededForward:
-    """model(rgb, depth) with NMF bases drawn from `rng` (deterministic evaluation)."""
+    """model(rgb, depth) with NMF bases drawn from `rng` (deterministic evaluation), at `precision`
+    (float32 logits)."""
 
-    def __init__(self, model, rng):
-        self.model, self.rng = model, rng
+    def __init__(self, model, rng, precision="fp32"):
+        self.model, self.rng, self.precision = model, rng, precision
         head = getattr(model, "decode_head", None)  # None for an ONNX model: its bases are fixed
         self.nmf = getattr(getattr(head, "hamburger", None), "ham", None)
 
@@ -60,7 +64,10 @@ class _SeededForward:
         if self.nmf is not None:
             shape = (rgb.shape[0] * self.nmf.S, self.nmf.D, self.nmf.R)
             self.nmf.fixed_raw_bases = self.rng.random(shape, dtype=np.float32)
-        return self.model(rgb, depth)
+        if self.precision == "fp16":
+            rgb, depth = rgb.float16(), depth.float16()
+        with mixed.autocast(self.precision == "amp"):
+            return mixed.widened(self.model(rgb, depth))
 
     def release(self):
         if self.nmf is not None:
@@ -113,12 +120,18 @@ def predict(forward, rgb, depth, C, mode, scales, flip):
     return total
 
 
-def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=None, progress=True):
+def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=None, progress=True,
+             precision="fp32"):
     """(Metrics, mode text, images per second) of the protocol over `loader`; under MPI every rank
-    returns the summed metrics. `on_prediction(batch, pred)` gets each (B, H, W) numpy class map."""
+    returns the summed metrics. `on_prediction(batch, pred)` gets each (B, H, W) numpy class map.
+    `precision` "fp16" casts a Jittor model's weights to float16 for good (`precision.to_float16`)."""
+    if precision not in mixed.PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {mixed.PRECISIONS}")
     scales, flip = eval_settings(C, mode, scales, flip)
     metrics = Metrics(C.num_classes)
-    forward = _SeededForward(model, np.random.default_rng(C.seed))
+    if precision == "fp16" and isinstance(model, jt.Module):
+        mixed.to_float16(model)
+    forward = _SeededForward(model, np.random.default_rng(C.seed), precision)
     model.eval()
     images, start = 0, time.time()
     try:
@@ -143,4 +156,5 @@ def evaluate(model, loader, C, mode="ss", scales=None, flip=None, on_prediction=
     if jt.in_mpi:
         metrics = Metrics.from_hist(jt.array(metrics.hist.astype(np.float64)).mpi_all_reduce("add").numpy())
         images = int(jt.array(np.array([images], np.float64)).mpi_all_reduce("add").numpy()[0])
-    return metrics, describe_mode(C, mode, scales, flip), images / max(seconds, 1e-9)
+    text = describe_mode(C, mode, scales, flip) + ("" if precision == "fp32" else f", {precision}")
+    return metrics, text, images / max(seconds, 1e-9)

@@ -3,7 +3,8 @@
 `C.batch_size` is the global batch, as upstream, split over `mpirun -np N` processes and
 `C.accum_steps` micro-batches per optimiser step. Every epoch ends with an atomic `last.pkl`, so a
 killed run loses at most one epoch and resumes (`--resume RUN/last.pkl`) exactly as if uninterrupted;
-the best mIoU is `best.pkl`.
+the best mIoU is `best.pkl`. `--amp` is upstream's mixed precision: forwards under
+`models.precision.autocast`, the loss scaled by `amp.LossScaler` (GradScaler's dynamic scale).
 """
 import os
 
@@ -14,11 +15,13 @@ from tqdm import tqdm
 
 from local_configs._base_ import IGNORE_LABEL
 from models import build_model
+from models import precision
 from models.batchnorm import BatchNorm2d, SyncBatchNorm
 
 from ..dataloader.dataset import RGBXDataset
-from ..entry import load_config
+from ..entry import check_precision, load_config
 from ..errors import UserError
+from .amp import LossScaler
 from .checkpoint import load_checkpoint, save_checkpoint, state_dict_numpy
 from .evaluate import evaluate
 from .loss import cross_entropy
@@ -55,20 +58,26 @@ def labelled_pixels(micro_batches):
     return count
 
 
-def train_step(model, optimizer, micro_batches, C):
+def train_step(model, optimizer, micro_batches, C, scaler=None):
     """One optimiser step; returns its loss. Each micro-batch's loss sum is divided by the labelled
     pixels of the whole step on all processes (x world size: Jittor averages process gradients), so
-    the gradient is upstream's single-process full-batch one (upstream's DDP averages per-GPU means)."""
+    the gradient is upstream's single-process full-batch one (upstream's DDP averages per-GPU means).
+    With a `LossScaler` (`--amp`) the forwards run under autocast, the float32 loss is scaled for the
+    backward, and the scaler steps (or skips a step with inf/NaN gradients)."""
     normaliser = labelled_pixels(micro_batches) / jt.world_size
     losses = []
     for batch in micro_batches:
-        logits = model(batch["data"], batch["modal_x"])
+        with precision.autocast(scaler is not None):
+            logits = model(batch["data"], batch["modal_x"])
         loss = cross_entropy(logits, batch["label"], normaliser=normaliser)
-        optimizer.backward(loss)
+        optimizer.backward(loss if scaler is None else scaler.scaled(loss))
         losses.append(loss.mpi_all_reduce("mean") if jt.in_mpi else loss)
         if len(micro_batches) > 1:
             jt.sync_all()  # run this backward now: one micro-batch's activations in memory at a time
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
     return sum(float(loss.item()) for loss in losses)
 
 
@@ -136,13 +145,14 @@ def load_training_config(args):
     if C.accum_steps < 1 or C.batch_size % (C.accum_steps * jt.world_size):
         raise UserError(f"batch_size {C.batch_size} (the effective global batch) must split into "
                         f"{jt.world_size} process(es) x {C.accum_steps} accumulation step(s) x a micro-batch")
-    if args.amp and not jt.has_cuda:
-        raise UserError("--amp needs a GPU: Jittor's CPU backend cannot compile float16 kernels")
+    if args.amp or args.val_amp:
+        check_precision("amp", "--amp" if args.amp else "--val-amp")
     return C
 
 
 def build_training(C, args, niters_per_epoch, log):
-    """Model (every process with process 0's weights), optimiser, schedule, first epoch, best mIoU."""
+    """Model (every process with process 0's weights), optimiser, schedule, first epoch, best mIoU,
+    loss scaler (None without --amp)."""
     jt.set_global_seed(C.seed)  # the initial weights
     model = build_model(C)
     set_batchnorm_sync(model, args.syncbn)
@@ -151,6 +161,7 @@ def build_training(C, args, niters_per_epoch, log):
     # the schedule counts optimiser steps: niters_per_epoch of them per epoch, whatever accum_steps
     schedule = WarmUpPolyLR(C.lr, C.lr_power, C.nepochs * niters_per_epoch, niters_per_epoch * C.warm_up_epoch)
     start_epoch, best_miou = 1, -1.0
+    scaler = LossScaler() if args.amp else None
     if args.resume:
         state = load_checkpoint(model, args.resume)
         if not isinstance(state.get("optimizer"), dict) or "n_step" not in state["optimizer"]:
@@ -159,19 +170,21 @@ def build_training(C, args, niters_per_epoch, log):
                             "state to resume); to start from its weights, pass it as --pretrained")
         restore_optimizer(optimizer, state["optimizer"])
         start_epoch, best_miou = state["epoch"] + 1, state.get("best_miou", -1.0)
+        if scaler is not None and state.get("loss_scaler"):
+            scaler.load_state_dict(state["loss_scaler"])
         log(f"resumed from {args.resume} at epoch {start_epoch}")
     broadcast_from_rank0(model)
-    return model, optimizer, schedule, start_epoch, best_miou
+    return model, optimizer, schedule, start_epoch, best_miou, scaler
 
 
-def train_epoch(model, optimizer, schedule, train_set, C, epoch, log, progress):
+def train_epoch(model, optimizer, schedule, train_set, C, epoch, log, progress, scaler=None):
     """One epoch of `train_set.niters_per_epoch` optimiser steps; returns the mean loss."""
     model.train()
     bar = tqdm(micro_batch_groups(train_set, C.accum_steps), total=len(train_set) // C.accum_steps,
                desc=f"epoch {epoch}/{C.nepochs}", disable=not progress or jt.rank != 0, leave=False)
     loss_sum, steps = 0.0, 0
     for idx, micro_batches in enumerate(bar):
-        loss = train_step(model, optimizer, micro_batches, C)
+        loss = train_step(model, optimizer, micro_batches, C, scaler)
         iteration = (epoch - 1) * train_set.niters_per_epoch + idx
         # upstream sets the lr after the step: step 0 runs at the full base lr
         set_lr(optimizer, schedule.get_lr(iteration))
@@ -179,20 +192,24 @@ def train_epoch(model, optimizer, schedule, train_set, C, epoch, log, progress):
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.lr:.2e}")
         log.scalar("train/loss", loss, iteration)
         log.scalar("train/lr", optimizer.lr, iteration)
+        if scaler is not None:
+            log.scalar("train/loss_scale", scaler.scale, iteration)
     return loss_sum / max(steps, 1)
 
 
-def validate_and_save(model, optimizer, val_set, C, epoch, iteration, best_miou, args, run_dir, log):
+def validate_and_save(model, optimizer, val_set, C, epoch, iteration, best_miou, args, run_dir, log, scaler=None):
     """Validation when the schedule says so, then last.pkl (and best.pkl); returns the best mIoU."""
     miou = None
     if should_validate(epoch, C):
-        metrics, mode_text, _ = evaluate(model, val_set, C, C.val_mode, progress=not args.no_progress)
+        metrics, mode_text, _ = evaluate(model, val_set, C, C.val_mode, progress=not args.no_progress,
+                                         precision="amp" if args.val_amp else "fp32")
         miou = metrics.summary()["mIoU"]
         log(f"epoch {epoch} validation {mode_text}: mIoU {miou:.2f}")
         log.scalar("val/mIoU", miou, epoch)
     state = dict(model=state_dict_numpy(model), optimizer=optimizer_state(optimizer), epoch=epoch,
                  iteration=iteration, config=C.config_name, val_mode=C.val_mode, miou=miou,
-                 best_miou=max(best_miou, miou if miou is not None else -1.0))
+                 best_miou=max(best_miou, miou if miou is not None else -1.0),
+                 loss_scaler=None if scaler is None else scaler.state_dict())
     if jt.rank == 0:
         save_checkpoint(os.path.join(run_dir, "last.pkl"), **state)
         if miou is not None and miou > best_miou:
@@ -206,23 +223,22 @@ def train(args):
     C = load_training_config(args)
     run_dir = args.run_dir or os.path.join("checkpoints", f"{C.dataset_name}_{C.backbone}")
     log = RunLog(run_dir)
-    if args.amp:
-        jt.flags.auto_mixed_precision_level = 5
     micro_batch = C.batch_size // C.accum_steps  # global, split over the processes by Jittor
     train_set = RGBXDataset(C, "train", batch_size=micro_batch)
     val_set = RGBXDataset(C, "test")
     niters = train_set.niters_per_epoch
-    model, optimizer, schedule, start_epoch, best_miou = build_training(C, args, niters, log)
+    model, optimizer, schedule, start_epoch, best_miou, scaler = build_training(C, args, niters, log)
     log(f"config {C.config_name}: {C.backbone}, {C.nepochs} epochs x {niters} iterations, "
         f"effective batch {C.batch_size} = {jt.world_size} process(es) x {micro_batch // jt.world_size}"
         f"{f' x {C.accum_steps} accumulation steps' if C.accum_steps > 1 else ''}, lr {C.lr}, "
-        f"{'AMP' if args.amp else 'fp32'}, {'' if args.syncbn else 'no '}syncbn, seed {C.seed}, run folder {run_dir}")
+        f"{'AMP' if args.amp else 'fp32'}{', validation under autocast' if args.val_amp else ''}, "
+        f"{'' if args.syncbn else 'no '}syncbn, seed {C.seed}, run folder {run_dir}")
     for epoch in range(start_epoch, C.nepochs + 1):
         seed_epoch(C.seed, epoch, train_set)
-        mean_loss = train_epoch(model, optimizer, schedule, train_set, C, epoch, log, not args.no_progress)
+        mean_loss = train_epoch(model, optimizer, schedule, train_set, C, epoch, log, not args.no_progress, scaler)
         log(f"epoch {epoch}: mean loss {mean_loss:.4f}, lr {optimizer.lr:.3e}")
         best_miou = validate_and_save(model, optimizer, val_set, C, epoch, epoch * niters, best_miou, args, run_dir,
-                                      log)
+                                      log, scaler)
     log(f"done: best validation mIoU {best_miou:.2f} ({C.val_mode}); checkpoints in {run_dir}")
     log.close()
     return run_dir

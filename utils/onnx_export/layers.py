@@ -9,7 +9,8 @@ from jittor import nn
 
 from models.batchnorm import BatchNorm2d, SyncBatchNorm
 from models.encoders.DFormer import FrozenLayerNorm
-from models.layers import GELU, ChannelsLastConv2d, ConvModule, LayerNorm, Linear, PointwiseConv2d, TapSumConv2d
+from models.layers import (GELU, ChannelsLastConv2d, Conv2d, ConvModule, LayerNorm, Linear, PointwiseConv2d,
+                           TapSumConv2d)
 
 
 HANDLERS = {}  # module class -> handler(exporter, module, *inputs) -> output name(s)
@@ -49,7 +50,7 @@ def layer_norm(ex, m, x):
     return ex.g.layer_norm(x, ex.param(m, "weight"), ex.param(m, "bias"), m.eps)
 
 
-@handles(nn.Conv2d, PointwiseConv2d, TapSumConv2d)
+@handles(nn.Conv2d, Conv2d, PointwiseConv2d, TapSumConv2d)
 def conv2d(ex, m, x):
     return ex.conv_bn(x, m)
 
@@ -71,7 +72,7 @@ def sequential(ex, m, x):
     layers = list(m)
     i = 0
     while i < len(layers):
-        if (type(layers[i]) in (nn.Conv2d, TapSumConv2d) and i + 1 < len(layers)
+        if (type(layers[i]) in (nn.Conv2d, Conv2d, TapSumConv2d) and i + 1 < len(layers)
                 and type(layers[i + 1]) in (nn.BatchNorm2d, BatchNorm2d, SyncBatchNorm)):
             x = ex.conv_bn(x, layers[i], layers[i + 1])
             i += 2

@@ -145,16 +145,18 @@ def measure_latency(model, batch_size=1, height=480, width=640, warmup=10, iters
     """
     import jittor as jt
 
+    from models import precision as mixed
+
     model.eval()
+    if precision != "fp32" and not jt.flags.use_cuda:
+        raise UserError(f"--precision {precision} is for GPUs: on the CPU, Jittor's oneDNN convolution and "
+                        "GEMM paths are fp32-only, so float16 would time slow fallback loops")
     if precision == "fp16":
-        if not jt.flags.use_cuda:
-            raise UserError("--precision fp16 is for GPUs: on the CPU, Jittor's oneDNN convolution and "
-                             "GEMM paths are fp32-only, so fp16 would time slow fallback loops")
-        model.float16()
+        mixed.to_float16(model)  # float16 weights, norms and rotary tables float32
     dtype = "float16" if precision == "fp16" else "float32"
     rgb, depth = random_inputs(batch_size, height, width, dtype=dtype)
     device_sync = bool(jt.flags.use_cuda)
-    with jt.no_grad(), jt.flag_scope(auto_mixed_precision_level=5 if precision == "fp16" else 0):
+    with jt.no_grad(), mixed.autocast(precision == "amp"):
         compiled = warm_up(lambda: model(rgb, depth).sync(device_sync), warmup)  # kernels, allocator
         times = []
         steps = range(iters)

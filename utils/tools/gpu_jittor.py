@@ -93,9 +93,11 @@ def eval_logits(model, shape, seed):
     return logits
 
 
-def training_losses(model, C, shape, steps=TRAIN_STEPS):
-    """Losses of `steps` AdamW steps (upstream parameter groups) on one fixed batch."""
+def training_losses(model, C, shape, steps=TRAIN_STEPS, amp=False):
+    """Losses of `steps` AdamW steps (upstream parameter groups) on one fixed batch; `amp`: as
+    `train.py --amp` (autocast and a loss scaler)."""
     import jittor as jt
+    from utils.engine.amp import LossScaler
     from utils.engine.optim import build_optimizer
     from utils.engine.trainer import train_step
 
@@ -106,12 +108,13 @@ def training_losses(model, C, shape, steps=TRAIN_STEPS):
     model.train()
     model.decode_head.hamburger.ham.fixed_raw_bases = raw_bases
     optimizer = build_optimizer(model, C)
+    scaler = LossScaler() if amp else None
     losses = []
     try:
         for _ in range(steps):
             # Same DropPath/dropout draws every step: the loss then moves only through the updates.
             jt.set_global_seed(TRAIN_SEED)
-            losses.append(float(train_step(model, optimizer, [data], C)))  # one micro-batch per step
+            losses.append(float(train_step(model, optimizer, [data], C, scaler)))  # one micro-batch per step
         jt.sync_all(True)
     finally:
         model.decode_head.hamburger.ham.fixed_raw_bases = None
@@ -384,16 +387,6 @@ def import_jittor(settings, report):
 
 # ------------------------------------------------------------------------ what is most likely to fail
 
-def amp_training_losses(model, C, shape, steps=TRAIN_STEPS):
-    """`training_losses` under the project's mixed precision. The one place gpu_check calls AMP:
-    today Jittor's `auto_mixed_precision_level = 5`, as `train.py --amp` runs it; it follows the
-    trainer's AMP when that changes (issue 26, item 1)."""
-    import jittor as jt
-
-    with jt.flag_scope(auto_mixed_precision_level=5):
-        return training_losses(model, C, shape, steps)
-
-
 def risky_ops_fp32():
     """{check: max |diff|} of the library calls a GPU run reaches first and the CPU never tests on
     cuDNN/cuBLAS: an NHWC depthwise convolution by cuDNN (values and both gradients) against the
@@ -449,7 +442,7 @@ def half_precision_main(spec_path):
             continue
         try:
             model, C = build_with_weights(name)
-            entry["amp_losses"] = amp_training_losses(model, C, tuple(spec["train_shape"]))
+            entry["amp_losses"] = training_losses(model, C, tuple(spec["train_shape"]), amp=True)
             print(f"{name} AMP losses {', '.join(f'{v:.5f}' for v in entry['amp_losses'])}", flush=True)
             for batch in spec["batches"] if spec["latency"] else ():
                 run = measure_latency(model, batch, *spec["latency_size"], spec["warmup"], spec["iters"], "fp16")

@@ -144,7 +144,7 @@ class Report:
         if not rows:
             return []
         title = ("Correctness and fp32 latency" if precision == "fp32"
-                 else "fp16 latency (Jittor float16() + AMP level 5 / torch .half())")
+                 else "fp16 latency (Jittor precision.to_float16 / torch .half())")
         return markdown_table(title, header, rows)
 
     def training_table(self):
