@@ -238,6 +238,15 @@ class StepRecorder:
             self.losses.append(float(value))
 
 
+def training_args(config, dataset_dir, epochs, extra=()):
+    """utils/train.py's command line for a run of this comparison: whole batches (as upstream), no
+    ImageNet weights (both sides start from the written initial weights), float32."""
+    from utils.train import parse_args
+
+    return parse_args(["--config", config, "--epochs", str(epochs), "--accum-steps", "1", "--no-pretrained",
+                       *(["--dataset-dir", dataset_dir] if dataset_dir else []), *extra])
+
+
 def jittor_worker(spec):
     """One run with this repository's trainer on the written inputs; process 0 writes the result."""
     import jittor as jt
@@ -247,13 +256,12 @@ def jittor_worker(spec):
     from utils.engine.evaluate import evaluate
     from utils.engine.trainer import build_training, load_training_config, seed_epoch, train_epoch
 
-    args = argparse.Namespace(config=spec["config"], dataset_dir=spec["dataset_dir"], epochs=spec["epochs"],
-                              accum_steps=1, amp=False, syncbn=True, no_pretrained=True, pretrained=None, resume=None,
-                              val_mode=None, seed=None, set=["drop_path_rate=0.0"] if spec["shared"] else None)
+    args = training_args(spec["config"], spec["dataset_dir"], spec["epochs"],
+                         ["--set", "drop_path_rate=0.0"] if spec["shared"] else [])
     C = load_training_config(args)  # C.seed stays the data set's
     log = StepRecorder()
     niters = RGBXDataset(C, "train").niters_per_epoch  # as the trainer counts them (whole global batches)
-    model, optimizer, schedule, _, _ = build_training(C, args, niters, log)
+    model, optimizer, schedule, _, _, _ = build_training(C, args, niters, log)  # float32: no loss scaler
     jt.set_global_seed(spec["seed"])  # the run's own random draws (drop path, dropout, NMF bases)
     load_checkpoint(model, spec["init"])  # every process: the written initial weights
     nmf = model.decode_head.hamburger.ham
@@ -433,11 +441,8 @@ def compare_config(name, seeds, epochs, args, results):
     from utils.speed.timing import provenance
 
     config = config_module(name)
-    def training_config(dataset_dir):  # whole batches, as upstream
-        return load_training_config(argparse.Namespace(config=config, dataset_dir=dataset_dir, epochs=epochs, accum_steps=1,
-                                                       amp=False, val_mode=None, seed=None, set=None))
-
-    C = training_config(os.path.abspath(training_config(None).dataset_path))  # the workers run in other folders
+    default = load_training_config(training_args(config, None, epochs))
+    C = load_training_config(training_args(config, os.path.abspath(default.dataset_path), epochs))  # workers run elsewhere
     ensure_synthetic_dataset(C)
     work = os.path.join(args.work_dir, C.backbone)
     test_path = os.path.join(work, "test.npz")
