@@ -260,8 +260,7 @@ def jittor_worker(spec):
                          ["--set", "drop_path_rate=0.0"] if spec["shared"] else [])
     C = load_training_config(args)  # C.seed stays the data set's
     log = StepRecorder()
-    niters = RGBXDataset(C, "train").niters_per_epoch  # as the trainer counts them (whole global batches)
-    model, optimizer, schedule, _, _, _ = build_training(C, args, niters, log)  # float32: no loss scaler
+    model, optimizer, schedule, _, _, _ = build_training(C, args, spec["niters_per_epoch"], log)  # float32: no loss scaler
     jt.set_global_seed(spec["seed"])  # the run's own random draws (drop path, dropout, NMF bases)
     load_checkpoint(model, spec["init"])  # every process: the written initial weights
     nmf = model.decode_head.hamburger.ham
@@ -392,7 +391,7 @@ def run_one(run, C, config, args, folder, test_path):
 
     tag = run["name"].replace("/", "_")
     spec = dict(name=run["name"], config=config, dataset_dir=C.dataset_path, seed=run["seed"], shared=run["shared"],
-                epochs=C.nepochs,
+                epochs=C.nepochs, niters_per_epoch=RGBXDataset(C, "train").niters_per_epoch,  # the trainer's count
                 inputs=folder, init=os.path.join(folder, "init.pkl"),
                 result=os.path.join(folder, f"{tag}.result.json"))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -407,9 +406,8 @@ def run_one(run, C, config, args, folder, test_path):
         cfg = official_cfg(C)
         if run["shared"]:
             cfg["drop_path_rate"] = 0.0
-        niters = RGBXDataset(C, "train").niters_per_epoch  # as the trainer counts them
-        spec.update(cfg=cfg, lr_power=C.lr_power, total_iters=C.nepochs * niters,
-                    warmup_iters=niters * C.warm_up_epoch, niters_per_epoch=niters,
+        niters = spec["niters_per_epoch"]
+        spec.update(cfg=cfg, lr_power=C.lr_power, total_iters=C.nepochs * niters, warmup_iters=niters * C.warm_up_epoch,
                     test_set=test_path, eval_seed=C.seed, leftovers=TRAINED_LEFTOVERS)
         # the official checkout's own `models` and `utils` packages come first on the worker's path
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(args.official_dir), env.get("PYTHONPATH")) if p)
