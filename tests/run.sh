@@ -10,4 +10,4 @@ source utils/env.sh
 # The whole suite unless the arguments name test files or folders.
 paths=tests
 for arg in "$@"; do case "$arg" in tests/*) paths= ;; esac; done
-exec python -m pytest -q $paths "$@"
+exec python -m pytest -q --durations=25 $paths "$@"

@@ -91,7 +91,9 @@ COMPILE_LOG = "jit_compiler.cc=10"  # Jittor logs "Compile op <key>" there for e
 def ops_compiled(step):
     """Run `step()` and return how many ops Jittor compiled (or loaded from its cache) for it:
     the "Compile op" lines of Jittor's own log, captured silently. The parallel compiler is off
-    inside (`jt.log_capture_scope` switches it off), so every new op compiles where it runs."""
+    inside (`jt.log_capture_scope` switches it off), so every new op compiles where it runs.
+    In the process that compiled Jittor's core (its first use on a machine) the capture records
+    nothing: there the count is 0 and `warm_up` runs only the requested number of times."""
     import jittor as jt
 
     with jt.log_capture_scope(log_v=0, log_vprefix=COMPILE_LOG, log_silent=1) as logs:
