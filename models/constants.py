@@ -114,6 +114,12 @@ def positions(length, dtype):
     return constant(("positions", length), dtype, lambda: np.arange(length, dtype=np.float32)[:, None])
 
 
+def scalar_like(value, x):
+    """`scalar(value, x.dtype)` broadcast to `x`'s shape: a binary op between `x` and a (1,) Var
+    broadcasts it too, at about twice the Python time."""
+    return scalar(value, x.dtype).broadcast(x)
+
+
 def scalar(value, dtype):
     """`value` as a (1,) Var of `dtype`: a Python number in an op costs a graph op of its own in
     every forward, this one is built once (the value is rounded to `dtype` the same way)."""

@@ -37,8 +37,8 @@ def gelu(x):
     multi-threaded kernel each way."""
     if kernels.applies(x):
         return cpu_ops.gelu(x)
-    erf = jt.erf(x / constants.scalar(math.sqrt(2), x.dtype)) + constants.scalar(1, x.dtype)
-    return erf * x * constants.scalar(0.5, x.dtype)
+    erf = jt.erf(x / constants.scalar_like(math.sqrt(2), x)) + constants.scalar_like(1, x)
+    return erf * x * constants.scalar_like(0.5, x)
 
 
 class GELU(nn.Module):
@@ -105,7 +105,7 @@ def resize(x, size):
 def relu(x):
     """ReLU: off the CPU fast path max(x, 0) with the 0 built once (two graph ops where Jittor's
     `nn.relu`, a compare and a select, builds six; the same values)."""
-    return nn.relu(x) if kernels.enabled() else jt.maximum(x, constants.scalar(0, x.dtype))
+    return nn.relu(x) if kernels.enabled() else jt.maximum(x, constants.scalar_like(0, x))
 
 
 class ConvModule(nn.Module):
@@ -203,14 +203,6 @@ class PointwiseConv2d(Conv2d):
             return cpu_layers.pointwise_conv(x, self)
         y = None if kernels.enabled() else conv_nchw(x, self)
         return super().execute(x) if y is None else y
-
-
-def bmm(a, b, transpose_a=False, transpose_b=False):
-    """op_a(a) @ op_b(b), op = transpose when asked: (B, n, m) @ (B, m, k) -> (B, n, k); transposed
-    operands are read in place (oneDNN on the CPU, cuBLAS flags on the GPU)."""
-    if not kernels.applies_with_onednn(a):
-        return matmul(a, b, transpose_a, transpose_b)
-    return cpu_ops.batched_matmul(a, b, transpose_a, transpose_b)
 
 
 def axial_attention(q, k, v, mask_w, mask_h):

@@ -10,10 +10,8 @@ compare and a min (Jittor's is CPU-only without CUB). On the CPU fast path each 
 import jittor as jt
 
 from . import kernels, precision
-
-# Tensor formats of the library convolutions: (B, H, W, C) or (B, C, H, W) in and out, (out, in, kh, kw) weight.
-_FORMATS = {"nhwc": dict(xformat="acdb", wformat="oihw", yformat="acdb"),
-            "nchw": dict(xformat="abcd", wformat="oihw", yformat="abcd")}
+from .kernels import ops as cpu_ops
+from .library import LibraryConv, LibraryMatmul, library_conv_ops, library_matmul_op
 
 
 def permute(x, *axes):
@@ -23,14 +21,32 @@ def permute(x, *axes):
     return x.permute(*axes) if kernels.enabled() else x.fuse_transpose(axes)
 
 
+def concat(parts, dim):
+    """`jt.concat(parts, dim)` with the same ops (an empty tensor, one slice assignment per part)
+    without its argument checks, which cost twice the Python time of the ops (parts of one dtype)."""
+    dim, dtype = dim % parts[0].ndim, str(parts[0].dtype)
+    if any(str(part.dtype) != dtype for part in parts[1:]):
+        return jt.concat(parts, dim)  # its dtype promotion
+    shape = list(parts[0].shape)
+    shape[dim] = sum(part.shape[dim] for part in parts)
+    out, index, start = jt.empty(shape, dtype), [slice(None)] * len(shape), 0
+    for part in parts:
+        index[dim] = slice(start, start + part.shape[dim])
+        start += part.shape[dim]
+        out = out.setitem(tuple(index), part)
+    return out
+
+
 def _swap_last_two(x):
     return permute(x, *range(x.ndim - 2), x.ndim - 1, x.ndim - 2)
 
 
 def matmul(a, b, trans_a=False, trans_b=False):
-    """op_a(a) @ op_b(b) over the last two axes, the leading axes equal; op = transpose when asked
-    (on the GPU one cuBLAS product reading the transposed operands in place, gradients too), in
-    `precision`'s dtypes."""
+    """op_a(a) @ op_b(b) over the last two axes, the leading axes equal; op = transpose when asked,
+    read in place: on the CPU fast path one oneDNN sgemm per entry of 3-D operands, on the GPU one
+    cuBLAS product (gradients too), in `precision`'s dtypes."""
+    if a.ndim == 3 and b.ndim == 3 and kernels.applies_with_onednn(a):
+        return cpu_ops.batched_matmul(a, b, trans_a, trans_b)
     a, b = precision.product_operands(a, b)
     cublas = getattr(jt.compile_extern, "cublas_ops", None) if jt.flags.use_cuda else None
     if cublas is not None:
@@ -40,30 +56,6 @@ def matmul(a, b, trans_a=False, trans_b=False):
     return precision.product_result(y)
 
 
-def library_matmul_op(x):
-    """The library's 2-D product op (a, b, trans_a, trans_b) for `x`'s type: cuBLAS on the GPU,
-    oneDNN on the CPU (float32); None without one."""
-    if jt.flags.use_cuda:
-        ops = getattr(jt.compile_extern, "cublas_ops", None)
-        return None if ops is None else ops.cublas_matmul
-    ops = getattr(jt.compile_extern, "mkl_ops", None) if x.dtype == "float32" else None
-    return None if ops is None else ops.mkl_matmul
-
-
-class _LibraryMatmul(jt.Function):
-    """a @ op(b) of 2-D operands by the library's product op, and its gradients by the same op."""
-
-    def execute(self, a, b, trans_b, op):
-        self.saved = (a, b, trans_b, op)
-        return op(a, b, False, trans_b)
-
-    def grad(self, dc):
-        a, b, trans_b, op = self.saved
-        if trans_b:  # c = a @ b^T
-            return op(dc, b, False, False), op(dc, a, True, False), None, None
-        return op(dc, b, False, True), op(a, dc, True, False), None, None
-
-
 def matmul_2d(a, b, trans_b=False):
     """a @ op_b(b) of 2-D operands, op = transpose when asked: one library product (cuBLAS, or
     oneDNN on the CPU), where Jittor's own 2-D product builds a broadcast, a multiply and a sum
@@ -71,54 +63,18 @@ def matmul_2d(a, b, trans_b=False):
     a, b = precision.product_operands(a, b)
     op = library_matmul_op(a)
     if op is not None:
-        return precision.product_result(_LibraryMatmul.apply(a, b, bool(trans_b), op))
+        return precision.product_result(LibraryMatmul.apply(a, b, bool(trans_b), op))
     return precision.product_result(jt.nn.matmul_transpose(a, b) if trans_b else jt.matmul(a, b))
 
 
 def linear(x, weight, bias=None):
-    """`nn.Linear` over the last axis (`matmul_2d`)."""
-    y = matmul_2d(x.reshape(-1, x.shape[-1]), weight, trans_b=True).reshape((*x.shape[:-1], weight.shape[0]))
-    return y if bias is None else y + precision.like(bias, y)
-
-
-def library_conv_ops(x):
-    """(forward, input-gradient, weight-gradient) ops of the library that convolves here: cuDNN on
-    the GPU, oneDNN on the CPU (float32); None without one."""
-    if jt.flags.use_cuda:
-        ops, prefix = getattr(jt.compile_extern, "cudnn_ops", None), "cudnn"
-    else:
-        ops, prefix = getattr(jt.compile_extern, "mkl_ops", None) if x.dtype == "float32" else None, "mkl"
-    if ops is None:
-        return None
-    return tuple(getattr(ops, f"{prefix}_conv{suffix}") for suffix in ("", "_backward_x", "_backward_w"))
-
-
-def library_conv(ops, x, weight, conv, layout="nhwc"):
-    """`conv` (no bias) of `x` in `layout` ("nhwc" or "nchw"), same layout out, by the forward op of
-    `library_conv_ops`."""
-    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-    return ops[0](x, weight, sh, sw, ph, pw, dh, dw, conv.groups, **_FORMATS[layout])
-
-
-def library_conv_grads(ops, x, weight, dy, conv, layout="nhwc"):
-    """(dx, dweight) of `library_conv` for the output gradient `dy`, by the library's gradient ops."""
-    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-    (kh, kw) = conv.kernel_size
-    H, W = x.shape[1:3] if layout == "nhwc" else x.shape[2:4]
-    dx = ops[1](weight, dy, H, W, sh, sw, ph, pw, dh, dw, conv.groups, **_FORMATS[layout])
-    return dx, ops[2](x, dy, kh, kw, sh, sw, ph, pw, dh, dw, conv.groups, **_FORMATS[layout])
-
-
-class _LibraryConv(jt.Function):
-    """A convolution and its gradients by the library's own ops, in the layout given."""
-
-    def execute(self, x, weight, conv, ops, layout):
-        self.saved = (x, weight, conv, ops, layout)
-        return library_conv(ops, x, weight, conv, layout)
-
-    def grad(self, dy):
-        x, weight, conv, ops, layout = self.saved
-        return (*library_conv_grads(ops, x, weight, dy, conv, layout), None, None, None)
+    """`nn.Linear` over the last axis (`matmul_2d`), the bias added before the shape goes back
+    (an explicit 2-D broadcast costs less Python time than a binary op's rank-changing one)."""
+    *leading, channels = x.shape
+    y = matmul_2d(x.reshape(-1, channels), weight, trans_b=True)  # (N, out)
+    if bias is not None:
+        y = y + precision.like(bias, y)
+    return y.reshape(*leading, weight.shape[0])
 
 
 def _convolve(x, conv, layout):
@@ -126,7 +82,7 @@ def _convolve(x, conv, layout):
     ops = library_conv_ops(x)
     if ops is None:
         return None
-    y = precision.product_result(_LibraryConv.apply(x, weight, conv, ops, layout))
+    y = precision.product_result(LibraryConv.apply(x, weight, conv, ops, layout))
     if conv.bias is None:
         return y
     bias = precision.like(conv.bias, y)

@@ -39,16 +39,17 @@ def autocast_enabled():
     return _autocast[0]
 
 
-def product_operands(*operands):
+def product_operands(a, b):
     """A convolution's or matrix product's operands in the one type it computes in (cuBLAS and
-    cuDNN take one): float16 under autocast or when any operand is float16 (float16 inference),
-    else the widest given (a float64 statistic times a float32 weight in float64)."""
-    if _autocast[0] or any(x.dtype == "float16" for x in operands):
-        return tuple(x if x.dtype == "float16" else x.float16() for x in operands)
-    if len({str(x.dtype) for x in operands}) > 1:
-        wide = "float64" if any(str(x.dtype) == "float64" for x in operands) else "float32"
-        return tuple(x if str(x.dtype) == wide else x.cast(wide) for x in operands)
-    return operands
+    cuDNN take one): float16 under autocast or when either is float16 (float16 inference), else
+    the wider (a float64 statistic times a float32 weight in float64)."""
+    a_type, b_type = str(a.dtype), str(b.dtype)
+    if _autocast[0] or a_type == "float16" or b_type == "float16":
+        return (a if a_type == "float16" else a.float16()), (b if b_type == "float16" else b.float16())
+    if a_type != b_type:
+        wide = "float64" if "float64" in (a_type, b_type) else "float32"
+        return (a if a_type == wide else a.cast(wide)), (b if b_type == wide else b.cast(wide))
+    return a, b
 
 
 def product_result(y):

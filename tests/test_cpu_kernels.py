@@ -19,7 +19,7 @@ def stock_path(monkeypatch):
     @contextlib.contextmanager
     def stock():
         with monkeypatch.context() as patch:
-            patch.setenv(kernels.SWITCH, "0")
+            patch.setattr(kernels, "switched_on", False)
             yield
 
     return stock
@@ -110,16 +110,17 @@ def test_tap_sum_conv(stride, stock_path):
     assert tap_error < stock_error, (tap_error, stock_error)
 
 
-def test_pointwise_conv_and_bmm(stock_path):
+def test_pointwise_conv_and_batched_matmul(stock_path):
     """The batched oneDNN products: a 1x1 conv (shared weight, its gradient summed over the
-    batch) and `bmm` with every combination of transposed operands."""
-    from models.layers import PointwiseConv2d, bmm
+    batch) and `layout.matmul` of 3-D operands with every combination of transposed operands."""
+    from models.layers import PointwiseConv2d
+    from models.layout import matmul
 
     conv = PointwiseConv2d(6, 5)
     cases = [(conv, [(3, 6, 4, 5)], [conv.weight, conv.bias])]
     for ta in (False, True):
         for tb in (False, True):
-            fn = lambda a, b, ta=ta, tb=tb: bmm(a, b, transpose_a=ta, transpose_b=tb)  # noqa: E731
+            fn = lambda a, b, ta=ta, tb=tb: matmul(a, b, trans_a=ta, trans_b=tb)  # noqa: E731
             cases.append((fn, [(3, 7, 4) if ta else (3, 4, 7), (3, 9, 7) if tb else (3, 7, 9)], []))
     for fn, shapes, params in cases:
         inputs = randn(*shapes)

@@ -29,7 +29,7 @@ def test_gpu_graph_runs_no_cpu_only_op(name, reference, monkeypatch):
     from utils.tools.gpu_graph import cpu_only_ops, profile
     from utils.tools.gpu_jittor import build_with_weights, eval_logits, training_losses
 
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     model, C = build_with_weights(name)
     found = {}
     logits = []
@@ -83,7 +83,7 @@ def test_layout_ops_match_stock_ops(monkeypatch):
     from models import kernels, layout
     from models.layers import ChannelsLastConv2d
 
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 4, (2, 5, 6, 7)).astype(np.float32)  # many ties
     for dim in range(4):
@@ -127,7 +127,7 @@ def test_mlp_decoder(monkeypatch):
         return [y.numpy()] + [g.numpy() for g in jt.grad((y * y).sum(), inputs + params)]
 
     cpu = run()
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     gpu_graph = []
     assert cpu_only_ops(profile(lambda: gpu_graph.extend(run()))) == {}
     for a, b in zip(cpu, gpu_graph):

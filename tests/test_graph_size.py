@@ -20,7 +20,7 @@ def test_forward_op_count_and_constants_reused(name, monkeypatch):
     from utils.tools.gpu_graph import forward_graph_size
     from utils.tools.gpu_jittor import build_with_weights
 
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     model, _ = build_with_weights(name)
     first, _ = forward_graph_size(model, SHAPE, repeats=1)  # builds this shape's constants
     built = constants.built()
@@ -52,7 +52,7 @@ def test_gpu_path_resizes_match_jittor_interpolate(size, out, monkeypatch):
     from models import kernels
     from models.layers import resize, upsample_nhwc
 
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     x = jt.array(np.random.default_rng(0).standard_normal((2, 5, *size)).astype(np.float32))
     expected = nn.interpolate(x, size=out, mode="bilinear", align_corners=False).numpy()
     np.testing.assert_allclose(resize(x, out).numpy(), expected, atol=1e-5)
@@ -68,7 +68,7 @@ def test_gpu_path_adaptive_pool(H, W, monkeypatch):
     from models import kernels
     from models.layers import adaptive_avg_pool_nhwc
 
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     x = np.random.default_rng(1).standard_normal((2, H, W, 4)).astype(np.float32)
     expected = np.zeros((2, 7, 7, 4), np.float32)
     for i in range(7):
@@ -88,7 +88,7 @@ def test_library_products_match_stock_with_gradients(monkeypatch):
     from models import kernels
     from models.layers import Linear, TapSumConv2d, relu
 
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     rng = np.random.default_rng(2)
     jt.set_global_seed(2)
     linear, conv = Linear(6, 5), TapSumConv2d(3, 4, 3, stride=2, padding=1)
@@ -107,3 +107,28 @@ def test_library_products_match_stock_with_gradients(monkeypatch):
         np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
         for a, b in zip(results[0][2], results[1][2]):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_library_products_skip_the_gradient_tape_inside_no_grad(monkeypatch):
+    """Inference builds the library's products without `jt.Function`'s bookkeeping (a tape op per
+    input and output, the inputs saved for the gradient): `execute` runs only where a gradient can
+    be asked for, and both ways give the same values."""
+    import jittor as jt
+
+    from models import library
+
+    calls = []
+
+    def execute(self, *args):
+        calls.append(len(args))
+        return library.LibraryMatmul.forward(*args)
+
+    monkeypatch.setattr(library.LibraryMatmul, "execute", execute)
+    a, b = jt.rand(3, 4), jt.rand(5, 4)
+    op = library.library_matmul_op(a)
+    with jt.no_grad():
+        inference = library.LibraryMatmul.apply(a, b, True, op).numpy()
+    assert calls == []
+    training = library.LibraryMatmul.apply(a, b, True, op).numpy()
+    assert calls == [4]
+    np.testing.assert_array_equal(inference, training)

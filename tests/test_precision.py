@@ -53,7 +53,7 @@ def test_amp_training_step(name, monkeypatch):
     from utils.tools.gpu_jittor import TRAIN_SEED, build_with_weights, training_labels
     from utils.tools.stand_in_weights import synthetic_inputs
 
-    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "switched_on", False)
     model, C = build_with_weights(name)
     rgb, depth, raw_bases = synthetic_inputs(*SHAPE, TRAIN_SEED)
     label = jt.array(training_labels(*SHAPE, C.num_classes, TRAIN_SEED))

@@ -3,12 +3,11 @@
 Mirrors the official `models/decoders/MLPDecoder.py` (VCIP-RGBD/DFormer) with identical parameter
 names. Its BN's eps and momentum are `C.bn_eps` and `C.bn_momentum`, set by `init_decode_head`.
 """
-import jittor as jt
 from jittor import nn
 
 from .. import kernels, precision
 from ..batchnorm import BatchNorm2d
-from ..layout import matmul, permute
+from ..layout import concat, matmul, permute
 from ..layers import Conv2d, Linear, resize
 
 
@@ -53,4 +52,4 @@ class DecoderHead(nn.Module):
         size = c1.shape[2:]
         embedded = [resize(self.linear_c4(c4), size), resize(self.linear_c3(c3), size),
                     resize(self.linear_c2(c2), size), self.linear_c1(c1)]
-        return self.linear_pred(self.dropout(self.linear_fuse(jt.concat(embedded, dim=1))))
+        return self.linear_pred(self.dropout(self.linear_fuse(concat(embedded, 1))))

@@ -11,7 +11,8 @@ import numpy as np
 from jittor import nn
 
 from .. import constants, precision
-from ..layers import ConvModule, PointwiseConv2d, bmm, relu, resize
+from ..layers import ConvModule, PointwiseConv2d, relu, resize
+from ..layout import concat, matmul
 
 
 class NMF2D(nn.Module):
@@ -40,20 +41,20 @@ class NMF2D(nn.Module):
         else:
             raw = jt.rand((batch * self.S, D, self.R))
         norm = jt.sqrt((raw * raw).sum(1, keepdims=True))
-        return raw / jt.maximum(norm, constants.scalar(1e-12, norm.dtype))  # F.normalize(dim=1)
+        return raw / jt.maximum(norm, constants.scalar_like(1e-12, norm))  # F.normalize(dim=1)
 
     @staticmethod
     def update_coef(x, bases, coef):
         """coef * (x^T bases) / (coef (bases^T bases))."""
-        numerator = bmm(x, bases, transpose_a=True)  # (BS, N, R)
-        denominator = bmm(coef, bmm(bases, bases, transpose_a=True))  # (BS, N, R) @ (BS, R, R)
+        numerator = matmul(x, bases, trans_a=True)  # (BS, N, R)
+        denominator = matmul(coef, matmul(bases, bases, trans_a=True))  # (BS, N, R) @ (BS, R, R)
         return coef * numerator / (denominator + constants.filled(1e-6, denominator.shape, denominator.dtype))
 
     @staticmethod
     def update_bases(x, bases, coef):
         """bases * (x coef) / (bases (coef^T coef))."""
-        numerator = bmm(x, coef)  # (BS, D, R)
-        denominator = bmm(bases, bmm(coef, coef, transpose_a=True))  # (BS, D, R) @ (BS, R, R)
+        numerator = matmul(x, coef)  # (BS, D, R)
+        denominator = matmul(bases, matmul(coef, coef, trans_a=True))  # (BS, D, R) @ (BS, R, R)
         return bases * numerator / (denominator + constants.filled(1e-6, denominator.shape, denominator.dtype))
 
     def execute(self, inputs):
@@ -61,13 +62,13 @@ class NMF2D(nn.Module):
         D, N = C // self.S, H * W
         x = precision.widened(inputs).reshape(B * self.S, D, N)
         bases = self.build_bases(B, D)  # (BS, D, R)
-        logits = bmm(x, bases, transpose_a=True)  # (BS, N, R)
+        logits = matmul(x, bases, trans_a=True)  # (BS, N, R)
         coef = precision.softmax(logits if self.inv_t == 1 else self.inv_t * logits, dim=-1)
         for _ in range(self.train_steps if self.is_train else self.eval_steps):
             coef = self.update_coef(x, bases, coef)
             bases = self.update_bases(x, bases, coef)
         coef = self.update_coef(x, bases, coef)
-        x = bmm(bases, coef, transpose_b=True)  # (BS, D, R) @ (BS, R, N)
+        x = matmul(bases, coef, trans_b=True)  # (BS, D, R) @ (BS, R, N)
         return precision.like(x.reshape(B, C, H, W), inputs)
 
 
@@ -106,6 +107,6 @@ class LightHamHead(nn.Module):
     def execute(self, inputs):
         inputs = inputs[1:]
         size = inputs[0].shape[2:]
-        x = jt.concat([resize(level, size) for level in inputs], dim=1)  # (B, sum(in), H/8, W/8)
+        x = concat([resize(level, size) for level in inputs], 1)  # (B, sum(in), H/8, W/8)
         x = self.align(self.hamburger(self.squeeze(x)))
         return self.conv_seg(self.dropout(x))

@@ -16,7 +16,7 @@ from jittor import nn
 
 from .. import constants
 from ..batchnorm import BatchNorm2d
-from ..layout import permute
+from ..layout import concat, permute
 from ..layers import (GELU, ChannelsLastConv2d, Linear, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm,
                       pooled_attention, upsample_nhwc)
 
@@ -93,7 +93,8 @@ class attention(nn.Module):
         heads, d = self.num_head, C // self.num_head // 2
         kv = self.kv(t).reshape(B, H * W, 2, heads, d)  # keys and values
         query = self.short_cut_linear(adaptive_avg_pool_nhwc(short_cut, self.window))  # (B, 7, 7, C/2)
-        query = query.reshape(B, -1, heads, d) * constants.scalar(d**-0.5, query.dtype)  # (B, 49, heads, d)
+        query = query.reshape(B, -1, heads, d)
+        query = query * constants.scalar_like(d**-0.5, query)  # (B, 49, heads, d)
         out = pooled_attention(query, kv).reshape(B, heads, self.window, self.window, d)  # (B, heads, 7, 7, d)
         out = permute(out, 0, 2, 3, 1, 4).reshape(B, self.window, self.window, C // 2)  # (B, 7, 7, C/2)
         return upsample_nhwc(out, (H, W))  # (B, H, W, C/2)
@@ -108,9 +109,9 @@ class attention(nn.Module):
         e = self.e_back(self.e_conv(self.e_fore(x_e)))  # (B, H, W, C/2)
         parts = [q * a]
         if self.window != 0:
-            parts.append(self.global_awareness(t, jt.concat([x, x_e], dim=3)))
+            parts.append(self.global_awareness(t, concat([x, x_e], 3)))
         parts.append(cutted_x * e)
-        x = jt.concat(parts, dim=3)  # (B, H, W, 2C) or (B, H, W, 3C/2)
+        x = concat(parts, 3)  # (B, H, W, 2C) or (B, H, W, 3C/2)
         x_e = None if self.drop_depth else self.proj_e(x)
         return self.proj(x), x_e
 

@@ -159,7 +159,7 @@ class _GSA(nn.Module):
         """q, k rotated and split into heads (B, n, H, W, d); v (B, H, W, C); lepe (B, H, W, C)."""
         B, H, W, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        k = k * constants.scalar(self.scaling, k.dtype)
+        k = k * constants.scalar_like(self.scaling, k)
         q = permute(q.reshape(B, H, W, self.num_heads, self.key_dim), 0, 3, 1, 2, 4)  # (B, n, H, W, d)
         k = permute(k.reshape(B, H, W, self.num_heads, self.key_dim), 0, 3, 1, 2, 4)
         return angle_transform(q, sin, cos), angle_transform(k, sin, cos), v, self.lepe(v)

@@ -9,6 +9,7 @@ kernels compute the same maths with OpenMP. `enabled()` / `applies(x)` below is 
 behind every CPU-only path (these kernels and the layout choices of `models/layers.py`,
 `layout.py` and the decoders, the loss and the optimiser); every caller uses it.
 """
+import contextlib
 import os
 
 import jittor as jt
@@ -16,16 +17,28 @@ import jittor as jt
 from .. import precision
 
 SWITCH = "DFORMER_CPU_KERNELS"  # "0" in the environment: the CPU runs the op graph a GPU runs
+switched_on = os.environ.get(SWITCH, "1") != "0"  # read once, at import (`enabled` runs ~500 times a forward)
 
 
 def enabled():
     """Whether the CPU fast path is on: Jittor runs on the CPU, DFORMER_CPU_KERNELS is not "0" and
     no autocast is on (the kernels are float32; mixed precision runs the GPU's ops).
 
-    With the switch at "0" the CPU takes the GPU's ops instead (tests/test_gpu_graph.py runs the
-    models so).
+    With the switch at "0" (or inside `gpu_ops()`) the CPU takes the GPU's ops instead
+    (tests/test_gpu_graph.py runs the models so).
     """
-    return not jt.flags.use_cuda and os.environ.get(SWITCH, "1") != "0" and not precision.autocast_enabled()
+    return switched_on and not jt.flags.use_cuda and not precision.autocast_enabled()
+
+
+@contextlib.contextmanager
+def gpu_ops():
+    """Inside: the CPU takes the GPU's ops, as with DFORMER_CPU_KERNELS=0."""
+    global switched_on
+    saved, switched_on = switched_on, False
+    try:
+        yield
+    finally:
+        switched_on = saved
 
 
 def applies(x):

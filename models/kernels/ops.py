@@ -11,7 +11,7 @@ stock ops.
 import jittor as jt
 import numpy as np
 
-from ..layout import library_conv, library_conv_grads, library_conv_ops
+from ..library import library_conv, library_conv_grads, library_conv_ops
 
 # ----------------------------------------------------------------------------- channels-last convolution
 

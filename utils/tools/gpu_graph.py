@@ -100,19 +100,10 @@ def op_kinds(rows):
 @contextlib.contextmanager
 def gpu_op_graph():
     """On the CPU, the models take the GPU's ops (DFORMER_CPU_KERNELS=0) inside this block."""
-    import os
-
     from models import kernels  # imports Jittor: not before the GPU check has set its defaults
 
-    saved = os.environ.get(kernels.SWITCH)
-    os.environ[kernels.SWITCH] = "0"
-    try:
+    with kernels.gpu_ops():
         yield
-    finally:
-        if saved is None:
-            del os.environ[kernels.SWITCH]
-        else:
-            os.environ[kernels.SWITCH] = saved
 
 
 def forward_graph_size(model, shape, repeats=3):
