@@ -59,6 +59,40 @@ def test_another_jittor_release_stops_with_one_line():
                    "(utils/jittor_private.py): pip install jittor==1.3.11.0\n")
 
 
+PAUSED_CHILD = """
+import signal, subprocess, sys, time
+from models.jittor_env import apply_defaults
+apply_defaults()
+import jittor
+if sys.argv[1] == "survive":
+    from utils.jittor_private import survive_stopped_children
+    survive_stopped_children()
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+print("child", child.pid, flush=True)
+time.sleep(0.5)
+child.send_signal(signal.SIGSTOP)
+time.sleep(0.5)
+child.send_signal(signal.SIGCONT)
+print("parent alive, child exit", child.wait(), flush=True)
+"""
+
+
+def test_a_paused_worker_does_not_end_its_parent():
+    """A tool that runs workers (utils/tools/train_vs_official.py) survives one of them being
+    stopped and continued (Ctrl-Z and `fg`, or a pause): Jittor's own SIGCHLD handler quits then."""
+    import signal
+
+    code, out, _ = run(["-c", PAUSED_CHILD, "survive"])
+    assert code == 0 and out.splitlines()[1:] == ["parent alive, child exit 0"]
+    code, out, _ = run(["-c", PAUSED_CHILD, "jittor"])  # Jittor's handler: the parent quits at the stop
+    try:
+        os.kill(int(out.split()[1]), signal.SIGKILL)  # the child stays stopped, its parent gone
+    except ProcessLookupError:
+        pass
+    assert code != 0 and "parent alive" not in out
+
+
 def test_misspelt_config_key_prints_one_line(tmp_path):
     """A key no config has, in a config file or in --set, stops with one line naming it, where it
     was and the closest key."""

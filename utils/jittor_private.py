@@ -1,7 +1,9 @@
 """Jittor's private parts this code relies on, for the one Jittor release they were read from: the
 loader's shuffle generator and MPI split of a last batch, the optimisers' group state, `n_step` and
-`pre_step`/`post_step`. Importing this module under another release stops with one message.
+`pre_step`/`post_step`, and its SIGCHLD handler. Importing this module under another release stops with one message.
 """
+import signal
+
 import jittor as jt
 import numpy as np
 
@@ -36,3 +38,10 @@ def repeated_in_last_batch(loader):
         return 0
     share = (last - 1) // jt.world_size + 1
     return min(share, max(0, share * jt.rank - (last - share)))
+
+
+def survive_stopped_children():
+    """Give SIGCHLD its default action back in a process that runs workers: Jittor's handler (set
+    when its core loads) quits the process when a child stops or continues, as if it had been
+    killed, so Ctrl-Z and `fg`, or pausing a worker, ended the parent. Main thread only."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -488,7 +488,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    from utils.jittor_private import survive_stopped_children
+
     args = parse_args(argv)
+    survive_stopped_children()  # the workers are this process's children
     results = load_results(args.json)
     results["command"] = "python -m utils.tools.train_vs_official " + " ".join(sys.argv[1:] if argv is None else argv)
     for name, seeds, epochs in zip(args.configs, args.seeds, args.epochs):
