@@ -52,8 +52,20 @@ def matmul(a, b, trans_a=False, trans_b=False):
     if cublas is not None:
         y = cublas.cublas_batched_matmul(a, b, bool(trans_a), bool(trans_b))
     else:
-        y = jt.matmul(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
+        y = _broadcast_product(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
     return precision.product_result(y)
+
+
+def _broadcast_product(a, b):
+    """`jt.matmul(a, b)` without a GPU library: for float32 operands of one rank its own graph (each
+    operand broadcast to (..., n, m, k), a product, a sum over m) built without its flag scope (which
+    matters for float16 sums only) and checks, a third of its Python time; else `jt.matmul`."""
+    if a.ndim != b.ndim or str(a.dtype) != "float32" or str(b.dtype) != "float32":
+        return jt.matmul(a, b)
+    *leading_a, n, m = a.shape
+    *leading_b, _, k = b.shape
+    shape = [max(p, q) for p, q in zip(leading_a, leading_b)] + [n, m, k]
+    return (a.broadcast(shape, [-1]) * b.broadcast(shape, [-3])).sum(-2)
 
 
 def matmul_2d(a, b, trans_b=False):

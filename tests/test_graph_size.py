@@ -132,3 +132,28 @@ def test_library_products_skip_the_gradient_tape_inside_no_grad(monkeypatch):
     training = library.LibraryMatmul.apply(a, b, True, op).numpy()
     assert calls == [4]
     np.testing.assert_array_equal(inference, training)
+
+
+def test_broadcast_product_builds_jt_matmul_graph():
+    """Off the GPU libraries, `layout.matmul` builds `jt.matmul`'s own ops for float32 operands
+    (broadcasts, product, sum), so its values are Jittor's bit for bit: leading axes equal or
+    broadcast, operands transposed or not."""
+    import jittor as jt
+
+    from models import kernels, layout
+
+    with kernels.gpu_ops():
+        for shape_a, shape_b, trans_a, trans_b in [((3, 4, 5), (3, 5, 6), False, False), ((1, 4, 5), (3, 5, 2), False, False),
+                                                   ((2, 3, 4, 5), (2, 3, 6, 5), False, True), ((2, 5, 4), (2, 5, 7), True, False)]:
+            a, b = jt.randn(shape_a), jt.randn(shape_b)
+            stock_a = layout._swap_last_two(a) if trans_a else a
+            stock_b = layout._swap_last_two(b) if trans_b else b
+            with jt.no_grad():
+                before = jt.liveness_info()["lived_ops"]
+                ours = layout.matmul(a, b, trans_a, trans_b)
+                ours_ops = jt.liveness_info()["lived_ops"] - before
+                before = jt.liveness_info()["lived_ops"]
+                stock = jt.matmul(stock_a, stock_b)
+                stock_ops = jt.liveness_info()["lived_ops"] - before
+            assert ours_ops == stock_ops + trans_a + trans_b  # + the permute (one op) of each transposed operand
+            np.testing.assert_array_equal(ours.numpy(), stock.numpy())
