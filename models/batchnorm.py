@@ -8,6 +8,8 @@ parameters, buffers, isinstance and evaluation formula). In training mode:
 On the CPU the same numbers come from multi-threaded kernels (`kernels/float64.py`).
 A float16 input is normalised in float32 (`precision.py`), the result in float16.
 """
+import math
+
 import jittor as jt
 from jittor import nn
 
@@ -52,6 +54,14 @@ class BatchNorm2d(nn.BatchNorm):
             var = var.mpi_all_reduce("mean")
         scale = (self.weight / jt.sqrt(var + self.eps)).float32()
         return centred * scale.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1), mean, var
+
+    def onnx(self, ex, x):  # where no convolution precedes it (the exporter folds it into one)
+        return ex.g.op("BatchNormalization", x, ex.param(self, "weight"), ex.param(self, "bias"),
+                       ex.param(self, "running_mean"), ex.param(self, "running_var"), epsilon=self.eps)
+
+    def macs(self, inputs, output):
+        """thop: 2 x input elements, doubled for the affine weight and bias."""
+        return math.prod(inputs[0].shape) * (4 if self.affine else 2), 0
 
 
 class SyncBatchNorm(BatchNorm2d):

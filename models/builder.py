@@ -52,6 +52,10 @@ class EncoderDecoder(nn.Module):
         logits = self.decode_head(self.backbone(rgb, depth))  # (B, classes, H/8, W/8)
         return resize(logits, rgb.shape[2:])
 
+    def onnx(self, ex, rgb, depth):
+        logits = ex(self.decode_head, ex(self.backbone, rgb, depth))  # (B, K, H/8, W/8)
+        return ex.g.resize(logits, ex.g.dims(rgb, 2, 4))
+
 
 def init_decode_head(head, bn_eps, bn_momentum):
     """Upstream `init_weight`: kaiming-normal (fan_in, relu) conv weights; BNs take eps `bn_eps` and

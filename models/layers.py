@@ -45,6 +45,9 @@ class GELU(nn.Module):
     def execute(self, x):
         return gelu(x)
 
+    def onnx(self, ex, x):
+        return ex.g.gelu(x)
+
 
 class Linear(nn.Linear):
     """`nn.Linear` (same parameters, state_dict entries and isinstance) whose product takes
@@ -57,6 +60,14 @@ class Linear(nn.Linear):
         y = precision.product_result(nn.matmul_transpose(x, weight))
         return y if self.bias is None else y + precision.like(self.bias, y)
 
+    def onnx(self, ex, x):
+        bias = None if self.bias is None else self.bias.numpy()
+        return ex.g.linear(x, self.weight.numpy(), bias, ex.name(self))
+
+    def macs(self, inputs, output):
+        """thop: output elements x in_features."""
+        return math.prod(output.shape) * self.in_features, 0
+
 
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` (same parameters and isinstance) computed with `layer_norm` above."""
@@ -65,6 +76,13 @@ class LayerNorm(nn.LayerNorm):
 
     def execute(self, x):
         return layer_norm(x, self.weight, self.bias, self.eps)
+
+    def onnx(self, ex, x):
+        return ex.g.layer_norm(x, ex.param(self, "weight"), ex.param(self, "bias"), self.eps)
+
+    def macs(self, inputs, output):
+        """thop: 2 x input elements, doubled for the affine weight and bias."""
+        return math.prod(inputs[0].shape) * (4 if self.elementwise_affine else 2), 0
 
 
 class Conv2d(nn.Conv2d):
@@ -81,6 +99,14 @@ class Conv2d(nn.Conv2d):
             y = nn.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
         y = precision.product_result(y)
         return y if self.bias is None else y + precision.like(self.bias, y).reshape(1, -1, 1, 1)
+
+    def onnx(self, ex, x):
+        return ex.conv_bn(x, self)
+
+    def macs(self, inputs, output):
+        """thop: output elements x in_channels / groups x kh x kw (the bias not counted)."""
+        kh, kw = self.kernel_size
+        return math.prod(output.shape) * (self.in_channels // self.groups) * kh * kw, 0
 
 
 def resize(x, size):
@@ -125,6 +151,10 @@ class ConvModule(nn.Module):
         if self.activate is not None:
             x = relu(x)
         return x
+
+    def onnx(self, ex, x):
+        x = ex.conv_bn(x, self.conv, self.bn)
+        return x if self.activate is None else ex(self.activate, x)
 
 
 def rotate_pairs(x):
@@ -176,6 +206,10 @@ class ChannelsLastConv2d(Conv2d):
             y = permute(super().execute(permute(x, 0, 3, 1, 2)), 0, 2, 3, 1)
         return gelu(y + x) if residual_gelu else y
 
+    def onnx(self, ex, x, residual_gelu=False):
+        y = ex.g.nchw_to_nhwc(ex.conv_bn(ex.g.nhwc_to_nchw(x), self))
+        return ex.g.gelu(ex.g.add(y, x)) if residual_gelu else y
+
 
 class TapSumConv2d(Conv2d):
     """`nn.Conv2d` (same parameters and state_dict entries) whose CPU training forward sums one
@@ -191,6 +225,8 @@ class TapSumConv2d(Conv2d):
         y = None if kernels.enabled() else conv_nchw(x, self)
         return super().execute(x) if y is None else y
 
+    onnx = Conv2d.onnx  # the same convolution
+
 
 class PointwiseConv2d(Conv2d):
     """1x1 `nn.Conv2d` (NCHW, same parameters); on the CPU one matrix product per image."""
@@ -203,6 +239,8 @@ class PointwiseConv2d(Conv2d):
             return cpu_layers.pointwise_conv(x, self)
         y = None if kernels.enabled() else conv_nchw(x, self)
         return super().execute(x) if y is None else y
+
+    onnx = Conv2d.onnx  # the same convolution
 
 
 def axial_attention(q, k, v, mask_w, mask_h):

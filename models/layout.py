@@ -11,7 +11,7 @@ import jittor as jt
 
 from . import kernels, precision
 from .kernels import ops as cpu_ops
-from .library import LibraryConv, LibraryMatmul, library_conv_ops, library_matmul_op
+from .library import LibraryConv, LibraryMatmul, library_batched_matmul_op, library_conv_ops, library_matmul_op
 
 
 def permute(x, *axes):
@@ -48,9 +48,9 @@ def matmul(a, b, trans_a=False, trans_b=False):
     if a.ndim == 3 and b.ndim == 3 and kernels.applies_with_onednn(a):
         return cpu_ops.batched_matmul(a, b, trans_a, trans_b)
     a, b = precision.product_operands(a, b)
-    cublas = getattr(jt.compile_extern, "cublas_ops", None) if jt.flags.use_cuda else None
-    if cublas is not None:
-        y = cublas.cublas_batched_matmul(a, b, bool(trans_a), bool(trans_b))
+    batched = library_batched_matmul_op(a)
+    if batched is not None:
+        y = batched(a, b, bool(trans_a), bool(trans_b))
     else:
         y = _broadcast_product(_swap_last_two(a) if trans_a else a, _swap_last_two(b) if trans_b else b)
     return precision.product_result(y)

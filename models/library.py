@@ -16,15 +16,22 @@ def library_matmul_op(x):
     return _library_ops(bool(jt.flags.use_cuda), str(x.dtype))[0]
 
 
+def library_batched_matmul_op(x):
+    """cuBLAS's batched product op (a, b, trans_a, trans_b) of 3-D or more operands on the GPU; None
+    on the CPU or without cuBLAS."""
+    return _library_ops(bool(jt.flags.use_cuda), str(x.dtype))[1]
+
+
 def library_conv_ops(x):
     """(forward, input-gradient, weight-gradient) ops of the library that convolves here: cuDNN on
     the GPU, oneDNN on the CPU (float32); None without one."""
-    return _library_ops(bool(jt.flags.use_cuda), str(x.dtype))[1]
+    return _library_ops(bool(jt.flags.use_cuda), str(x.dtype))[2]
 
 
 @functools.lru_cache(maxsize=None)
 def _library_ops(use_cuda, dtype):
-    """(matmul op, conv ops) for a device and dtype, looked up once (hundreds of calls a forward)."""
+    """(matmul op, batched matmul op, conv ops) for a device and dtype, looked up once (hundreds of
+    calls a forward)."""
     if use_cuda:
         matmul_ops, conv_ops, prefix = (getattr(jt.compile_extern, "cublas_ops", None),
                                         getattr(jt.compile_extern, "cudnn_ops", None), "cudnn")
@@ -32,9 +39,10 @@ def _library_ops(use_cuda, dtype):
         mkl = getattr(jt.compile_extern, "mkl_ops", None) if dtype == "float32" else None
         matmul_ops, conv_ops, prefix = mkl, mkl, "mkl"
     matmul = None if matmul_ops is None else getattr(matmul_ops, "cublas_matmul" if use_cuda else "mkl_matmul")
+    batched = getattr(matmul_ops, "cublas_batched_matmul", None) if use_cuda else None
     conv = None if conv_ops is None else tuple(getattr(conv_ops, f"{prefix}_conv{suffix}")
                                                for suffix in ("", "_backward_x", "_backward_w"))
-    return matmul, conv
+    return matmul, batched, conv
 
 
 class ForwardWithoutGrad(jt.Function):

@@ -101,7 +101,7 @@ def test_unsupported_module_and_old_opset_are_named(tiny):
     original = tiny.decode_head.dropout
     tiny.decode_head.dropout = Mystery()
     try:
-        with pytest.raises(ExportError, match=r"decode_head\.dropout .*Mystery.*no ONNX handler"):
+        with pytest.raises(ExportError, match=r"decode_head\.dropout .*Mystery.*no ONNX rule"):
             export_model(tiny, 64, 64)
     finally:
         tiny.decode_head.dropout = original

@@ -5,18 +5,13 @@ names. Its BN's eps and momentum are `C.bn_eps` and `C.bn_momentum`, set by `ini
 """
 from jittor import nn
 
-from .. import kernels, precision
 from ..batchnorm import BatchNorm2d
-from ..layout import concat, matmul, permute
+from ..layout import concat, permute
 from ..layers import Conv2d, Linear, resize
 
 
 class MLP(nn.Module):
-    """Per-pixel linear embedding: (B, C, H, W) -> (B, E, H, W).
-
-    Upstream transposes to (B, HW, C) for the Linear and back; on the CPU that is oneDNN's 2-D
-    product, on the GPU one batched product per image on the NCHW tensor, with no transposes.
-    """
+    """Per-pixel linear embedding: (B, C, H, W) -> (B, E, H, W), through (B, HW, C) as upstream."""
 
     def __init__(self, input_dim, embed_dim):
         super().__init__()
@@ -24,12 +19,10 @@ class MLP(nn.Module):
 
     def execute(self, x):
         B, C, H, W = x.shape
-        x = x.reshape(B, C, H * W)
-        if kernels.enabled():
-            return permute(self.proj(permute(x, 0, 2, 1)), 0, 2, 1).reshape(B, -1, H, W)
-        weight = self.proj.weight.broadcast((B, *self.proj.weight.shape), [0])  # (B, E, C)
-        y = matmul(weight, x)  # (B, E, HW)
-        return (y + precision.like(self.proj.bias, y).reshape(1, -1, 1)).reshape(B, -1, H, W)
+        return permute(self.proj(permute(x.reshape(B, C, H * W), 0, 2, 1)), 0, 2, 1).reshape(B, -1, H, W)
+
+    def onnx(self, ex, x):
+        return ex.g.nhwc_to_nchw(ex(self.proj, ex.g.nchw_to_nhwc(x)))
 
 
 class DecoderHead(nn.Module):
@@ -53,3 +46,11 @@ class DecoderHead(nn.Module):
         embedded = [resize(self.linear_c4(c4), size), resize(self.linear_c3(c3), size),
                     resize(self.linear_c2(c2), size), self.linear_c1(c1)]
         return self.linear_pred(self.dropout(self.linear_fuse(concat(embedded, 1))))
+
+    def onnx(self, ex, inputs):
+        g = ex.g
+        c1, c2, c3, c4 = inputs
+        size = g.dims(c1, 2, 4)
+        embedded = [g.resize(ex(self.linear_c4, c4), size), g.resize(ex(self.linear_c3, c3), size),
+                    g.resize(ex(self.linear_c2, c2), size), ex(self.linear_c1, c1)]
+        return ex(self.linear_pred, ex(self.dropout, ex(self.linear_fuse, g.concat(embedded, axis=1))))

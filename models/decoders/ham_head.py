@@ -4,7 +4,8 @@ as used by every DFormer/DFormerv2 config.
 Mirrors the official `models/decoders/ham_head.py` + `decode_head.py` (VCIP-RGBD/DFormer, from
 mmseg/SegNeXt) with identical parameter names. The BNs' eps and momentum are `C.bn_eps` and
 `C.bn_momentum`, set by `init_decode_head` as upstream's `init_weight`. Difference:
-`NMF2D.fixed_raw_bases` can pin the random bases for exact comparisons (see below).
+`NMF2D.fixed_raw_bases` can pin the random bases for exact comparisons (see below). Beside
+`execute`, each class has its ONNX rule (`onnx`) and NMF2D its FLOPs rule (`macs`): docs/contributing.md.
 """
 import jittor as jt
 import numpy as np
@@ -71,6 +72,47 @@ class NMF2D(nn.Module):
         x = matmul(bases, coef, trans_b=True)  # (BS, D, R) @ (BS, R, N)
         return precision.like(x.reshape(B, C, H, W), inputs)
 
+    def macs(self, inputs, output):
+        """Products thop misses: the initial logits, each step's coefficient and bases updates, the
+        last coefficient update and the reconstruction."""
+        B, C, H, W = inputs[0].shape
+        D, N, R = C // self.S, H * W, self.R
+        coef_step = N * D * R + R * D * R + N * R * R  # x^T bases, bases^T bases, coef (.)
+        bases_step = D * N * R + R * N * R + D * R * R  # x coef, coef^T coef, bases (.)
+        steps = self.train_steps if self.is_train else self.eval_steps
+        return 0, B * self.S * (N * D * R + steps * (coef_step + bases_step) + coef_step + D * R * N)
+
+    def onnx(self, ex, x):
+        """`NMF2D.execute` in evaluation mode with the fixed bases; (B, S, D, N) layout, so that the
+        (1, S, D, R) bases broadcast over any batch."""
+        g = ex.g
+        raw = ex.nmf_bases(self)  # (S, D, R)
+        norm = g.op("Sqrt", g.op("ReduceSum", g.mul(raw, raw), g.ints([1]), keepdims=1))
+        bases = g.unsqueeze(g.div(raw, g.op("Max", norm, g.const(1e-12))), [0])  # (1, S, D, R)
+        x_in = x
+        x = g.reshape(x, [0, self.S, self.D, -1])  # (B, S, D, N)
+        x_t = g.transpose(x, (0, 1, 3, 2))  # (B, S, N, D)
+        eps = g.const(1e-6)
+
+        def t(a):  # swap the last two axes
+            return g.transpose(a, (0, 1, 3, 2))
+
+        def update_coef(bases, coef):
+            denominator = g.matmul(coef, g.matmul(t(bases), bases))  # (B, S, N, R)
+            return g.div(g.mul(coef, g.matmul(x_t, bases)), g.add(denominator, eps))
+
+        def update_bases(bases, coef):
+            denominator = g.matmul(bases, g.matmul(t(coef), coef))  # (B, S, D, R)
+            return g.div(g.mul(bases, g.matmul(x, coef)), g.add(denominator, eps))
+
+        logits = g.matmul(x_t, bases)
+        coef = g.softmax(logits if self.inv_t == 1 else g.scale(logits, self.inv_t), axis=-1)  # (B, S, N, R)
+        for _ in range(self.eval_steps):
+            coef = update_coef(bases, coef)
+            bases = update_bases(bases, coef)
+        coef = update_coef(bases, coef)
+        return g.reshape_to(g.matmul(bases, t(coef)), g.op("Shape", x_in))  # (B, C, H, W)
+
 
 class Hamburger(nn.Module):
     """ReLU(x + ham_out(NMF(ReLU(ham_in(x))))): ham_in has a bias and no norm, ham_out BN only."""
@@ -84,6 +126,10 @@ class Hamburger(nn.Module):
     def execute(self, x):
         enjoy = self.ham_out(self.ham(relu(self.ham_in(x))))
         return relu(x + enjoy)
+
+    def onnx(self, ex, x):
+        enjoy = ex(self.ham_out, ex(self.ham, ex.g.relu(ex(self.ham_in, x))))
+        return ex.g.relu(ex.g.add(x, enjoy))
 
 
 class LightHamHead(nn.Module):
@@ -110,3 +156,11 @@ class LightHamHead(nn.Module):
         x = concat([resize(level, size) for level in inputs], 1)  # (B, sum(in), H/8, W/8)
         x = self.align(self.hamburger(self.squeeze(x)))
         return self.conv_seg(self.dropout(x))
+
+    def onnx(self, ex, inputs):
+        g = ex.g
+        first, *rest = inputs[1:]
+        size = g.dims(first, 2, 4)
+        x = g.concat([first] + [g.resize(level, size) for level in rest], axis=1)  # (B, sum(in), H/8, W/8)
+        x = ex(self.align, ex(self.hamburger, ex(self.squeeze, x)))
+        return ex(self.conv_seg, ex(self.dropout, x))

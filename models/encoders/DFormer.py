@@ -10,6 +10,8 @@ identical parameter names so official checkpoints load unchanged. Differences:
   product per kernel tap, for float32 rounding that does not grow with the input width).
 - The dead `block_index > last_block_index` branch and the unused `norm0..3` of the 2023 release
   are not built (old checkpoints' `backbone.norm0..3.*` are skipped by the loader).
+- Beside `execute`, each class has its ONNX rule (`onnx`) and, where it runs products, its FLOPs
+  rule (`macs`): docs/contributing.md.
 """
 import jittor as jt
 from jittor import nn
@@ -17,8 +19,8 @@ from jittor import nn
 from .. import constants
 from ..batchnorm import BatchNorm2d
 from ..layout import concat, permute
-from ..layers import (GELU, ChannelsLastConv2d, Linear, TapSumConv2d, adaptive_avg_pool_nhwc, layer_norm,
-                      pooled_attention, upsample_nhwc)
+from ..layers import (GELU, ChannelsLastConv2d, LayerNorm, Linear, TapSumConv2d, adaptive_avg_pool_nhwc,
+                      layer_norm, pooled_attention, upsample_nhwc)
 
 
 class FrozenLayerNorm(nn.Module):
@@ -36,6 +38,8 @@ class FrozenLayerNorm(nn.Module):
     def execute(self, x):
         return layer_norm(x, self.weight, self.bias, self.eps)
 
+    onnx = LayerNorm.onnx  # the same normalisation (no FLOPs rule: thop counts 0 for this class)
+
 
 class MLP(nn.Module):
     """Pre-norm MLP, NHWC in and out; a residual depthwise 3x3 conv sits before the GELU."""
@@ -51,6 +55,10 @@ class MLP(nn.Module):
     def execute(self, x):
         x = self.fc1(self.norm(x))  # (B, H, W, hidden)
         return self.fc2(self.pos(x, residual_gelu=True))  # GELU(pos(x) + x)
+
+    def onnx(self, ex, x):
+        x = ex(self.fc1, ex(self.norm, x))
+        return ex(self.fc2, ex(self.pos, x, residual_gelu=True))
 
 
 class attention(nn.Module):
@@ -115,6 +123,46 @@ class attention(nn.Module):
         x_e = None if self.drop_depth else self.proj_e(x)
         return self.proj(x), x_e
 
+    def onnx(self, ex, x, x_e):
+        g = ex.g
+        x, x_e = ex(self.norm, x), ex(self.norm_e, x_e)
+        q, cutted_x = ex(self.q, x), ex(self.q_cut, x)
+        t = ex(self.act, ex(self.l, x))
+        a = ex(self.a, ex(self.conv, t))
+        e = ex(self.e_back, ex(self.e_conv, ex(self.e_fore, x_e)))
+        parts = [g.mul(q, a)]
+        if self.window != 0:
+            parts.append(self.onnx_global_awareness(ex, t, g.concat([x, x_e], axis=3)))
+        parts.append(g.mul(cutted_x, e))
+        x = g.concat(parts, axis=3)  # (B, H, W, 2C) or (B, H, W, 3C/2)
+        return ex(self.proj, x), None if self.drop_depth else ex(self.proj_e, x)
+
+    def macs(self, inputs, output):
+        """thop counts the 7x7 adaptive pool (an nn.AdaptiveAvgPool2d upstream) as int((H/7 x W/7 + 1)
+        x output elements); the q k^T and attn v products are beyond it."""
+        if not self.window:
+            return 0, 0
+        B, H, W, C = inputs[0].shape  # pooled: concat(x, x_e), C + C/2 channels; heads x head width = C/2
+        kernel = (H / self.window) * (W / self.window)  # thop divides the input size by the output size
+        pool = int((kernel + 1) * (B * (C + C // 2) * self.window ** 2))  # in thop's float order
+        return pool, 2 * B * self.window ** 2 * H * W * (C // 2)
+
+    def onnx_global_awareness(self, ex, t, short_cut):
+        """`attention.global_awareness`: 7x7 pooled queries attend over all H*W positions."""
+        g = ex.g
+        heads, window = self.num_head, self.window
+        d = self.kv.weight.shape[0] // heads // 2
+        kv = g.reshape(ex(self.kv, t), [0, -1, 2, heads, d])  # (B, HW, 2, heads, d)
+        k_t = g.transpose(g.take(kv, 2, 0), (0, 2, 3, 1))  # (B, heads, d, HW)
+        v = g.transpose(g.take(kv, 2, 1), (0, 2, 1, 3))  # (B, heads, HW, d)
+        pooled = g.nchw_to_nhwc(g.adaptive_avg_pool(g.nhwc_to_nchw(short_cut), window))  # (B, 7, 7, 3C/2)
+        query = g.reshape(ex(self.short_cut_linear, pooled), [0, -1, heads, d])
+        query = g.transpose(query, (0, 2, 1, 3))  # (B, heads, 49, d)
+        attn = g.softmax(g.matmul(g.scale(query, d ** -0.5), k_t), axis=-1)  # (B, heads, 49, HW)
+        out = g.reshape(g.matmul(attn, v), [0, heads, window, window, d])
+        out = g.reshape(g.transpose(out, (0, 1, 4, 2, 3)), [0, heads * d, window, window])  # (B, C/2, 7, 7)
+        return g.nchw_to_nhwc(g.resize(out, g.dims(t, 1, 3)))  # (B, H, W, C/2)
+
 
 class Block(nn.Module):
     """Attention + MLP with layer scale on the RGB stream and, unless `drop_depth`, the depth stream."""
@@ -140,6 +188,17 @@ class Block(nn.Module):
         if not self.drop_depth:
             x_e = x_e + self.dropout_layer(self.layer_scale_1_e * a_e)
             x_e = x_e + self.dropout_layer(self.layer_scale_2_e * self.mlp_e2(x_e))
+        return x, x_e
+
+    def onnx(self, ex, x, x_e):
+        g = ex.g
+        a_x, a_e = ex(self.attn, x, x_e)
+        x = g.add(x, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_1"), a_x)))
+        x = g.add(x, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_2"), ex(self.mlp, x))))
+        if not self.drop_depth:
+            x_e = g.add(x_e, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_1_e"), a_e)))
+            mlp_e = ex(self.mlp_e2, x_e)
+            x_e = g.add(x_e, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_2_e"), mlp_e)))
         return x, x_e
 
 
@@ -197,6 +256,20 @@ class DFormer(nn.Module):
             x = permute(x, 0, 3, 1, 2)
             x_e = permute(x_e, 0, 3, 1, 2)
             outs.append(x)
+        return outs
+
+    def onnx(self, ex, rgb, depth):
+        g = ex.g
+        x, x_e = rgb, g.slice(depth, 1, 0, 1)  # first of the 3 identical depth channels
+        outs = []
+        for i in range(4):
+            x = g.nchw_to_nhwc(ex(self.downsample_layers[i], x))  # (B, H, W, C)
+            x_e = g.nchw_to_nhwc(ex(self.downsample_layers_e[i], x_e))  # (B, H, W, C/2)
+            for block in self.stages[i]:
+                x, x_e = ex(block, x, x_e)
+            outs.append(g.nhwc_to_nchw(x))
+            if i < 3:
+                x, x_e = outs[-1], g.nhwc_to_nchw(x_e)
         return outs
 
 

@@ -11,6 +11,8 @@ names (`gamma_1`, `Geo.angle`, ...), so official checkpoints load unchanged. Dif
 - Gradient checkpointing (`use_checkpoint`, off in every config) is not ported.
 - The depth map's resize and its pairwise distances, the same for every block of a stage, are
   computed once per stage (`depth_distances`), not in each block's `GeoPriorGen`: same values.
+- Beside `execute`, each class has its ONNX rule (`onnx`) and, where it runs products, its FLOPs
+  rule (`macs`): docs/contributing.md.
 """
 import jittor as jt
 import numpy as np
@@ -32,6 +34,9 @@ class DWConv2d(nn.Module):
 
     def execute(self, x):
         return self.dwconv(x)
+
+    def onnx(self, ex, x):
+        return ex(self.dwconv, x)
 
 
 def _conv_bn(in_dim, out_dim, stride):
@@ -55,6 +60,9 @@ class PatchEmbed(nn.Module):
     def execute(self, x):
         return permute(self.proj(x), 0, 2, 3, 1)
 
+    def onnx(self, ex, x):
+        return ex.g.nchw_to_nhwc(ex(self.proj, x))
+
 
 class PatchMerging(nn.Module):
     """Stride-2 3x3 conv then BN, NHWC in and out."""
@@ -67,11 +75,22 @@ class PatchMerging(nn.Module):
     def execute(self, x):
         return permute(self.norm(self.reduction(permute(x, 0, 3, 1, 2))), 0, 2, 3, 1)
 
+    def onnx(self, ex, x):
+        return ex.g.nchw_to_nhwc(ex.conv_bn(ex.g.nhwc_to_nchw(x), self.reduction, self.norm))
+
 
 def angle_transform(x, sin, cos):
     """Rotary embedding with interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); the
     float32 tables in the type of `x`."""
     return x * precision.like(cos, x) + rotate_pairs(x) * precision.like(sin, x)
+
+
+def _onnx_angle_transform(g, x, sin, cos, key_dim):
+    """`angle_transform`: interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)."""
+    pairs = g.reshape(x, [0, 0, 0, 0, key_dim // 2, 2])
+    even, odd = g.slice(pairs, 5, 0, 1), g.slice(pairs, 5, 1, 2)
+    rotated = g.reshape(g.concat([g.op("Neg", odd), even], axis=5), [0, 0, 0, 0, key_dim])
+    return g.add(g.mul(x, cos), g.mul(rotated, sin))
 
 
 class GeoPriorGen(nn.Module):
@@ -124,6 +143,45 @@ class GeoPriorGen(nn.Module):
         depth_mask = depth_distances * self.decay.reshape(1, -1, 1, 1)
         return tables, w_pos * pos + w_depth * depth_mask  # (B, heads, HW, HW)
 
+    def onnx(self, ex, hw, depth, split):
+        """`GeoPriorGen.execute` for the (H, W) in the int64 tensor `hw`, computed in the graph."""
+        g = ex.g
+        H, W = g.take(hw, 0, 0), g.take(hw, 0, 1)
+        depth = g.resize(depth, hw)  # (B, 1, H, W)
+        decay = ex.param(self, "decay")  # (heads,)
+        weight = ex.param(self, "weight")  # (2, 1, 1, 1)
+        w_pos, w_depth = g.take(weight, 0, 0), g.take(weight, 0, 1)
+        phase = g.mul(g.unsqueeze(g.arange(g.mul(H, W)), [1]), ex.param(self, "angle"))  # (HW, key_dim)
+        shape = g.concat([hw, g.ints([-1])], axis=0)
+        tables = g.reshape_to(g.op("Sin", phase), shape), g.reshape_to(g.op("Cos", phase), shape)
+        decay_hll = g.reshape(decay, [-1, 1, 1])
+
+        def distance(a, b_axis_a, b_axis_b):  # |a_i - a_j| over two new axes
+            return g.abs_diff(g.unsqueeze(a, [b_axis_a]), g.unsqueeze(a, [b_axis_b]))
+
+        if split:
+            def decay_1d(length):  # (heads, L, L)
+                index = g.arange(length)
+                return g.mul(distance(index, 1, 0), decay_hll)
+
+            def depth_decay_1d(lines):  # (B, 1, n, L) -> (B, heads, n, L, L)
+                return g.mul(distance(lines, -1, -2), g.reshape(decay, [-1, 1, 1, 1]))
+
+            mask_h = g.add(g.mul(w_pos, g.unsqueeze(decay_1d(H), [0, 2])),
+                           g.mul(w_depth, depth_decay_1d(g.transpose(depth, (0, 1, 3, 2)))))  # (B, n, W, H, H)
+            mask_w = g.add(g.mul(w_pos, g.unsqueeze(decay_1d(W), [0, 2])),
+                           g.mul(w_depth, depth_decay_1d(depth)))  # (B, n, H, W, W)
+            return tables, (mask_h, mask_w)
+        index = g.op("Range", g.const(0, np.int64), g.mul(H, W), g.const(1, np.int64))
+        rows = g.op("Div", index, W)  # row-major grid, integer division
+        cols = g.sub(index, g.mul(rows, W))
+        rows, cols = (g.op("Cast", v, to=g.float_type) for v in (rows, cols))
+        manhattan = g.add(distance(rows, 1, 0), distance(cols, 1, 0))  # (HW, HW)
+        pos = g.mul(g.unsqueeze(manhattan, [0]), decay_hll)  # (heads, HW, HW)
+        d = g.reshape(depth, [0, -1])  # (B, HW)
+        depth_mask = g.mul(g.unsqueeze(distance(d, 2, 1), [1]), g.reshape(decay, [1, -1, 1, 1]))
+        return tables, g.add(g.mul(w_pos, pos), g.mul(w_depth, depth_mask))  # (B, heads, HW, HW)
+
 
 def depth_distances(depth, size, split):
     """The depth part of the geometry prior before each block's decay: |d_i - d_j| of the depth
@@ -164,6 +222,15 @@ class _GSA(nn.Module):
         k = permute(k.reshape(B, H, W, self.num_heads, self.key_dim), 0, 3, 1, 2, 4)
         return angle_transform(q, sin, cos), angle_transform(k, sin, cos), v, self.lepe(v)
 
+    def onnx_rotated_qkv(self, ex, x, sin, cos):
+        """`_GSA.rotated_qkv`: q, k rotated (B, n, H, W, d); v (B, H, W, C); lepe (B, H, W, C)."""
+        g = ex.g
+        n, d = self.num_heads, self.key_dim
+        q, k, v = ex(self.q_proj, x), g.scale(ex(self.k_proj, x), self.scaling), ex(self.v_proj, x)
+        q, k = (g.transpose(g.reshape(t, [0, 0, 0, n, d]), (0, 3, 1, 2, 4)) for t in (q, k))
+        q, k = (_onnx_angle_transform(g, t, sin, cos, d) for t in (q, k))
+        return q, k, v, ex(self.lepe, v)
+
 
 class Decomposed_GSA(_GSA):
     """Axial geometry self-attention: along each row (W) first, then each column (H)."""
@@ -173,6 +240,25 @@ class Decomposed_GSA(_GSA):
         qr, kr, v, lepe = self.rotated_qkv(x, sin, cos)  # qr, kr (B, n, H, W, d); v, lepe (B, H, W, C)
         return self.out_proj(axial_attention(qr, kr, v, mask_w, mask_h) + lepe)
 
+    def onnx(self, ex, x, rel_pos):
+        """Axial attention, computed in the (B, n, rows, columns, d) layout that the masks have."""
+        g = ex.g
+        (sin, cos), (mask_h, mask_w) = rel_pos
+        qr, kr, v, lepe = self.onnx_rotated_qkv(ex, x, sin, cos)
+        v = g.transpose(g.reshape(v, [0, 0, 0, self.num_heads, self.key_dim]), (0, 3, 1, 2, 4))  # (B,n,H,W,d)
+        attn_w = g.softmax(g.add(g.matmul(qr, g.transpose(kr, (0, 1, 2, 4, 3))), mask_w))  # (B, n, H, W, W)
+        v = g.transpose(g.matmul(attn_w, v), (0, 1, 3, 2, 4))  # (B, n, W, H, d)
+        attn_h = g.softmax(g.add(g.matmul(g.transpose(qr, (0, 1, 3, 2, 4)), g.transpose(kr, (0, 1, 3, 4, 2))),
+                                 mask_h))  # (B, n, W, H, H)
+        out = g.transpose(g.matmul(attn_h, v), (0, 3, 2, 1, 4))  # (B, H, W, n, d)
+        return ex(self.out_proj, g.add(g.reshape(out, [0, 0, 0, -1]), lepe))
+
+
+    def macs(self, inputs, output):
+        """Products thop misses: along rows (length W), then columns (length H), each q k^T and attn v."""
+        B, H, W, C = inputs[0].shape
+        return 0, 2 * B * C * H * W * (W + H)
+
 
 class Full_GSA(_GSA):
     """Geometry self-attention over all H*W positions (last stage)."""
@@ -181,6 +267,23 @@ class Full_GSA(_GSA):
         (sin, cos), mask = rel_pos
         qr, kr, v, lepe = self.rotated_qkv(x, sin, cos)
         return self.out_proj(full_attention(qr, kr, v, mask) + lepe)
+
+    def onnx(self, ex, x, rel_pos):
+        g = ex.g
+        (sin, cos), mask = rel_pos
+        qr, kr, v, lepe = self.onnx_rotated_qkv(ex, x, sin, cos)
+        n, d = self.num_heads, self.key_dim
+        qr, kr = g.reshape(qr, [0, 0, -1, d]), g.reshape(kr, [0, 0, -1, d])  # (B, n, HW, d)
+        v = g.transpose(g.reshape(v, [0, -1, n, d]), (0, 2, 1, 3))  # (B, n, HW, d)
+        attn = g.softmax(g.add(g.matmul(qr, g.transpose(kr, (0, 1, 3, 2))), mask))  # (B, n, HW, HW)
+        out = g.transpose(g.matmul(attn, v), (0, 2, 1, 3))  # (B, HW, n, d)
+        return ex(self.out_proj, g.add(g.reshape_to(out, g.op("Shape", x)), lepe))
+
+
+    def macs(self, inputs, output):
+        """Products thop misses: q k^T and attn v over all H*W positions."""
+        B, H, W, C = inputs[0].shape
+        return 0, 2 * B * C * (H * W) ** 2
 
 
 class FeedForwardNetwork(nn.Module):
@@ -195,6 +298,10 @@ class FeedForwardNetwork(nn.Module):
     def execute(self, x):
         x = gelu(self.fc1(x))
         return self.fc2(self.dwconv(x) + x)
+
+    def onnx(self, ex, x):
+        x = ex.g.gelu(ex(self.fc1, x))
+        return ex(self.fc2, ex.g.add(ex(self.dwconv, x), x))
 
 
 class RGBD_Block(nn.Module):
@@ -225,6 +332,15 @@ class RGBD_Block(nn.Module):
         ffn = self.ffn(self.layer_norm2(x))
         return x + self.drop_path(self.gamma_2 * ffn if self.layerscale else ffn)
 
+    def onnx(self, ex, x, x_e):
+        g = ex.g
+        x = g.add(x, ex(self.cnn_pos_encode, x))
+        geo_prior = ex(self.Geo, g.dims(x, 1, 3), x_e, self.split)
+        attn = ex(self.Attention, ex(self.layer_norm1, x), geo_prior)
+        x = g.add(x, ex(self.drop_path, g.mul(ex.param(self, "gamma_1"), attn) if self.layerscale else attn))
+        ffn = ex(self.ffn, ex(self.layer_norm2, x))
+        return g.add(x, ex(self.drop_path, g.mul(ex.param(self, "gamma_2"), ffn) if self.layerscale else ffn))
+
 
 class BasicLayer(nn.Module):
     """One stage: blocks, then (except the last stage) PatchMerging. Returns (before, after)."""
@@ -244,6 +360,11 @@ class BasicLayer(nn.Module):
         for block in self.blocks:
             x = block(x, distances)
         return x, (self.downsample(x) if self.downsample is not None else x)
+
+    def onnx(self, ex, x, x_e):
+        for block in self.blocks:
+            x = ex(block, x, x_e)
+        return x, (ex(self.downsample, x) if self.downsample is not None else x)
 
 
 class dformerv2(nn.Module):
@@ -283,6 +404,18 @@ class dformerv2(nn.Module):
             if i > 0:
                 x_out = self.extra_norms[i - 1](x_out)
             outs.append(permute(x_out, 0, 3, 1, 2))
+        return outs
+
+    def onnx(self, ex, rgb, depth):
+        g = ex.g
+        x = ex(self.patch_embed, rgb)  # (B, H/4, W/4, C)
+        x_e = g.slice(depth, 1, 0, 1)  # (B, 1, H, W), full resolution
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x_out, x = ex(layer, x, x_e)
+            if i > 0:
+                x_out = ex(self.extra_norms[i - 1], x_out)
+            outs.append(g.nhwc_to_nchw(x_out))
         return outs
 
 

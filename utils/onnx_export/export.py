@@ -1,9 +1,9 @@
 """Export a DFormer / DFormerv2 segmentor to ONNX, built from the model's own modules and weights.
 
 Why not tracing: Jittor has no ONNX export and its lazy graphs cannot be traced into one, so each
-module type has a handler (`HANDLERS` in `layers.py`, the one registry; the model's handlers in
-`handlers.py`) that writes the same computation with `GraphBuilder` (`graph.py`). A module without
-a handler stops the export with an error naming it. Differences from the Jittor forward, all exact
+module class has an ONNX rule (its `onnx` method beside `execute`; Jittor's own layers in
+`handlers.JITTOR_RULES`) that writes the same computation with `GraphBuilder` (`graph.py`). A module
+without one stops the export with an error naming it. Differences from the Jittor forward, all exact
 up to rounding:
 - a BatchNorm right after a convolution is folded into that convolution's weight and bias (a
   BatchNorm before a padded convolution, as in DFormer's downsampling, is kept: folding it would

@@ -1,20 +1,16 @@
 """Parameters and FLOPs of the DFormer / DFormerv2 models (the library of `benchmark.py`).
 
-Two FLOPs counts, both in multiply-accumulates (GFLOPs = GMACs, as the papers publish them):
+Two FLOPs counts, both in multiply-accumulates (GFLOPs = GMACs, as the papers publish them), from
+the FLOPs rule beside each module class of `models/`: `macs(inputs, output)` -> (module, products)
+for one call, where the class does arithmetic that a count should see (see docs/contributing.md):
 
-- "module" reproduces `thop.profile` (pytorch-OpCounter 0.1.1), which the official
-  `benchmark.py` uses and the papers' FLOPs columns come from. thop only sees nn.Modules of a few
-  types, each with its own rule (checked against thop on the official models, per module type):
-    Conv2d          output elements x in_channels/groups x kh x kw (bias not counted)
-    Linear          output elements x in_features
-    BatchNorm2d     4 x input elements (2 x, doubled for the affine weight and bias)
-    nn.LayerNorm    4 x input elements (DFormer v1's `FrozenLayerNorm` is not an
-                    nn.LayerNorm, so thop counts 0 for it, and so do we)
-    AdaptiveAvgPool2d (DFormer v1's 7x7 pooled queries; a function here, counted on `attention`)
-                    int((H/7 x W/7 + 1) x output elements)
-    everything else (GELU, ReLU, softmax, matmul, interpolation, NMF, elementwise): 0
-- "full" adds what thop misses: the attention products (q k^T and attn v of DFormer's
-  7x7-query attention, DFormerv2's axial and full geometry attention) and the NMF2D matrix
+- "module" reproduces `thop.profile` (pytorch-OpCounter 0.1.1), which the official `benchmark.py`
+  uses and the papers' FLOPs columns come from: thop only sees nn.Modules of a few types, each with
+  its own rule (checked against thop on the official models, per module type): convolutions,
+  Linear, BatchNorm, nn.LayerNorm (DFormer v1's `FrozenLayerNorm` is not one: 0) and DFormer v1's
+  7x7 adaptive pool (counted on `attention`); GELU, ReLU, softmax, interpolation, NMF, products: 0.
+- "full" adds the matrix products thop misses: the attention products (q k^T and attn v of
+  DFormer's 7x7-query attention, DFormerv2's axial and full geometry attention) and the NMF2D
   products (7 evaluation steps). Softmax, normalisation and elementwise ops are still not counted.
 
 The count runs the real forward under Jittor's lazy execution without ever syncing: every shape is
@@ -26,63 +22,15 @@ import math
 from models.registry import MODELS
 from utils.entry import load_config
 
-POOL_WINDOW = 7  # DFormer v1's adaptive-pool output size
-
 
 def _numel(shape):
     return math.prod(int(s) for s in shape)
 
 
-def _shape(v):
-    return tuple(int(s) for s in v.shape)
-
-
 def module_macs(module, inputs, output):
-    """thop's count for one call of `module` (0 for types thop does not know)."""
-    from jittor import nn
-
-    from models.encoders.DFormer import attention
-
-    if isinstance(module, nn.Conv):
-        kh, kw = module.kernel_size
-        return _numel(output.shape) * (module.in_channels // module.groups) * kh * kw
-    if isinstance(module, nn.Linear):
-        return _numel(output.shape) * module.in_features
-    if isinstance(module, nn.BatchNorm):
-        return _numel(inputs[0].shape) * (4 if module.affine else 2)
-    if isinstance(module, nn.LayerNorm):
-        return _numel(inputs[0].shape) * (4 if module.elementwise_affine else 2)
-    if isinstance(module, attention) and module.window:
-        B, H, W, C = _shape(inputs[0])  # pooled tensor: concat(x, x_e), C + C/2 channels
-        kernel = (H / POOL_WINDOW) * (W / POOL_WINDOW)  # thop divides input by output size
-        return int((kernel + 1) * (B * (C + C // 2) * POOL_WINDOW * POOL_WINDOW))  # thop's float order
-    return 0
-
-
-def matmul_macs(module, inputs, output):
-    """MACs of the matrix products inside `module` that thop does not see."""
-    from models.decoders.ham_head import NMF2D
-    from models.encoders.DFormer import attention
-    from models.encoders.DFormerv2 import Decomposed_GSA, Full_GSA
-
-    if isinstance(module, attention) and module.window:
-        B, H, W, C = _shape(inputs[0])  # heads x head width = C/2; 49 pooled queries
-        return 2 * B * POOL_WINDOW * POOL_WINDOW * H * W * (C // 2)  # q k^T and attn v
-    if isinstance(module, Decomposed_GSA):
-        B, H, W, C = _shape(inputs[0])
-        return 2 * B * C * H * W * (W + H)  # along rows (length W), then columns (length H)
-    if isinstance(module, Full_GSA):
-        B, H, W, C = _shape(inputs[0])
-        return 2 * B * C * (H * W) ** 2
-    if isinstance(module, NMF2D):
-        B, C, H, W = _shape(inputs[0])
-        D, N, R = C // module.S, H * W, module.R
-        coef_step = N * D * R + R * D * R + N * R * R  # x^T bases, bases^T bases, coef (.)
-        bases_step = D * N * R + R * N * R + D * R * R  # x coef, coef^T coef, bases (.)
-        steps = module.train_steps if module.is_train else module.eval_steps
-        total = N * D * R + steps * (coef_step + bases_step) + coef_step + D * R * N  # + init, last, recon
-        return B * module.S * total
-    return 0
+    """(thop's count, the products beyond it) of one call of `module`: its class's FLOPs rule."""
+    rule = getattr(module, "macs", None)
+    return rule(inputs, output) if rule else (0, 0)
 
 
 def count_params(model):
@@ -112,8 +60,7 @@ def count_macs(model, height, width, batch_size=1):
 
     def hook(module, inputs, output, kwargs=None):  # Jittor passes kwargs when the call had some
         part = "backbone" if names.get(id(module), "").startswith("backbone") else "head"
-        macs = module_macs(module, inputs, output)
-        extra = matmul_macs(module, inputs, output)
+        macs, extra = module_macs(module, inputs, output)
         totals["module"][part] += macs
         totals["full"][part] += macs + extra
         if macs or extra:
