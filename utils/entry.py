@@ -5,6 +5,7 @@
 `sys.path`, all with the same two lines, replacing the script's folder (whose files would shadow
 top-level names) with the repository.
 """
+import argparse
 import ast
 import importlib
 import importlib.util
@@ -20,7 +21,15 @@ from .errors import UserError
 from .jittor_doctor import check_environment
 
 
-SET_HELP = "override config keys, e.g. --set lr=1e-4 nepochs=50 (values are Python literals or strings)"
+def config_parser(doc, with_set=False):
+    """An `argparse` parser described by the first line of `doc`, with `--config` (and `--set`)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--config", required=True,
+                        help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
+    if with_set:
+        parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config keys, e.g. --set "
+                            "lr=1e-4 nepochs=50 (values are Python literals or strings)")
+    return parser
 
 
 def parse_assignments(items):
@@ -96,8 +105,7 @@ def check_precision(precision, flag=None):
 
 
 def main_guard(main):
-    """Run `main()` once Jittor's defaults are set and its setup checked; exit 2 with one message on
-    a `UserError` or an unusable Jittor setup."""
+    """Run `main()` with Jittor's defaults set and its setup checked; a `UserError` exits 2 with one message."""
     try:
         apply_defaults()
         problem = check_environment()

@@ -3,7 +3,6 @@
 Prints per-class and summary tables labelled with the protocol (modes: `utils/engine/evaluate.py`),
 the speed, and the projected time of the full official protocol.
 """
-import argparse
 import json
 import os
 import sys
@@ -11,7 +10,7 @@ import sys
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import (SET_HELP, check_checkpoint, check_precision, load_config, load_model,  # noqa: E402
+from utils.entry import (check_checkpoint, check_precision, config_parser, load_config, load_model,  # noqa: E402
                          main_guard)
 from utils.speed.timing import format_protocol_time, projected_protocol_time  # noqa: E402
 from utils.engine.metrics import trivial_baseline  # noqa: E402
@@ -19,9 +18,7 @@ from utils.files import atomic_open  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
-    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", help=SET_HELP)
+    parser = config_parser(__doc__, with_set=True)
     parser.add_argument("--checkpoint", required=True, help="official .pth or a checkpoint of utils/train.py")
     parser.add_argument("--dataset-dir", help="dataset folder (default: C.dataset_path)")
     parser.add_argument("--mode", choices=["ss", "msf", "sliding"], default="ss")

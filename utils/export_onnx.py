@@ -6,7 +6,6 @@ Inputs `rgb`, `depth` float32 (B, 3, H, W), normalised as for `model(rgb, depth)
 (B, K, H, W); B=1, H=`--height`, W=`--width` unless `--dynamic`. How the graph differs from the
 Jittor forward: `utils/onnx_export/export.py`.
 """
-import argparse
 import os
 import sys
 import time
@@ -16,14 +15,13 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import load_config, load_model, main_guard  # noqa: E402  (Jittor defaults first)
+from utils.entry import config_parser, load_config, load_model, main_guard  # noqa: E402  (Jittor defaults first)
 from utils.files import atomic_open  # noqa: E402
 from utils.onnx_export.graph import DEFAULT_OPSET, ExportError, GraphBuilder  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
+    parser = config_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="official .pth or a checkpoint of utils/train.py")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--height", type=int, default=480, help="input height of a fixed-size export")
@@ -31,9 +29,8 @@ def parse_args(argv=None):
     parser.add_argument("--dynamic", action="store_true", help="free batch, height and width axes")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--nmf-seed", type=int, help="seed of the fixed NMF bases (default: the config's seed)")
-    parser.add_argument("--verify", action="store_true",
-                        help="run the file in ONNX Runtime and the Jittor model on one random input and "
-                             "print max |diff|")
+    parser.add_argument("--verify", action="store_true", help="run the file in ONNX Runtime and the Jittor "
+                        "model on one random input and print max |diff|")
     return parser.parse_args(argv)
 
 

@@ -6,21 +6,19 @@ A folder holds `RGB/` and `Depth/` with files of the same name. Each image gets 
 label map), `<name>_overlay.png` and `<name>_panel.png`; a labelled split also prints its metrics.
 `--backend onnx --onnx FILE` runs the forward of a `utils/export_onnx.py` file in ONNX Runtime instead.
 """
-import argparse
 import os
 import sys
 
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import (check_checkpoint, check_precision, load_config, load_model,  # noqa: E402  (Jittor defaults first)
-                         main_guard)
+from utils.entry import (check_checkpoint, check_precision, config_parser,  # noqa: E402  (Jittor defaults first)
+                         load_config, load_model, main_guard)
 from utils.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
+    parser = config_parser(__doc__)
     parser.add_argument("--checkpoint", help="official .pth or a checkpoint of utils/train.py (Jittor backend)")
     parser.add_argument("--backend", choices=["jittor", "onnx"], default="jittor",
                         help="run the model in Jittor, or an exported --onnx file in ONNX Runtime")
@@ -73,16 +71,8 @@ def main(args):
     if args.backend == "jittor":
         check_checkpoint(C, args.checkpoint)
     check_writable(args.output_dir)
-    if args.split:
-        dataset = RGBXDataset(C, args.split)
-
-        def raw_images(name):
-            rgb, depth, _ = dataset.read_sample(name)
-            rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB) if C.bgr_input else rgb
-            return rgb, depth[:, :, 0]
-    else:
-        dataset = InferenceDataset(C, list_inference_pairs(args.rgb or args.input_dir, args.depth))
-        raw_images = None
+    dataset = (RGBXDataset(C, args.split) if args.split
+               else InferenceDataset(C, list_inference_pairs(args.rgb or args.input_dir, args.depth)))
     if args.backend == "onnx":
         from utils.onnx_export.backend import OnnxSegmentor
 
@@ -92,8 +82,9 @@ def main(args):
 
     def save(batch, pred):
         for i, name in enumerate(batch["fn"]):
-            if raw_images:
-                rgb, depth = raw_images(name)
+            if args.split:  # the images as read, before evaluation's padding
+                rgb, depth, _ = dataset.read_sample(name)
+                rgb, depth = (cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB) if C.bgr_input else rgb), depth[:, :, 0]
             else:
                 rgb, depth = batch["image"][i].numpy(), batch["depth"][i].numpy()
             height, width = depth.shape

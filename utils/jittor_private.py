@@ -41,7 +41,6 @@ def repeated_in_last_batch(loader):
 
 
 def survive_stopped_children():
-    """Give SIGCHLD its default action back in a process that runs workers: Jittor's handler (set
-    when its core loads) quits the process when a child stops or continues, as if it had been
-    killed, so Ctrl-Z and `fg`, or pausing a worker, ended the parent. Main thread only."""
+    """Give SIGCHLD its default action back: Jittor's handler (set when its core loads) quits the process
+    when a child stops or continues, so Ctrl-Z and `fg`, or pausing a worker, end the parent. Main thread only."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -5,7 +5,6 @@
 `--onnx` times the model exported to ONNX in ONNX Runtime, alternating with Jittor in every iteration
 so that a noisy, shared machine slows both alike. The timing itself is `utils/speed/timing.py`.
 """
-import argparse
 import json
 import os
 import sys
@@ -13,16 +12,14 @@ import sys
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import here)
+from utils.entry import config_parser, load_config, main_guard  # noqa: E402  (Jittor defaults; no Jittor import)
 from utils.files import atomic_open  # noqa: E402
 from utils.speed.timing import (device_info, format_protocol_time, measure_latency,  # noqa: E402
                                 measure_side_by_side, measure_training, projected_protocol_time, timing_stats)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
+    parser = config_parser(__doc__)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
@@ -62,36 +59,39 @@ def main(argv=None):
           + (f" | CUDA {info.get('cuda')} | cuDNN {info.get('cudnn')}" if info["mode"] == "GPU" else
              f" | oneDNN {'on' if info.get('onednn') else 'off'}")
           + f" | {args.precision}, eval mode, {args.height}x{args.width}, warm-up {args.warmup}, {args.iters} timed")
-    if args.onnx:
-        for batch_size in args.batch_sizes:
-            report["latency"].append(time_onnx_next_to_jittor(model, batch_size, args))
-        return finish(report, args)
-    for batch_size in args.batch_sizes:
-        run = measure_latency(model, batch_size, args.height, args.width, args.warmup, args.iters,
-                              args.precision, progress=not args.no_progress)
-        stats = timing_stats(run["times_s"], batch_size)
-        stats.update(batch_size=batch_size, loop_mean_ms=1e3 * run["loop_s"] / max(args.iters, 1))
-        report["latency"].append(stats)
-        print(f"  batch {batch_size:>3}: median {stats['median_ms']:9.1f} ms | min {stats['min_ms']:9.1f} ms | "
-              f"p90 {stats['p90_ms']:9.1f} ms | {stats['images_per_s']:8.2f} images/s")
-    if report["latency"] and (args.height, args.width) == (480, 640):
+    timer = time_onnx_next_to_jittor if args.onnx else time_jittor
+    report["latency"] = [timer(model, batch_size, args) for batch_size in args.batch_sizes]
+    if not args.onnx and report["latency"] and (args.height, args.width) == (480, 640):
         first = report["latency"][0]
         report["protocol"] = projected_protocol_time(first["images_per_s"])
         print("  " + format_protocol_time(report["protocol"]) + f" (from batch {first['batch_size']})")
-    if args.train:
+    if args.train and not args.onnx:
         jt.gc()
         from utils.engine.optim import build_optimizer
 
         train = measure_training(model, config.num_classes, args.train_batch_size, args.height, args.width,
                                  iters=args.train_iters, progress=not args.no_progress,
                                  optimizer=build_optimizer(model, config))
-        train["batch_size"] = args.train_batch_size
-        report["train"] = train
+        report["train"] = dict(train, batch_size=args.train_batch_size)
         memory = train["peak_memory"]
         print(f"  train batch {args.train_batch_size}: {train['images_per_s']:.2f} images/s "
               f"(median step {train['median_ms']:.0f} ms) | peak memory {memory['bytes'] / 2**30:.2f} GiB "
               f"[{memory['what']}]")
-    return finish(report, args)
+    if args.json:
+        with atomic_open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+    return report
+
+
+def time_jittor(model, batch_size, args):
+    """Time `model` at this batch in Jittor; print and return the numbers."""
+    run = measure_latency(model, batch_size, args.height, args.width, args.warmup, args.iters, args.precision,
+                          progress=not args.no_progress)
+    stats = timing_stats(run["times_s"], batch_size)
+    stats.update(batch_size=batch_size, loop_mean_ms=1e3 * run["loop_s"] / max(args.iters, 1))
+    print(f"  batch {batch_size:>3}: median {stats['median_ms']:9.1f} ms | min {stats['min_ms']:9.1f} ms | "
+          f"p90 {stats['p90_ms']:9.1f} ms | {stats['images_per_s']:8.2f} images/s")
+    return stats
 
 
 def time_onnx_next_to_jittor(model, batch_size, args):
@@ -115,13 +115,6 @@ def time_onnx_next_to_jittor(model, batch_size, args):
     stats["speedup"] = stats["jittor"]["median_ms"] / stats["onnxruntime"]["median_ms"]
     print(f"  batch {batch_size:>3}: ONNX Runtime is {stats['speedup']:.2f}x Jittor (median, alternating runs)")
     return stats
-
-
-def finish(report, args):
-    if args.json:
-        with atomic_open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
-    return report
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ import sys
 if __package__ in (None, ""):  # run as a file, not with -m: see utils/entry.py
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from utils.entry import SET_HELP, main_guard  # noqa: E402  (Jittor's defaults; no Jittor import here)
+from utils.entry import config_parser, main_guard  # noqa: E402  (Jittor's defaults; no Jittor import here)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="config module, e.g. local_configs.NYUDepthv2.DFormer_Large")
-    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", help=SET_HELP)
+    parser = config_parser(__doc__, with_set=True)
     parser.add_argument("--resume", "--continue_fpath", dest="resume", metavar="CHECKPOINT",
                         help="last.pkl of an interrupted run to resume (--continue_fpath: upstream's name)")
     parser.add_argument("--dataset-dir", help="dataset folder (default: C.dataset_path)")

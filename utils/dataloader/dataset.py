@@ -1,9 +1,7 @@
-"""Datasets: labelled RGB-D splits (`RGBXDataset`) and unlabelled RGB+depth input for inference.
-
-Mirrors upstream's `utils/dataloader/RGBXDataset.py`, so the arrays equal upstream's for the same files
-and random draws. Both are `jittor.dataset.Dataset`s (`len()` counts batches; under MPI each rank reads
-its share); problems with the user's files raise `UserError` naming the file and what to do.
-"""
+"""Datasets: labelled RGB-D splits (`RGBXDataset`, upstream's `utils/dataloader/RGBXDataset.py`: the same
+arrays for the same files and random draws) and unlabelled RGB+depth input for inference. Both are
+`jittor.dataset.Dataset`s (`len()` counts batches; each MPI rank reads its share); problems with the
+user's files raise `UserError` naming the file and what to do."""
 import os
 import random
 
@@ -36,16 +34,13 @@ To try the code without downloading anything use the synthetic data set:
 
 def dataset_help(C):
     """The download and layout instructions, filled in with the config's folders and formats."""
-    return DATASET_HELP.format(
-        root=C.dataset_path, rgb=C.rgb_folder, x=C.x_folder, gt=C.gt_folder,
-        rgb_ext=C.rgb_format, x_ext=C.x_format, gt_ext=C.gt_format,
-    )
+    return DATASET_HELP.format(root=C.dataset_path, rgb=C.rgb_folder, x=C.x_folder, gt=C.gt_folder,
+                               rgb_ext=C.rgb_format, x_ext=C.x_format, gt_ext=C.gt_format)
 
 
 def file_problem(path):
-    """None for a readable image file, else "missing" or "truncated". OpenCV decodes a truncated JPEG
-    silently (the rest grey), so a JPEG or PNG without its end marker near the end goes to Pillow,
-    which refuses truncated data."""
+    """None for a readable image file, else "missing" or "truncated". OpenCV decodes a truncated JPEG silently
+    (the rest grey), so a JPEG or PNG without its end marker near the end goes to Pillow, which refuses it."""
     if not os.path.isfile(path):
         return "missing"
     with open(path, "rb") as file:
@@ -112,8 +107,7 @@ def read_depth(path, strict=False):
 
 
 def read_label(path, gt_transform):
-    """A label map as HxW uint8; `gt_transform` shifts k to k-1 in uint8 as upstream, so 0
-    (unlabelled) wraps to 255, the ignore index."""
+    """A label map as HxW uint8; `gt_transform` shifts k to k-1 as upstream (0, unlabelled, wraps to 255)."""
     gt = imread(path, cv2.IMREAD_GRAYSCALE, "label")
     return gt - np.uint8(1) if gt_transform else gt
 
@@ -138,10 +132,7 @@ def check_label_values(gt, num_classes, gt_transform, path):
 
 def entry_name(line, rgb_folder):
     """The sample name of one list-file line: "RGB/<name>.jpg", "<name>.jpg" or a bare "<name>"."""
-    entry = line.split()[0]
-    prefix = rgb_folder.rstrip("/") + "/"
-    if entry.startswith(prefix):
-        entry = entry[len(prefix):]
+    entry = line.split()[0].removeprefix(rgb_folder.rstrip("/") + "/")
     stem, ext = os.path.splitext(entry)
     return stem if ext.lower() in IMAGE_EXTENSIONS else entry
 
@@ -165,8 +156,7 @@ class RGBXDataset(Dataset):
     item `index` draws from its own generator seeded with (seed, index), whichever worker reads it.
     """
 
-    def __init__(self, C, split, batch_size=None, shuffle=None, drop_last=None, num_workers=None,
-                 file_length=None):
+    def __init__(self, C, split, batch_size=None, num_workers=None, file_length=None):
         super().__init__()
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
@@ -175,7 +165,12 @@ class RGBXDataset(Dataset):
         self.epoch_seed = None
         if C.dataset_name == "Synthetic":
             check_synthetic_dataset(C)  # stale data (another image size, ...) stops here
-        self.list_file = self._list_file(C, "train" if self.is_train else "test")
+        if not os.path.isdir(C.dataset_path):
+            raise UserError(f"dataset folder not found: {C.dataset_path} (C.dataset_path)\n{dataset_help(C)}")
+        self.list_file = ((C.train_source if self.is_train else C.eval_source)
+                          or os.path.join(C.dataset_path, "train.txt" if self.is_train else "test.txt"))
+        if not os.path.isfile(self.list_file):
+            raise UserError(f"list file not found: {self.list_file}\n{dataset_help(C)}")
         self.names = read_list(self.list_file, C.rgb_folder)
         count = "num_train_imgs" if self.is_train else "num_eval_imgs"
         if C.get(count) not in (None, len(self.names)):
@@ -190,27 +185,15 @@ class RGBXDataset(Dataset):
             total_len=file_length,
             # eval: one image per process (sizes may differ); Jittor needs batch >= world size
             batch_size=batch_size or (C.batch_size if self.is_train else jt.world_size),
-            shuffle=self.is_train if shuffle is None else shuffle,
-            drop_last=self.is_train if drop_last is None else drop_last,
+            shuffle=self.is_train, drop_last=self.is_train,
             num_workers=C.num_workers if num_workers is None else num_workers,
         )
 
     def set_epoch(self, epoch_seed):
-        """Seed this epoch's shuffle and augmentation from `epoch_seed` (an int); `reset()` makes the
-        loader workers fork again with the new seed."""
+        """Seed this epoch's shuffle and augmentation from the int `epoch_seed` (workers fork again)."""
         self.epoch_seed = epoch_seed
         seed_shuffle(self, epoch_seed)
         self.reset()
-
-    @staticmethod
-    def _list_file(C, split):
-        """The path of train.txt / test.txt, after checking that the dataset folder exists."""
-        if not os.path.isdir(C.dataset_path):
-            raise UserError(f"dataset folder not found: {C.dataset_path} (C.dataset_path)\n{dataset_help(C)}")
-        list_file = (C.train_source if split == "train" else C.eval_source) or os.path.join(C.dataset_path, f"{split}.txt")
-        if not os.path.isfile(list_file):
-            raise UserError(f"list file not found: {list_file}\n{dataset_help(C)}")
-        return list_file
 
     def paths(self, name):
         """(rgb, depth, label) file paths of sample `name`."""
@@ -253,20 +236,16 @@ class RGBXDataset(Dataset):
             np_rng = np.random.RandomState([self.epoch_seed % 2**32, index])
         name = self.name_at(index, np_rng)
         rgb, depth, gt = self.read_sample(name)
-        if self.is_train:
-            rgb, gt, depth = train_transform(rgb, gt, depth, self.C, rng)
-        else:
-            rgb, gt, depth = eval_transform(rgb, gt, depth, self.C)
+        rgb, gt, depth = (train_transform(rgb, gt, depth, self.C, rng) if self.is_train
+                          else eval_transform(rgb, gt, depth, self.C))
         return dict(data=rgb, modal_x=depth, label=gt.astype(np.int32), fn=name)
 
 
 def _image_files(folder):
     """Image files of `folder` by stem; dotfiles are skipped, any other non-image is an error."""
     files = {}
-    for entry in sorted(os.listdir(folder)):
+    for entry in sorted(name for name in os.listdir(folder) if not name.startswith(".")):
         path = os.path.join(folder, entry)
-        if entry.startswith("."):
-            continue
         stem, ext = os.path.splitext(entry)
         if not os.path.isfile(path) or ext.lower() not in IMAGE_EXTENSIONS:
             raise UserError(f"{path} is not an image file ({'/'.join(IMAGE_EXTENSIONS)}); "

@@ -1,10 +1,8 @@
-"""The loss scale of mixed-precision training: `torch.cuda.amp.GradScaler`'s dynamic scaling.
+"""The loss scale of mixed-precision training: `torch.cuda.amp.GradScaler`'s dynamic scaling and defaults.
 
-Under autocast (`models/precision.py`) the gradients of the float16 convolutions and products
-flush to zero below 6e-8; the loss is multiplied by `scale` before the backward so they stay in
-float16's range, and the float32 gradients are divided by it before the optimiser sees them.
-GradScaler's defaults: scale 2^16 at the start, halved and the step skipped when a gradient is
-inf or NaN, doubled after 2000 steps in a row without one.
+Under autocast (`models/precision.py`) the gradients of the float16 convolutions and products flush to
+zero below 6e-8; the loss is multiplied by `scale` before the backward so they stay in float16's range,
+and the float32 gradients are divided by it before the optimiser sees them.
 """
 import math
 
@@ -36,6 +34,7 @@ class LossScaler:
         return finite
 
     def update(self, finite):
+        """Back off after an inf/NaN step; grow after `growth_interval` clean steps in a row."""
         if not finite:
             self.scale *= self.backoff_factor
             self.clean_steps = 0

@@ -28,27 +28,18 @@ PRETRAINED_LEFTOVERS = TRAINED_LEFTOVERS + [
     r"backbone\.(proj|head)\.(weight|bias)",
     r"backbone\.norm\.(weight|bias|running_mean|running_var)",
 ]
+_TRAINED_LEFTOVERS, _PRETRAINED_LEFTOVERS = (re.compile("|".join(f"(?:{p})" for p in patterns))
+                                             for patterns in (TRAINED_LEFTOVERS, PRETRAINED_LEFTOVERS))
 # Backbone entries a pretrained file may lack, filled as upstream's `init_weights` leaves them:
 # DFormerv2's segmentation-only per-stage norms at LayerNorm identity.
-ABSENT_IN_PRETRAINED = {
-    r"backbone\.extra_norms\.\d+\.weight": np.ones,
-    r"backbone\.extra_norms\.\d+\.bias": np.zeros,
-}
-
-
-def _any_of(patterns):
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
-
-
-_TRAINED_LEFTOVERS, _PRETRAINED_LEFTOVERS = _any_of(TRAINED_LEFTOVERS), _any_of(PRETRAINED_LEFTOVERS)
-_ABSENT_IN_PRETRAINED = [(re.compile(p), fill) for p, fill in ABSENT_IN_PRETRAINED.items()]
+_ABSENT_IN_PRETRAINED = [(re.compile(r"backbone\.extra_norms\.\d+\.weight"), np.ones),
+                         (re.compile(r"backbone\.extra_norms\.\d+\.bias"), np.zeros)]
 
 
 class CheckpointMismatch(UserError):
-    pass
+    """A checkpoint whose keys or shapes do not fit the model."""
 
 
-# ---------------------------------------------------------------- state dict extraction
 _CONTAINERS = ("model", "state_dict_ema", "state_dict", "module")  # upstream's order of preference
 
 
@@ -89,12 +80,10 @@ def as_model_keys(state_dict):
     return {k if k.startswith("backbone.") else f"backbone.{k}": v for k, v in state_dict.items()}, True
 
 
-# ---------------------------------------------------------------- identification for errors
 def describe_checkpoint(state_dict):
     """Best guess of the official model a state dict belongs to, e.g. 'DFormer-Base (...)'."""
     def count(pattern):
-        found = {int(m.group(1)) for k in state_dict for m in [re.match(pattern, k)] if m}
-        return max(found) + 1 if found else 0
+        return 1 + max((int(m.group(1)) for k in state_dict for m in [re.match(pattern, k)] if m), default=-1)
 
     stem = state_dict.get("backbone.downsample_layers.0.0.weight")
     embed = state_dict.get("backbone.patch_embed.proj.0.weight")
@@ -112,7 +101,6 @@ def describe_checkpoint(state_dict):
     return name
 
 
-# ---------------------------------------------------------------- strict loading
 def _absent_fill(key):
     """How upstream fills backbone entry `key` when a pretrained file lacks it (None: it must not)."""
     return next((fill for pattern, fill in _ABSENT_IN_PRETRAINED if pattern.fullmatch(key)), None)
@@ -133,13 +121,12 @@ def compare_keys(model_shapes, state_dict, backbone_only):
 
 def _mismatch_message(path, model_name, state_dict, problems, whole_segmentor_as_backbone, limit=12):
     if whole_segmentor_as_backbone:
-        first = (f"{path} holds a whole segmentor, {describe_checkpoint(state_dict)}, not a pretrained "
+        lines = [f"{path} holds a whole segmentor, {describe_checkpoint(state_dict)}, not a pretrained "
                  f"backbone, and its backbone does not fit the {model_name} backbone of this config. "
-                 "Pick the config (or the pretrained file) that matches.")
+                 "Pick the config (or the pretrained file) that matches."]
     else:
-        first = (f"{path} does not fit the {model_name} model of this config; it looks like "
-                 f"{describe_checkpoint(state_dict)}. Pick the config that matches the file.")
-    lines = [first]
+        lines = [f"{path} does not fit the {model_name} model of this config; it looks like "
+                 f"{describe_checkpoint(state_dict)}. Pick the config that matches the file."]
     for title, keys in zip(("missing", "unexpected", "shape mismatch"), problems):
         if keys:
             shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

@@ -52,8 +52,7 @@ def resize_align_corners(x, size):
 
 
 class _SeededForward:
-    """model(rgb, depth) with NMF bases drawn from `rng` (deterministic evaluation), at `precision`
-    (float32 logits)."""
+    """model(rgb, depth) at `precision`, float32 logits, NMF bases drawn from `rng` (deterministic)."""
 
     def __init__(self, model, rng, precision="fp32"):
         self.model, self.rng, self.precision = model, rng, precision
@@ -79,8 +78,7 @@ def slide_inference(forward, rgb, depth, C):
     smaller than the crop is first resized to it, upstream's quirk kept."""
     crop_h, crop_w = C.eval_crop_size
     if crop_h > rgb.shape[2] or crop_w > rgb.shape[3]:
-        rgb = resize_align_corners(rgb, (crop_h, crop_w))
-        depth = resize_align_corners(depth, (crop_h, crop_w))
+        rgb, depth = (resize_align_corners(x, (crop_h, crop_w)) for x in (rgb, depth))
     stride_h, stride_w = int(C.eval_stride_rate * crop_h), int(C.eval_stride_rate * crop_w)
     B, _, H, W = rgb.shape
     rows = max(H - crop_h + stride_h - 1, 0) // stride_h + 1

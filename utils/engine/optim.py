@@ -59,10 +59,8 @@ class AdamW(jt.optim.AdamW):
             for p, g, v, m in adamw_slots(group):
                 if p.is_stop_grad():
                     continue
-                new_p, new_m, new_v = cpu_ops.adamw_update(p, g, m, v, scalars)
-                p.update(new_p)
-                m.update(new_m)
-                v.update(new_v)
+                for var, new in zip((p, m, v), cpu_ops.adamw_update(p, g, m, v, scalars)):
+                    var.update(new)
         self.post_step()
 
 

@@ -27,33 +27,24 @@ _STORAGE_DTYPES = {"FloatStorage": "f4", "HalfStorage": "f2", "DoubleStorage": "
                    "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?"}
 
 
-class _StorageType:
-    def __init__(self, name):
-        self.name, self.dtype = name, _STORAGE_DTYPES.get(name)
-
-
-class _Storage:
-    """A torch storage: its type and raw elements (None while a legacy file's object is first read)."""
-
-    def __init__(self, kind, data=None):
-        self.kind, self.data = kind, data
+_StorageType = collections.namedtuple("_StorageType", "name dtype")  # torch.FloatStorage etc. and its dtype
+# a torch storage: its _StorageType and raw elements (None while a legacy file's object is first read)
+_Storage = collections.namedtuple("_Storage", "kind data", defaults=(None,))
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
     """A C-contiguous copy of the view (offset, size, stride) of `storage`, as torch defines it."""
-    size, stride = tuple(size), tuple(stride)
-    if storage.data is None:  # first pass over a legacy file: storages not read yet
+    data, size, stride = storage.data, tuple(size), tuple(stride)
+    if data is None:  # first pass over a legacy file: storages not read yet
         return None
-    data = storage.data
     end = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
     if 0 in size:
         array = np.empty(size, data.dtype)
     elif offset < 0 or end > data.size:
         raise ValueError(f"a tensor of size {size} reaches beyond its storage of {data.size} elements")
-    else:
-        view = np.lib.stride_tricks.as_strided(data[offset:], shape=size,
-                                               strides=[s * data.itemsize for s in stride])
-        array = view.copy()  # C order; a 0-dim tensor stays a 0-dim array
+    else:  # a C-order copy; a 0-dim tensor stays a 0-dim array
+        array = np.lib.stride_tricks.as_strided(data[offset:], shape=size,
+                                                strides=[s * data.itemsize for s in stride]).copy()
     if storage.kind.name == "BFloat16Storage":  # bfloat16 = the high half of a float32
         array = np.asarray(array.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return array
@@ -111,7 +102,7 @@ class _SafeUnpickler(pickle.Unpickler):
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         module = module.replace("numpy._core", "numpy.core")
         if module == "torch" and name.endswith("Storage"):
-            return _StorageType(name)
+            return _StorageType(name, _STORAGE_DTYPES.get(name))
         found = _ALLOWED.get((module, name))
         return found if found is not None else type(name, (Opaque,), {"pickled_class": f"{module}.{name}"})
 
@@ -139,9 +130,8 @@ def _read_torch_zip(path, archive):
     if not pickles:
         raise UserError(f"{path}: a zip file, but not a PyTorch checkpoint (no data.pkl inside)")
     prefix = pickles[0][: -len("data.pkl")]
-    order = "<"
-    if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() == b"big":
-        order = ">"
+    big = f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() == b"big"
+    order = ">" if big else "<"
     storages = {}
 
     def storage(saved_id):  # ('storage', storage type, key, location, numel)
@@ -155,7 +145,8 @@ def _read_torch_zip(path, archive):
         return _SafeUnpickler(file, storage).load()
 
 
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a legacy (non-zip) torch.save stream
+# the first object of a legacy (non-zip) torch.save stream, a magic number, pickled as LONG1
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def _read_torch_legacy(file):
@@ -193,11 +184,8 @@ def _read_torch_legacy(file):
 
 def _is_legacy_torch(head):
     """Whether the pickle starts with the magic number (PROTO, an optional FRAME, LONG1)."""
-    if head[:1] != b"\x80":
-        return False
     start = 11 if head[2:3] == b"\x95" else 2
-    return head[start:start + 2] == b"\x8a\x0a" and \
-        int.from_bytes(head[start + 2:start + 12], "little") == _LEGACY_MAGIC
+    return head[:1] == b"\x80" and head[start:start + 12] == _LEGACY_MAGIC
 
 
 def _is_safetensors(head, size):

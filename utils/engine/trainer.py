@@ -14,8 +14,7 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from local_configs._base_ import IGNORE_LABEL
-from models import build_model
-from models import precision
+from models import build_model, precision
 from models.batchnorm import BatchNorm2d, SyncBatchNorm
 
 from ..dataloader.dataset import RGBXDataset
@@ -41,13 +40,9 @@ def seed_epoch(seed, epoch, train_set):
 
 
 def micro_batch_groups(loader, accum_steps):
-    """The loader's batches in lists of `accum_steps` (one optimiser step each)."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == accum_steps:
-            yield group
-            group = []
+    """The loader's batches in tuples of `accum_steps`, one per optimiser step (a partial last one dropped)."""
+    batches = iter(loader)
+    return zip(*[batches] * accum_steps)
 
 
 def labelled_pixels(micro_batches):
@@ -59,11 +54,10 @@ def labelled_pixels(micro_batches):
 
 
 def train_step(model, optimizer, micro_batches, C, scaler=None):
-    """One optimiser step; returns its loss. Each micro-batch's loss sum is divided by the labelled
-    pixels of the whole step on all processes (x world size: Jittor averages process gradients), so
-    the gradient is upstream's single-process full-batch one (upstream's DDP averages per-GPU means).
-    With a `LossScaler` (`--amp`) the forwards run under autocast, the float32 loss is scaled for the
-    backward, and the scaler steps (or skips a step with inf/NaN gradients)."""
+    """One optimiser step; returns its loss. Each micro-batch's loss sum is divided by the labelled pixels
+    of the whole step on all processes (x world size: Jittor averages process gradients), so the gradient
+    is upstream's single-process full-batch one (upstream's DDP averages per-GPU means). With a
+    `LossScaler` (`--amp`) the forwards run under autocast and the scaler steps (or skips inf/NaN steps)."""
     normaliser = labelled_pixels(micro_batches) / jt.world_size
     losses = []
     for batch in micro_batches:
@@ -115,15 +109,14 @@ def init_weights(model, C, args, log):
 class RunLog:
     """train.log, the console and TensorBoard, written by process 0 only."""
     def __init__(self, run_dir):
-        self.main_rank = jt.rank == 0
         self.file = self.writer = None
-        if self.main_rank:
+        if jt.rank == 0:
             os.makedirs(run_dir, exist_ok=True)
             self.file = open(os.path.join(run_dir, "train.log"), "a")
             self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
 
     def __call__(self, message):
-        if self.main_rank:
+        if self.file:
             tqdm.write(message)
             self.file.write(message + "\n")
             self.file.flush()
@@ -133,7 +126,7 @@ class RunLog:
             self.writer.add_scalar(tag, value, step)
 
     def close(self):
-        if self.main_rank:
+        if self.file:
             self.writer.close()
             self.file.close()
 
@@ -151,8 +144,7 @@ def load_training_config(args):
 
 
 def build_training(C, args, niters_per_epoch, log):
-    """Model (every process with process 0's weights), optimiser, schedule, first epoch, best mIoU,
-    loss scaler (None without --amp)."""
+    """Model (process 0's weights everywhere), optimiser, schedule, first epoch, best mIoU, LossScaler/None."""
     jt.set_global_seed(C.seed)  # the initial weights
     model = build_model(C)
     set_batchnorm_sync(model, args.syncbn)

@@ -34,9 +34,9 @@ def colorize(label):
 
 def overlay(rgb, label, alpha=0.5, ignore_index=IGNORE_LABEL):
     """Blend the colourised `label` over `rgb`; pixels equal to `ignore_index` keep the image."""
-    rgb = np.asarray(rgb, np.float32)
+    rgb, ignored = np.asarray(rgb, np.float32), np.asarray(label) == ignore_index
     blended = (1 - alpha) * rgb + alpha * colorize(label).astype(np.float32)
-    blended[np.asarray(label) == ignore_index] = rgb[np.asarray(label) == ignore_index]
+    blended[ignored] = rgb[ignored]
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
