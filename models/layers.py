@@ -61,8 +61,7 @@ class Linear(nn.Linear):
         return y if self.bias is None else y + precision.like(self.bias, y)
 
     def onnx(self, ex, x):
-        bias = None if self.bias is None else self.bias.numpy()
-        return ex.g.linear(x, self.weight.numpy(), bias, ex.name(self))
+        return ex.g.linear(x, self.weight.numpy(), None if self.bias is None else self.bias.numpy(), ex.name(self))
 
     def macs(self, inputs, output):
         """thop: output elements x in_features."""

@@ -121,10 +121,23 @@ def product_calls(monkeypatch, model, *inputs):
 
 
 def unruled_products(calls):
-    """Class names whose calls ran products their FLOPs rule does not count: no rule, or a count of
-    products (thop's count for the layers thop sees) other than the products run."""
+    """Class names whose calls ran products their FLOPs rule does not count, or whose rule counts
+    products they did not run: no rule, or a count of products (thop's count for the layers thop
+    sees) other than the products run."""
     return sorted({type(module).__name__ for module, measured, (thop, products) in calls
-                   if measured and measured not in (products, thop if products == 0 else None)})
+                   if (measured or products) and measured not in (products, thop if products == 0 else None)})
+
+
+def stock_layers_without_rules(model):
+    """Jittor's own layer classes in `model` that have no entry in `JITTOR_RULES`, or that thop would
+    count (convolutions, Linear, norms: those need our subclass, whose FLOPs rule counts them)."""
+    from jittor import nn
+
+    from utils.onnx_export.handlers import JITTOR_RULES
+
+    stock = {type(m) for m in model.modules() if type(m).__module__.startswith("jittor")}
+    return sorted(cls.__name__ for cls in stock
+                  if cls not in JITTOR_RULES or issubclass(cls, (nn.Conv, nn.Linear, nn.BatchNorm, nn.LayerNorm)))
 
 
 @pytest.mark.parametrize("config", ["DFormer_Tiny", "DFormerv2_S"])
@@ -143,6 +156,7 @@ def test_every_module_that_runs_products_counts_them(monkeypatch, config):
                 "DFormerv2_S": {"Linear", "Decomposed_GSA", "Full_GSA", "NMF2D"}}[config]
     assert ran == expected  # the watch sees the products
     assert unruled_products(calls) == []
+    assert stock_layers_without_rules(model) == []
 
 
 def test_the_mlp_decoder_counts_its_products(monkeypatch):
@@ -153,7 +167,10 @@ def test_the_mlp_decoder_counts_its_products(monkeypatch):
     jt.set_global_seed(0)
     head = DecoderHead([8, 16, 24, 32], num_classes=5, embed_dim=12)
     inputs = [jt.zeros((1, c, 16 // 2 ** i, 20 // 2 ** i)) for i, c in enumerate([8, 16, 24, 32])]
-    assert unruled_products(product_calls(monkeypatch, head, inputs)) == []
+    calls = product_calls(monkeypatch, head, inputs)
+    assert {type(module).__name__ for module, measured, _ in calls if measured} == {"Linear"}
+    assert unruled_products(calls) == []
+    assert stock_layers_without_rules(head) == []
 
 
 def test_a_module_whose_products_no_rule_counts_is_caught(monkeypatch):
@@ -175,7 +192,14 @@ def test_a_module_whose_products_no_rule_counts_is_caught(monkeypatch):
             B, n, m = inputs[0].shape
             return 0, B * n * m * n
 
+    class Phantom(Counted):  # counts products it does not run
+        def execute(self, x):
+            return x
+
     x = jt.zeros((2, 3, 4))
+    assert unruled_products(product_calls(monkeypatch, Phantom(), x)) == ["Phantom"]
+    stock = jt.nn.Sequential(jt.nn.Conv2d(1, 1, 1), jt.nn.ReLU(), jt.nn.GELU())  # thop-counted, ruled, unruled
+    assert stock_layers_without_rules(stock) == sorted([type(stock[0]).__name__, type(stock[2]).__name__])
     assert unruled_products(product_calls(monkeypatch, Unruled(), x)) == ["Unruled"]
     assert unruled_products(product_calls(monkeypatch, Miscounted(), x)) == ["Miscounted"]
     assert unruled_products(product_calls(monkeypatch, Counted(), x)) == []

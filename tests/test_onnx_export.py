@@ -62,6 +62,26 @@ def test_onnx_runtime_matches_jittor(name):
         assert error <= TOLERANCE, (name, batch, height, width, error)
 
 
+def test_the_mlp_decoder_exports():
+    """`C.decoder = "MLPDecoder"` (no shipped config uses it): its rules export what Jittor computes."""
+    import jittor as jt
+
+    from models import build_model
+    from utils.entry import load_config
+    from utils.onnx_export.backend import create_session
+    from utils.onnx_export.export import compare_with_jittor, export_model
+
+    jt.set_global_seed(0)
+    model = build_model(load_config("local_configs.Synthetic.DFormer_Tiny",
+                                    assignments=["decoder=MLPDecoder", "decoder_embed_dim=32"]))
+    model.eval()
+    proto = export_model(model, dynamic=True)
+    session = create_session(proto.SerializeToString())
+    for batch, height, width, seed in CASES:
+        rgb, depth, _ = synthetic_inputs(batch, height, width, seed)
+        assert compare_with_jittor(model, proto, rgb, depth, nmf_seed=0, session=session) <= TOLERANCE
+
+
 def test_batchnorm_folded_where_exact(tiny):
     """Only DFormer's BN-before-conv downsampling (3 per stream) stays a BatchNormalization."""
     from utils.onnx_export.export import export_model

@@ -84,7 +84,8 @@ def main(args):
         for i, name in enumerate(batch["fn"]):
             if args.split:  # the images as read, before evaluation's padding
                 rgb, depth, _ = dataset.read_sample(name)
-                rgb, depth = (cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB) if C.bgr_input else rgb), depth[:, :, 0]
+                rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB) if C.bgr_input else rgb
+                depth = depth[:, :, 0]
             else:
                 rgb, depth = batch["image"][i].numpy(), batch["depth"][i].numpy()
             height, width = depth.shape

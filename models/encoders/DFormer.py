@@ -197,8 +197,7 @@ class Block(nn.Module):
         x = g.add(x, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_2"), ex(self.mlp, x))))
         if not self.drop_depth:
             x_e = g.add(x_e, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_1_e"), a_e)))
-            mlp_e = ex(self.mlp_e2, x_e)
-            x_e = g.add(x_e, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_2_e"), mlp_e)))
+            x_e = g.add(x_e, ex(self.dropout_layer, g.mul(ex.param(self, "layer_scale_2_e"), ex(self.mlp_e2, x_e))))
         return x, x_e
 
 

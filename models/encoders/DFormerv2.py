@@ -228,8 +228,7 @@ class _GSA(nn.Module):
         n, d = self.num_heads, self.key_dim
         q, k, v = ex(self.q_proj, x), g.scale(ex(self.k_proj, x), self.scaling), ex(self.v_proj, x)
         q, k = (g.transpose(g.reshape(t, [0, 0, 0, n, d]), (0, 3, 1, 2, 4)) for t in (q, k))
-        q, k = (_onnx_angle_transform(g, t, sin, cos, d) for t in (q, k))
-        return q, k, v, ex(self.lepe, v)
+        return _onnx_angle_transform(g, q, sin, cos, d), _onnx_angle_transform(g, k, sin, cos, d), v, ex(self.lepe, v)
 
 
 class Decomposed_GSA(_GSA):
@@ -245,14 +244,13 @@ class Decomposed_GSA(_GSA):
         g = ex.g
         (sin, cos), (mask_h, mask_w) = rel_pos
         qr, kr, v, lepe = self.onnx_rotated_qkv(ex, x, sin, cos)
-        v = g.transpose(g.reshape(v, [0, 0, 0, self.num_heads, self.key_dim]), (0, 3, 1, 2, 4))  # (B,n,H,W,d)
+        v = g.transpose(g.reshape(v, [0, 0, 0, self.num_heads, self.key_dim]), (0, 3, 1, 2, 4))  # (B, n, H, W, d)
         attn_w = g.softmax(g.add(g.matmul(qr, g.transpose(kr, (0, 1, 2, 4, 3))), mask_w))  # (B, n, H, W, W)
         v = g.transpose(g.matmul(attn_w, v), (0, 1, 3, 2, 4))  # (B, n, W, H, d)
         attn_h = g.softmax(g.add(g.matmul(g.transpose(qr, (0, 1, 3, 2, 4)), g.transpose(kr, (0, 1, 3, 4, 2))),
                                  mask_h))  # (B, n, W, H, H)
         out = g.transpose(g.matmul(attn_h, v), (0, 3, 2, 1, 4))  # (B, H, W, n, d)
         return ex(self.out_proj, g.add(g.reshape(out, [0, 0, 0, -1]), lepe))
-
 
     def macs(self, inputs, output):
         """Products thop misses: along rows (length W), then columns (length H), each q k^T and attn v."""
@@ -278,7 +276,6 @@ class Full_GSA(_GSA):
         attn = g.softmax(g.add(g.matmul(qr, g.transpose(kr, (0, 1, 3, 2))), mask))  # (B, n, HW, HW)
         out = g.transpose(g.matmul(attn, v), (0, 2, 1, 3))  # (B, HW, n, d)
         return ex(self.out_proj, g.add(g.reshape_to(out, g.op("Shape", x)), lepe))
-
 
     def macs(self, inputs, output):
         """Products thop misses: q k^T and attn v over all H*W positions."""

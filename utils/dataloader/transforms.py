@@ -61,7 +61,7 @@ def random_scale(rgb, gt, modal_x, scales, rng=random):
     rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
     gt = cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST)
     modal_x = cv2.resize(modal_x, size, interpolation=cv2.INTER_LINEAR)
-    return rgb, gt, modal_x
+    return rgb, gt, modal_x, scale
 
 
 def random_crop_pos(image_shape, crop_shape, rng=random):
@@ -99,7 +99,7 @@ def train_transform(rgb, gt, modal_x, C, rng=random):
     normalisation, so padded pixels are 0 (the mean), padded labels 255."""
     rgb, gt, modal_x = random_mirror(rgb, gt, modal_x, rng)
     if C.train_scale_array is not None:
-        rgb, gt, modal_x = random_scale(rgb, gt, modal_x, C.train_scale_array, rng)
+        rgb, gt, modal_x, _ = random_scale(rgb, gt, modal_x, C.train_scale_array, rng)
     rgb = normalize(rgb, C.norm_mean, C.norm_std)
     modal_x = normalize(modal_x, *depth_mean_std(C))
     crop_shape = (C.image_height, C.image_width)
@@ -113,7 +113,7 @@ def train_transform(rgb, gt, modal_x, C, rng=random):
 def eval_transform(rgb, gt, modal_x, C, pad_sunrgbd=None):
     """Upstream `ValPre`, returning as `train_transform`; `gt` may be None. The SUNRGBD pad (`pad_sunrgbd`,
     default `C.pad_SUNRGBD`) precedes normalisation, so padded pixels become -mean/std, not 0."""
-    if pad_sunrgbd or (pad_sunrgbd is None and C.pad_SUNRGBD):
+    if C.pad_SUNRGBD if pad_sunrgbd is None else pad_sunrgbd:
         rgb = pad_bottom_right(rgb, SUN_PAD_SHAPE, 0)
         modal_x = pad_bottom_right(modal_x, SUN_PAD_SHAPE, 0)
         gt = None if gt is None else pad_bottom_right(gt, SUN_PAD_SHAPE, IGNORE_LABEL)

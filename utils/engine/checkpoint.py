@@ -83,7 +83,8 @@ def as_model_keys(state_dict):
 def describe_checkpoint(state_dict):
     """Best guess of the official model a state dict belongs to, e.g. 'DFormer-Base (...)'."""
     def count(pattern):
-        return 1 + max((int(m.group(1)) for k in state_dict for m in [re.match(pattern, k)] if m), default=-1)
+        found = {int(m.group(1)) for k in state_dict for m in [re.match(pattern, k)] if m}
+        return max(found) + 1 if found else 0
 
     stem = state_dict.get("backbone.downsample_layers.0.0.weight")
     embed = state_dict.get("backbone.patch_embed.proj.0.weight")

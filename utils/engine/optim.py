@@ -59,8 +59,10 @@ class AdamW(jt.optim.AdamW):
             for p, g, v, m in adamw_slots(group):
                 if p.is_stop_grad():
                     continue
-                for var, new in zip((p, m, v), cpu_ops.adamw_update(p, g, m, v, scalars)):
-                    var.update(new)
+                new_p, new_m, new_v = cpu_ops.adamw_update(p, g, m, v, scalars)
+                p.update(new_p)
+                m.update(new_m)
+                v.update(new_v)
         self.post_step()
 
 

@@ -1,7 +1,7 @@
 """A small ONNX graph builder: nodes, initializers, and the composite ops the DFormer models need.
 
-Used by `utils/export_onnx.py`, whose per-module handlers call these methods; they hold no model
-knowledge. Every composite writes out the same arithmetic as its Jittor counterpart in
+Used by the layers' ONNX rules (their `onnx` methods in `models/`, `JITTOR_RULES` in `handlers.py`);
+it holds no model knowledge. Every composite writes out the same arithmetic as its Jittor counterpart in
 `models/layers.py` (two-pass LayerNorm, erf GELU, PyTorch's adaptive-pool bins, bilinear
 resize with align_corners=False) rather than a faster approximation.
 

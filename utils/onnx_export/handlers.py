@@ -36,8 +36,9 @@ class Exporter:
         if rule is None:
             cls = type(module)
             raise ExportError(f"cannot export module {self.name(module) or 'model'} ({cls.__module__}."
-                              f"{cls.__qualname__}): no ONNX rule for this module type (give the class an "
-                              "`onnx` method, see docs/contributing.md)")
+                              f"{cls.__qualname__}): no ONNX rule for this module type (a class of models/ "
+                              "needs an `onnx` method, a Jittor layer an entry in JITTOR_RULES; see "
+                              "docs/contributing.md)")
         outer, self.g.scope = self.g.scope, self.name(module)
         try:
             return rule(module, self, *inputs, **options)

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 import numpy as np
 
@@ -30,9 +31,11 @@ def pyplot():
 
 
 def stamp(rows):
-    """'date, machine, commit' of the rows, each field listing its distinct values."""
-    fields = [sorted({str(row.get(key, "?")) for row in rows}) for key in ("date", "machine", "commit")]
-    return ", ".join("/".join(values) for values in fields)
+    """'date, machine, commit' of the rows, each field listing its distinct values in the rows' order
+    (more than three: the first and the last, and how many)."""
+    fields = [list(dict.fromkeys(str(row.get(key, "?")) for row in rows)) for key in ("date", "machine", "commit")]
+    return ", ".join("/".join(values) if len(values) <= 3 else f"{values[0]} .. {values[-1]} ({len(values)} {key}s)"
+                     for key, values in zip(("date", "machine", "commit"), fields))
 
 
 # ----------------------------------------------------------------------------------- Chart 1
@@ -87,9 +90,11 @@ def draw_training(results, path):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
-    lines = summary(results)
-    figure.suptitle(f"Same start, same batches: this Jittor port against the official PyTorch code on the "
-                    f"synthetic set\n{stamp(list(runs.values()))}", fontsize=11)
+    width = 100 * len(models)  # characters of the small text across the figure
+    lines = [part for line in summary(results) for part in textwrap.wrap(line, width, subsequent_indent="  ")]
+    title = ("Same start, same batches: this Jittor port against the official PyTorch code on the synthetic set, "
+             + stamp(list(runs.values())))
+    figure.suptitle("\n".join(textwrap.wrap(title, width * 3 // 4)), fontsize=11)
     figure.text(0.01, 0.005, "\n".join(lines), fontsize=7, family="monospace", va="bottom")
     figure.tight_layout(rect=(0, 0.012 * (len(lines) + 1), 1, 0.96))
     figure.savefig(path, dpi=110)
