@@ -49,6 +49,19 @@ def test_jittor_runs_are_recorded_and_not_run_again(tmp_path, capsys):
         tool.main(argv[:5] + ["2"] + argv[6:])
 
 
+def test_a_torch_python_that_cannot_import_the_official_dependencies_is_refused_first(tmp_path):
+    """Before any run: this suite's Python has no torch, timm, mmcv: one error naming the problem."""
+    import sys
+
+    argv = ["--configs", tiny_config(tmp_path), "--seeds", "1", "--epochs", "1", "--official-dir", str(tmp_path),
+            "--torch-python", sys.executable, "--json", str(tmp_path / "runs.json"), "--work-dir", str(tmp_path / "w")]
+    with pytest.raises(UserError, match=r"cannot import the official models' dependencies \(ModuleNotFoundError"):
+        tool.main(argv)
+    assert not (tmp_path / "runs.json").exists() and not (tmp_path / "w").exists()
+    with pytest.raises(UserError, match="need --official-dir and --torch-python"):
+        tool.main(argv[:6] + argv[10:])
+
+
 def fake_run(model, framework, seed, mious, shared=False, processes=1, steps=None):
     epochs = [{"epoch": e, "loss": 2.0 / e, "miou": m} for e, m in enumerate(mious, 1)]
     return tool.run_name(model, framework, seed, shared, processes), dict(

@@ -235,12 +235,18 @@ def official_cfg(C):
             "background": IGNORE_LABEL, "lr": C.lr, "weight_decay": C.weight_decay}
 
 
-def torch_environment(python, pythonpath):
-    """(environment, torch version or None, why not) of the worker's interpreter."""
+# What the official models import beyond the standard library (timm imports torchvision, whose build
+# must match torch's: a CUDA torchvision next to a CPU torch fails here, not after an hour of runs).
+OFFICIAL_IMPORTS = "import torch, timm, mmcv, mmengine"
+
+
+def torch_environment(python, pythonpath=None):
+    """(environment, torch version or None, why not) of the worker's interpreter, which must import
+    the official models' dependencies."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath  # e.g. without the numpy<2 that Jittor needs
-    probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"],
+    probe = subprocess.run([python, "-c", f"{OFFICIAL_IMPORTS}; print(torch.__version__)"],
                            env=env, capture_output=True, text=True, timeout=300)
     if probe.returncode != 0:
         return env, None, (probe.stderr.strip().splitlines() or ["no output"])[-1]
@@ -251,7 +257,7 @@ def run_official(spec, python, pythonpath):
     """Run the worker on `spec` (written next to its result); the result dict, or raise why not."""
     env, version, problem = torch_environment(python, pythonpath)
     if version is None:
-        raise RuntimeError(f"torch is not importable by {python}: {problem}")
+        raise RuntimeError(f"{python} cannot import the official models' dependencies: {problem}")
     spec_path = os.path.join(spec["folder"], "official_spec.json")
     with open(spec_path, "w") as file:
         json.dump(spec, file)

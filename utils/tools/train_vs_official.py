@@ -453,8 +453,6 @@ def compare_config(name, seeds, epochs, args, results):
     for index, run in enumerate(runs):
         folder = os.path.join(work, f"seed{run['seed']}")
         if run["name"] not in results["runs"]:
-            if run["framework"] == "pytorch" and not (args.official_dir and args.torch_python):
-                raise UserError("the PyTorch runs need --official-dir and --torch-python")
             write_inputs(C, run["seed"], folder)
             write_test_set(C, test_path)
             start = time.time()
@@ -487,10 +485,27 @@ def parse_args(argv=None):
     return args
 
 
+def check_torch_python(args):
+    """Before any run: the PyTorch side's interpreter imports what the official models need."""
+    from utils.errors import UserError
+    from utils.tools.official import torch_environment
+
+    if "pytorch" not in args.frameworks:
+        return
+    if not (args.official_dir and args.torch_python):
+        raise UserError("the PyTorch runs need --official-dir and --torch-python")
+    _, version, problem = torch_environment(args.torch_python)
+    if version is None:
+        raise UserError(f"--torch-python {args.torch_python} cannot import the official models' dependencies "
+                        f"({problem}): it needs torch with a torchvision of the same build (CPU or CUDA), "
+                        "mmcv-lite, mmengine and timm (docs/installation.md)")
+
+
 def main(argv=None):
     from utils.jittor_private import survive_stopped_children
 
     args = parse_args(argv)
+    check_torch_python(args)
     survive_stopped_children()  # the workers are this process's children
     results = load_results(args.json)
     results["command"] = "python -m utils.tools.train_vs_official " + " ".join(sys.argv[1:] if argv is None else argv)
