@@ -32,11 +32,18 @@ def should_validate(epoch, C):
     return epoch == 1 or epoch % 10 == 0 or epoch > C.checkpoint_start_epoch or epoch == C.nepochs
 
 
+def seed_everything(*key):
+    """Seed Python's, numpy's and Jittor's generators (+ the rank under MPI) from the ints `key`,
+    mixed by numpy's SeedSequence: Jittor's CPU generator (libstdc++'s minstd_rand0) gives seeds 0
+    and 1 the same stream and seeds s and c*s streams that are multiples of each other, so nearby
+    seeds reaching it unmixed would draw the same or related initial weights and masks."""
+    jt.set_global_seed(int(np.random.SeedSequence(key).generate_state(1)[0] >> 1))
+
+
 def seed_epoch(seed, epoch, train_set):
     """Re-seed every random source from (seed, epoch): resuming then replays the same draws."""
-    epoch_seed = seed * 1000 + epoch
-    jt.set_global_seed(epoch_seed)  # random, numpy, jittor (DropPath, NMF bases); + rank under MPI
-    train_set.set_epoch(epoch_seed)  # the loader's shuffle and augmentation
+    seed_everything(seed, epoch)  # random, numpy, jittor (DropPath, NMF bases)
+    train_set.set_epoch(seed * 1000 + epoch)  # the loader's shuffle and augmentation
 
 
 def micro_batch_groups(loader, accum_steps):
@@ -145,7 +152,7 @@ def load_training_config(args):
 
 def build_training(C, args, niters_per_epoch, log):
     """Model (process 0's weights everywhere), optimiser, schedule, first epoch, best mIoU, LossScaler/None."""
-    jt.set_global_seed(C.seed)  # the initial weights
+    seed_everything(C.seed)  # the initial weights
     model = build_model(C)
     set_batchnorm_sync(model, args.syncbn)
     init_weights(model, C, args, log)

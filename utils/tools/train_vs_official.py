@@ -6,7 +6,7 @@ training loss and single-scale test mIoU after every epoch, from the same start 
     python -m utils.tools.charts training runs.json docs/training_vs_official.png
 
 For config c and seed k, this repository's code writes once into `--work-dir`: the initial weights
-(`jt.set_global_seed(k)` then `build_model`, as utils/train.py) as a checkpoint, every epoch's augmented
+(`seed_everything(k)` then `build_model`, as utils/train.py) as a checkpoint, every epoch's augmented
 batches (our loader after `seed_epoch(k, epoch)`) and the test set. Then, each in a process of its own:
 - `jittor/seed<k>`: this repository's trainer (`build_training`, `train_epoch`, `evaluate`) on those
   batches from those weights;
@@ -178,16 +178,15 @@ def write_inputs(C, seed, folder):
     manifest = os.path.join(folder, "epochs.json")
     if os.path.exists(manifest):
         return
-    import jittor as jt
     from tqdm import tqdm
 
     from models import build_model
     from utils.dataloader.dataset import RGBXDataset
     from utils.engine.checkpoint import save_checkpoint, state_dict_numpy
-    from utils.engine.trainer import seed_epoch
+    from utils.engine.trainer import seed_epoch, seed_everything
 
     os.makedirs(folder, exist_ok=True)
-    jt.set_global_seed(seed)  # the initial weights, as build_training draws them
+    seed_everything(seed)  # the initial weights, as build_training draws them
     save_checkpoint(os.path.join(folder, "init.pkl"), model=state_dict_numpy(build_model(C)))
     train_set = RGBXDataset(C, "train")  # the global batch C.batch_size
     epochs = []
@@ -261,7 +260,6 @@ def jittor_worker(spec):
     C = load_training_config(args)  # C.seed stays the data set's
     log = StepRecorder()
     model, optimizer, schedule, _, _, _ = build_training(C, args, spec["niters_per_epoch"], log)  # float32: no loss scaler
-    jt.set_global_seed(spec["seed"])  # the run's own random draws (drop path, dropout, NMF bases)
     load_checkpoint(model, spec["init"])  # every process: the written initial weights
     nmf = model.decode_head.hamburger.ham
 
