@@ -85,8 +85,9 @@ def test_strided_conv(stock_path):
 def test_tap_sum_conv(stride, stock_path):
     """Training mode: the per-tap products give the stock convolution's values and gradients, and
     are closer to float64 than it is when the input is wide (oneDNN's error grows with it): at 256
-    input channels, measured 2.9e-7 vs 8.0e-7 to 8.3e-7 (ratio 0.35-0.37 over 4 seeds, both
-    strides, 1 and 2 threads, AMD EPYC; 0.35 at 128 channels on Intel Xeon, docs/parity.md)."""
+    input channels, measured 2.9e-7 vs 8.0e-7 to 8.3e-7 (ratio 0.35-0.37 over Jittor seeds 0-3,
+    3 distinct draws as seeds 0 and 1 draw alike, both strides, 1 and 2 threads, AMD EPYC; 0.35 at
+    128 channels on Intel Xeon, docs/parity.md)."""
     from models.layers import TapSumConv2d
 
     conv = TapSumConv2d(16, 24, 3, stride=stride, padding=1)
