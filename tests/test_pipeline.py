@@ -189,8 +189,8 @@ def test_worker_processes_load_the_same_batches(tiny, trained):
 def test_nearby_seeds_draw_unrelated_streams():
     """Jittor seeded directly gives seeds 0 and 1 the same stream and seed 2 twice seed 1's values
     (mod 1): correlation 1.0 and about 0.46 over these draws. Through `seed_everything`, every pair
-    of nearby run and epoch seeds correlates like independent draws (|r| ~ 1/sqrt(20000) = 0.007;
-    the bound is 7 of those), and one key reproduces its stream."""
+    of nearby run and epoch seeds (a negative one too) correlates like independent draws (|r| ~
+    1/sqrt(20000) = 0.007; the bound is 7 of those), and one key reproduces its stream."""
     import itertools
 
     import jittor as jt
@@ -200,7 +200,7 @@ def test_nearby_seeds_draw_unrelated_streams():
         seed_everything(*key)
         return jt.rand(20000).numpy()
 
-    keys = [(0,), (1,), (2,), (4,), (0, 1), (0, 2), (1, 1), (2, 1)]
+    keys = [(0,), (1,), (2,), (4,), (-1,), (0, 1), (0, 2), (1, 1), (2, 1)]
     streams = {key: draws(*key) for key in keys}
     for a, b in itertools.combinations(keys, 2):
         assert abs(np.corrcoef(streams[a], streams[b])[0, 1]) < 0.05, (a, b)

@@ -36,8 +36,10 @@ def seed_everything(*key):
     """Seed Python's, numpy's and Jittor's generators (+ the rank under MPI) from the ints `key`,
     mixed by numpy's SeedSequence: Jittor's CPU generator (libstdc++'s minstd_rand0) gives seeds 0
     and 1 the same stream and seeds s and c*s streams that are multiples of each other, so nearby
-    seeds reaching it unmixed would draw the same or related initial weights and masks."""
-    jt.set_global_seed(int(np.random.SeedSequence(key).generate_state(1)[0] >> 1))
+    seeds reaching it unmixed would draw the same or related initial weights and masks. Any int
+    works, negative ones too (as `torch.manual_seed`)."""
+    entropy = [k % 2**64 for k in key]  # SeedSequence takes non-negative ints
+    jt.set_global_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1))
 
 
 def seed_epoch(seed, epoch, train_set):
