@@ -21,12 +21,12 @@ from utils.dataloader.dataset import RGBXDataset  # noqa: E402
 from utils.entry import load_config  # noqa: E402
 from utils.engine.evaluate import evaluate  # noqa: E402
 from utils.engine.optim import build_optimizer  # noqa: E402
-from utils.engine.trainer import seed_epoch, train_step  # noqa: E402
+from utils.engine.trainer import seed_epoch, seed_everything, train_step  # noqa: E402
 
 config, out_dir = sys.argv[1], sys.argv[2]
 C = load_config(config)
 train_set, val_set = RGBXDataset(C, "train"), RGBXDataset(C, "test")
-jt.set_global_seed(C.seed)
+seed_everything(C.seed)  # as the trainer seeds the initial weights
 model = build_model(C)
 optimizer = build_optimizer(model, C)
 model.train()
